@@ -1,0 +1,18 @@
+//! One file per subcommand: argument struct + `run`.
+
+pub mod convert;
+pub mod generate;
+pub mod inspect;
+
+use std::path::Path;
+
+use anyhow::Result;
+use candle_core::Device;
+use transact::LoadedModel;
+
+pub fn load(path: &Path) -> Result<LoadedModel> {
+    let t = std::time::Instant::now();
+    let lm = transact::load_model(path, &Device::Cpu)?;
+    eprintln!("loaded {} in {:.2} s", path.display(), t.elapsed().as_secs_f64());
+    Ok(lm)
+}

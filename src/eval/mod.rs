@@ -1,0 +1,3 @@
+//! Evaluation: perplexity (multiple-choice tasks come with the evaluation issue).
+
+pub mod perplexity;

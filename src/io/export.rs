@@ -1,0 +1,79 @@
+//! `convert`: write a loaded (possibly pruned) model as a stock HF directory or a llama.cpp GGUF.
+
+use std::path::Path;
+
+use anyhow::{Result, bail};
+use candle_core::Tensor;
+
+use super::load::LoadedModel;
+use super::{atomic, gguf_export, hf_dir, safetensors};
+use crate::model::config::RopeLayout;
+use crate::model::rope::permute_rows;
+use crate::model::weights::TensorRole;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// Hugging Face directory: config.json, model.safetensors, tokenizer files.
+    Hf,
+    /// A single llama.cpp GGUF file.
+    Gguf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportDtype {
+    F32,
+    F16,
+    Bf16,
+    /// 8-bit blocks of 32 (GGUF only); norms stay f32.
+    #[value(name = "q8_0")]
+    Q8_0,
+}
+
+/// The weight of `role` with Q/K rows in the pair layout `to`.
+pub(crate) fn weight_in_layout(lm: &LoadedModel, role: TensorRole, to: RopeLayout) -> Result<Tensor> {
+    let m = &lm.model;
+    let Some(t) = m.weights.get(role) else { bail!("model has no tensor for {role:?}") };
+    let heads = match role {
+        TensorRole::Q(l) => m.config.layers[l].n_heads,
+        TensorRole::K(l) => m.config.layers[l].n_kv_heads,
+        _ => return Ok(t.clone()),
+    };
+    if m.config.rope_layout == to { Ok(t.clone()) } else { Ok(permute_rows(t, heads, to)?) }
+}
+
+/// Writes `lm` to `out` in the given format; `out` appears only when complete.
+pub fn export(lm: &LoadedModel, out: &Path, format: ExportFormat, dtype: ExportDtype, force: bool) -> Result<()> {
+    match format {
+        ExportFormat::Hf => export_hf(lm, out, dtype, force),
+        ExportFormat::Gguf => gguf_export::export_gguf(lm, out, dtype, force),
+    }
+}
+
+pub fn export_hf(lm: &LoadedModel, out: &Path, dtype: ExportDtype, force: bool) -> Result<()> {
+    let (st_dtype, torch_dtype) = match dtype {
+        ExportDtype::F32 => (::safetensors::Dtype::F32, "float32"),
+        ExportDtype::F16 => (::safetensors::Dtype::F16, "float16"),
+        ExportDtype::Bf16 => (::safetensors::Dtype::BF16, "bfloat16"),
+        ExportDtype::Q8_0 => bail!("q8_0 is a GGUF block type; for a Hugging Face directory use f32, f16 or bf16"),
+    };
+    let cfg = &lm.model.config;
+    let meta = &lm.tokenizer.meta;
+    let config = hf_dir::config_json(cfg, meta, torch_dtype)?;
+    let tok = |id: Option<u32>| id.and_then(|i| lm.tokenizer.token(i));
+    let tokenizer_config = hf_dir::tokenizer_config_json(meta, tok);
+    let tokenizer_json = lm.tokenizer.to_json()?;
+    atomic::write_dir(out, force, |tmp| {
+        let mut tensors = Vec::new();
+        for role in TensorRole::all(cfg) {
+            let t = weight_in_layout(lm, role, RopeLayout::HalfSplit)?;
+            tensors.push((role.hf_name(), safetensors::LazyView::new(t, st_dtype)?));
+        }
+        safetensors::write(&tmp.join("model.safetensors"), tensors)?;
+        let json = |v: &serde_json::Value| serde_json::to_string_pretty(v).expect("JSON values serialize");
+        std::fs::write(tmp.join("config.json"), json(&config))?;
+        std::fs::write(tmp.join("tokenizer.json"), &tokenizer_json)?;
+        std::fs::write(tmp.join("tokenizer_config.json"), json(&tokenizer_config))?;
+        std::fs::write(tmp.join("generation_config.json"), json(&hf_dir::generation_config_json(meta)))?;
+        Ok(())
+    })
+}

@@ -1,0 +1,73 @@
+//! One entry point for every checkpoint format: `load_model(path)` detects GGUF or an HF directory.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, anyhow, bail};
+use candle_core::Device;
+use candle_core::quantized::gguf_file::Value;
+
+use super::{gguf, hf_dir, safetensors::SafetensorsFiles};
+use crate::model::forward::Model;
+use crate::model::tokenizer::Tokenizer;
+use crate::model::weights::Weights;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceFormat {
+    Gguf,
+    HfDir,
+}
+
+/// A model with its tokenizer and where it came from.
+pub struct LoadedModel {
+    pub model: Model,
+    pub tokenizer: Tokenizer,
+    pub path: PathBuf,
+    pub format: SourceFormat,
+    /// `tokenizer.*` metadata of a GGUF source, kept for a faithful GGUF export.
+    pub gguf_tokenizer_metadata: Option<Vec<(String, Value)>>,
+}
+
+pub fn detect_format(path: &Path) -> Result<SourceFormat> {
+    if path.is_dir() {
+        Ok(SourceFormat::HfDir)
+    } else if path.is_file() {
+        Ok(SourceFormat::Gguf)
+    } else {
+        bail!("{}: no such file or directory (expected a .gguf file or a Hugging Face model directory)", path.display())
+    }
+}
+
+/// Loads a GGUF file or a Hugging Face directory into f32 weights on `device`.
+pub fn load_model(path: &Path, device: &Device) -> Result<LoadedModel> {
+    let format = detect_format(path)?;
+    match format {
+        SourceFormat::Gguf => {
+            let g = gguf::load(path, device)?;
+            Ok(LoadedModel {
+                model: Model::new(g.config, g.weights),
+                tokenizer: g.tokenizer,
+                path: path.to_path_buf(),
+                format,
+                gguf_tokenizer_metadata: Some(g.tokenizer_metadata),
+            })
+        }
+        SourceFormat::HfDir => {
+            let read = hf_dir::read_config(path)?;
+            let config = read.config;
+            let files = SafetensorsFiles::open_dir(path)?;
+            let weights = Weights::from_roles(&config, |role| {
+                files
+                    .load_f32(&role.hf_name(), &role.shape(&config), device)
+                    .map_err(|e| anyhow!("{}: {e:#}", path.display()))
+            })?;
+            let tokenizer = Tokenizer::from_hf_dir(path, read.bos, read.eos)?;
+            Ok(LoadedModel {
+                model: Model::new(config, weights),
+                tokenizer,
+                path: path.to_path_buf(),
+                format,
+                gguf_tokenizer_metadata: None,
+            })
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! `transact`: thin command-line front end over the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cli;
+
+#[derive(Parser)]
+#[command(name = "transact", version, about = "Prune LLaMA-family models with TransAct, then evaluate, export and run them")]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Architecture, per-layer shapes, parameter counts, FLOPs and KV-cache size of a model.
+    Inspect(cli::inspect::InspectArgs),
+    /// Generate text from a prompt, streaming tokens to stdout (timings go to stderr).
+    Generate(cli::generate::GenerateArgs),
+    /// Write a model as a Hugging Face directory or a llama.cpp GGUF file.
+    Convert(cli::convert::ConvertArgs),
+}
+
+/// `<model>`: a GGUF file or a Hugging Face model directory (config.json, *.safetensors,
+/// tokenizer.json); the format is detected from the path.
+pub type ModelPath = PathBuf;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let result = match args.command {
+        Command::Inspect(a) => cli::inspect::run(a),
+        Command::Generate(a) => cli::generate::run(a),
+        Command::Convert(a) => cli::convert::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Every failure we report is about the user's input or environment: exit code 2.
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

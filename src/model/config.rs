@@ -1,0 +1,102 @@
+//! Model configuration with per-layer shapes.
+//!
+//! Stock checkpoints are uniform, but pruning produces layers whose head counts, head dims and
+//! MLP widths may differ, so every layer carries its own [`LayerShape`].
+
+use serde::{Deserialize, Serialize};
+
+/// How rotary pairs are laid out inside a head's Q/K rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RopeLayout {
+    /// Pairs (2i, 2i+1): llama.cpp's "normal" mode, the order GGUF files store.
+    Adjacent,
+    /// Pairs (i, i + d/2): Hugging Face `rotate_half`.
+    HalfSplit,
+}
+
+/// The transitional widths of one decoder layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerShape {
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads (GQA: query head h reads KV head h / (n_heads / n_kv_heads)).
+    pub n_kv_heads: usize,
+    /// Dimension of every Q, K and V head.
+    pub head_dim: usize,
+    /// SwiGLU intermediate width.
+    pub mlp_width: usize,
+}
+
+impl LayerShape {
+    /// Width of the attention output before `o_proj` (the paper's `mha_width`).
+    pub fn mha_width(&self) -> usize {
+        self.n_heads * self.head_dim
+    }
+
+    pub fn kv_width(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+
+    /// Query heads that share one KV head.
+    pub fn group_size(&self) -> usize {
+        self.n_heads / self.n_kv_heads
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    pub name: String,
+    pub hidden_size: usize,
+    pub vocab_size: usize,
+    pub layers: Vec<LayerShape>,
+    pub rope_theta: f64,
+    pub rope_layout: RopeLayout,
+    pub rms_eps: f64,
+    /// LM head shares the token embedding matrix.
+    pub tied_embeddings: bool,
+    pub max_position: usize,
+}
+
+impl ModelConfig {
+    pub fn n_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// The shape shared by every layer, or `None` when layers differ.
+    pub fn uniform_shape(&self) -> Option<LayerShape> {
+        let first = *self.layers.first()?;
+        self.layers.iter().all(|l| *l == first).then_some(first)
+    }
+
+    /// Checks internal consistency; called by every loader so a bad file never reaches the forward.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.hidden_size == 0 || self.vocab_size == 0 {
+            return Err("hidden size and vocab size must be positive".into());
+        }
+        if self.layers.is_empty() {
+            return Err("the model has no layers".into());
+        }
+        if !(self.rope_theta > 0.0) || !(self.rms_eps > 0.0) {
+            return Err(format!(
+                "rope theta ({}) and RMSNorm eps ({}) must be positive",
+                self.rope_theta, self.rms_eps
+            ));
+        }
+        for (i, l) in self.layers.iter().enumerate() {
+            if l.n_heads == 0 || l.n_kv_heads == 0 || l.head_dim == 0 || l.mlp_width == 0 {
+                return Err(format!("layer {i}: zero-sized shape {l:?}"));
+            }
+            if l.n_heads % l.n_kv_heads != 0 {
+                return Err(format!(
+                    "layer {i}: {} query heads are not divisible by {} KV heads",
+                    l.n_heads, l.n_kv_heads
+                ));
+            }
+            if l.head_dim % 2 != 0 {
+                return Err(format!("layer {i}: head dim {} is odd; RoPE needs pairs", l.head_dim));
+            }
+        }
+        Ok(())
+    }
+}

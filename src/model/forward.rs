@@ -1,0 +1,192 @@
+//! The LLaMA forward pass: full-sequence logits, causal mask, GQA, both RoPE layouts, KV cache.
+//!
+//! Shapes follow llama2.c's naming: `x` is the residual stream `[b, t, hidden]`, `xb` its
+//! normalised copy, `q`/`k`/`v` heads `[b, heads, t, d]`.
+
+use candle_core::{D, DType, Device, Result, Tensor};
+use candle_nn::ops::{rms_norm, softmax_last_dim};
+
+use super::config::ModelConfig;
+use super::rope::RopeTables;
+use super::weights::Weights;
+
+/// Which positions get logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// `[b, t, vocab]`: perplexity and scoring need every position.
+    All,
+    /// `[b, 1, vocab]`: generation only needs the next token.
+    Last,
+}
+
+/// Per-layer keys and values of the tokens seen so far, `[b, kv_heads, len, d]` each.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    len: usize,
+}
+
+impl KvCache {
+    pub fn new(cfg: &ModelConfig) -> Self {
+        Self { layers: vec![None; cfg.n_layers()], len: 0 }
+    }
+
+    /// Tokens already in the cache (the position of the next token).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes held by the cached keys and values.
+    pub fn bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes())
+            .sum()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Model {
+    pub config: ModelConfig,
+    pub weights: Weights,
+    pub device: Device,
+}
+
+/// `y = x · Wᵀ` for `x` of shape `[b, t, in]` and `W` of shape `[out, in]`.
+fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (b, t, n_in) = x.dims3()?;
+    let out = w.dim(0)?;
+    x.reshape((b * t, n_in))?.matmul(&w.t()?)?.reshape((b, t, out))
+}
+
+/// Additive causal mask `[t, start + t]`: query i (absolute position start + i) sees keys ≤ it.
+fn causal_mask(t: usize, start: usize, device: &Device) -> Result<Tensor> {
+    let total = start + t;
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| (0..total).map(move |j| if j > start + i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(mask, (t, total), device)
+}
+
+impl Model {
+    pub fn new(config: ModelConfig, weights: Weights) -> Self {
+        let device = weights.embed.device().clone();
+        Self { config, weights, device }
+    }
+
+    /// Logits for `tokens` (`[b, t]`, u32). With a cache, the tokens continue the cached ones
+    /// and their keys/values are appended.
+    pub fn forward(&self, tokens: &Tensor, cache: Option<&mut KvCache>, logits: Logits) -> Result<Tensor> {
+        let (b, t) = tokens.dims2()?;
+        let start = cache.as_ref().map_or(0, |c| c.len);
+        let cfg = &self.config;
+        if start + t > cfg.max_position {
+            candle_core::bail!(
+                "sequence of {} tokens exceeds the model's context of {}",
+                start + t,
+                cfg.max_position
+            );
+        }
+        let mut x = self
+            .weights
+            .embed
+            .index_select(&tokens.flatten_all()?, 0)?
+            .reshape((b, t, cfg.hidden_size))?;
+        let mask = if t > 1 { Some(causal_mask(t, start, &self.device)?) } else { None };
+        // One RoPE table per distinct head dim (pruned models may differ between layers).
+        let mut tables: Vec<(usize, RopeTables)> = Vec::new();
+        let mut cache = cache;
+        for (l, shape) in cfg.layers.iter().enumerate() {
+            if !tables.iter().any(|(d, _)| *d == shape.head_dim) {
+                tables.push((
+                    shape.head_dim,
+                    RopeTables::new(shape.head_dim, cfg.rope_theta, start, t, &self.device)?,
+                ));
+            }
+            let rope = &tables.iter().find(|(d, _)| *d == shape.head_dim).unwrap().1;
+            let slot = cache.as_deref_mut().map(|c| &mut c.layers[l]);
+            let w = &self.weights.layers[l];
+            let xb = rms_norm(&x, &w.attn_norm, cfg.rms_eps as f32)?;
+            x = (x + self.attention(l, &xb, rope, start, mask.as_ref(), slot)?)?;
+            let xb = rms_norm(&x, &w.mlp_norm, cfg.rms_eps as f32)?;
+            x = (x + self.mlp(l, &xb)?)?;
+        }
+        if let Some(c) = cache {
+            c.len += t;
+        }
+        if logits == Logits::Last {
+            x = x.narrow(1, t - 1, 1)?;
+        }
+        let x = rms_norm(&x, &self.weights.final_norm, cfg.rms_eps as f32)?;
+        linear(&x, self.weights.lm_head.as_ref().unwrap_or(&self.weights.embed))
+    }
+
+    /// Convenience: logits `[t, vocab]` for one sequence, no cache.
+    pub fn logits(&self, ids: &[u32]) -> Result<Tensor> {
+        let tokens = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
+        self.forward(&tokens, None, Logits::All)?.squeeze(0)
+    }
+
+    fn attention(
+        &self,
+        l: usize,
+        xb: &Tensor,
+        rope: &RopeTables,
+        start: usize,
+        mask: Option<&Tensor>,
+        slot: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> Result<Tensor> {
+        let s = self.config.layers[l];
+        let w = &self.weights.layers[l];
+        let (b, t, _) = xb.dims3()?;
+        let (hq, hkv, d, g) = (s.n_heads, s.n_kv_heads, s.head_dim, s.group_size());
+        let heads = |y: Tensor, n: usize| y.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous();
+        let layout = self.config.rope_layout;
+        let q = rope.apply(&heads(linear(xb, &w.q)?, hq)?, layout)?;
+        let k = rope.apply(&heads(linear(xb, &w.k)?, hkv)?, layout)?;
+        let v = heads(linear(xb, &w.v)?, hkv)?;
+        let (k, v) = match slot {
+            None => (k, v),
+            Some(slot) => {
+                let kv = match slot.take() {
+                    None => (k, v),
+                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+                };
+                *slot = Some(kv.clone());
+                kv
+            }
+        };
+        let total = k.dim(2)?;
+        // GQA without copying K/V: the g query heads of a group become g·t rows against one KV head.
+        let q = (q * (1.0 / (d as f64).sqrt()))?.reshape((b, hkv, g * t, d))?;
+        let mut att = q.matmul(&k.t()?)?;
+        if let Some(mask) = mask {
+            att = att
+                .reshape((b, hkv, g, t, total))?
+                .broadcast_add(mask)?
+                .reshape((b, hkv, g * t, total))?;
+        }
+        let att = softmax_last_dim(&att)?;
+        // The transitional activation the MHA salience scores: `[b, t, heads · d]` before o_proj.
+        let y = att.matmul(&v)?.reshape((b, hq, t, d))?.transpose(1, 2)?.reshape((b, t, hq * d))?;
+        debug_assert_eq!(start + t, total);
+        linear(&y, &w.o)
+    }
+
+    fn mlp(&self, l: usize, xb: &Tensor) -> Result<Tensor> {
+        let w = &self.weights.layers[l];
+        // The transitional activation the MLP salience scores: silu(gate x) ⊙ up x.
+        let h = (candle_nn::ops::silu(&linear(xb, &w.gate)?)? * linear(xb, &w.up)?)?;
+        linear(&h, &w.down)
+    }
+}
+
+/// Natural-log softmax over the vocabulary (last axis), in f32.
+pub fn log_softmax(logits: &Tensor) -> Result<Tensor> {
+    candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)
+}
