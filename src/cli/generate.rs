@@ -2,10 +2,8 @@ use std::io::Write;
 use std::time::Instant;
 
 use anyhow::{Result, anyhow, bail};
-use candle_core::Tensor;
 use clap::Args;
-use transact::model::generate::Sampler;
-use transact::{KvCache, Logits};
+use transact::model::generate::{Sampler, generate};
 
 #[derive(Args)]
 pub struct GenerateArgs {
@@ -44,44 +42,33 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     {
         ids.insert(0, b);
     }
-    if ids.is_empty() {
-        bail!("the prompt is empty");
-    }
-    let mut cache = KvCache::new(&model.config);
     let mut sampler = Sampler::new(a.temperature, a.top_p, a.seed);
     let mut stream = tok.inner.decode_stream(false);
     let mut out = std::io::stdout().lock();
     write!(out, "{}", a.prompt)?;
-
+    out.flush()?;
     let t0 = Instant::now();
-    let input = Tensor::new(ids.as_slice(), &model.device)?.unsqueeze(0)?;
-    let mut logits = model.forward(&input, Some(&mut cache), Logits::Last)?;
-    let prefill = t0.elapsed().as_secs_f64();
-    let t1 = Instant::now();
-    let mut generated = 0;
-    for _ in 0..a.max_tokens {
-        let next = sampler.sample(&logits.squeeze(0)?.squeeze(0)?)?;
-        generated += 1;
-        if Some(next) == tok.meta.eos {
-            break;
-        }
-        if let Some(text) = stream.step(next).map_err(|e| anyhow!("tokenizer: {e}"))? {
+    let mut first: Option<f64> = None;
+    let generated = generate(model, &ids, a.max_tokens, &mut sampler, tok.meta.eos, |id| {
+        // The first token arrives after the prefill: time it separately from decoding.
+        first.get_or_insert_with(|| t0.elapsed().as_secs_f64());
+        if Some(id) != tok.meta.eos
+            && let Some(text) = stream.step(id).map_err(|e| anyhow!("tokenizer: {e}"))?
+        {
             write!(out, "{text}")?;
             out.flush()?;
         }
-        if cache.len() + 1 > model.config.max_position {
-            break;
-        }
-        let input = Tensor::new(&[next], &model.device)?.unsqueeze(0)?;
-        logits = model.forward(&input, Some(&mut cache), Logits::Last)?;
-    }
+        Ok(())
+    })?;
+    let prefill = first.unwrap_or(0.0);
+    let decode = t0.elapsed().as_secs_f64() - prefill;
     writeln!(out)?;
-    let decode = t1.elapsed().as_secs_f64();
     eprintln!(
-        "prompt {} tokens, prefill {:.1} tok/s; generated {generated} tokens, decode {:.1} tok/s",
+        "prompt {} tokens, prefill {:.1} tok/s; generated {} tokens, decode {:.1} tok/s",
         ids.len(),
         ids.len() as f64 / prefill,
-        generated as f64 / decode.max(1e-9)
+        generated.len(),
+        (generated.len().saturating_sub(1)) as f64 / decode.max(1e-9)
     );
     Ok(())
 }

@@ -182,7 +182,7 @@ pub fn load(path: &Path, device: &Device) -> Result<GgufModel> {
         bail!("{p}: not a GGUF file (magic bytes {got:?}, expected \"GGUF\")");
     }
     let mut reader = Cursor::new(&mmap[..]);
-    let content = Content::read(&mut reader).map_err(|e| anyhow!("{p}: invalid GGUF header: {e}"))?;
+    let content = Content::read(&mut reader).map_err(|e| anyhow!("{p}: invalid GGUF header: {}", super::msg(e)))?;
     let mut config = config_from_metadata(&content.metadata).map_err(|e| anyhow!("{p}: {e}"))?;
     config.tied_embeddings = !content.tensor_infos.contains_key("output.weight");
     config.validate().map_err(|e| anyhow!("{p}: {e}"))?;
@@ -211,8 +211,8 @@ pub fn load(path: &Path, device: &Device) -> Result<GgufModel> {
         }
         let q = info
             .read(&mut reader, content.tensor_data_offset, device)
-            .map_err(|e| anyhow!("{p}: tensor `{name}`: {e}"))?;
-        q.dequantize(device).map_err(|e| anyhow!("{p}: tensor `{name}`: {e}"))
+            .map_err(|e| anyhow!("{p}: tensor `{name}`: {}", super::msg(e)))?;
+        q.dequantize(device).map_err(|e| anyhow!("{p}: tensor `{name}`: {}", super::msg(e)))
     })?;
     let tokenizer_metadata = content
         .metadata

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, bail};
 use candle_core::Device;
 use candle_core::quantized::gguf_file::Value;
 
@@ -56,9 +56,7 @@ pub fn load_model(path: &Path, device: &Device) -> Result<LoadedModel> {
             let config = read.config;
             let files = SafetensorsFiles::open_dir(path)?;
             let weights = Weights::from_roles(&config, |role| {
-                files
-                    .load_f32(&role.hf_name(), &role.shape(&config), device)
-                    .map_err(|e| anyhow!("{}: {e:#}", path.display()))
+                files.load_f32(&role.hf_name(), &role.shape(&config), device)
             })?;
             let tokenizer = Tokenizer::from_hf_dir(path, read.bos, read.eos)?;
             Ok(LoadedModel {

@@ -11,6 +11,7 @@ use safetensors::Dtype;
 
 /// The tensors of one checkpoint, across shards.
 pub struct SafetensorsFiles {
+    dir: PathBuf,
     files: Vec<(PathBuf, MmapedSafetensors)>,
     /// Tensor name → index into `files`.
     index: HashMap<String, usize>,
@@ -46,13 +47,13 @@ impl SafetensorsFiles {
         for path in paths {
             // SAFETY: read-only mapping of a file we do not modify.
             let st = unsafe { MmapedSafetensors::new(&path) }
-                .map_err(|e| anyhow!("{}: invalid safetensors file: {e}", path.display()))?;
+                .map_err(|e| anyhow!("{}: invalid safetensors file: {}", path.display(), super::msg(e)))?;
             for (name, _) in st.tensors() {
                 index.insert(name, files.len());
             }
             files.push((path, st));
         }
-        Ok(Self { files, index })
+        Ok(Self { dir: dir.to_path_buf(), files, index })
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -64,17 +65,17 @@ impl SafetensorsFiles {
         let &i = self
             .index
             .get(name)
-            .ok_or_else(|| anyhow!("missing tensor `{name}` in the safetensors files"))?;
+            .ok_or_else(|| anyhow!("{}: missing tensor `{name}` in the safetensors files", self.dir.display()))?;
         let (path, st) = &self.files[i];
         let p = path.display();
-        let view = st.get(name).map_err(|e| anyhow!("{p}: tensor `{name}`: {e}"))?;
+        let view = st.get(name).map_err(|e| anyhow!("{p}: tensor `{name}`: {}", super::msg(e)))?;
         if !matches!(view.dtype(), Dtype::F32 | Dtype::F16 | Dtype::BF16) {
             bail!("{p}: tensor `{name}` has unsupported dtype {:?} (supported: F32, F16, BF16)", view.dtype());
         }
         if view.shape() != expected {
             bail!("{p}: tensor `{name}` has shape {:?} but config.json implies {expected:?}", view.shape());
         }
-        let t = st.load(name, device).map_err(|e| anyhow!("{p}: tensor `{name}`: {e}"))?;
+        let t = st.load(name, device).map_err(|e| anyhow!("{p}: tensor `{name}`: {}", super::msg(e)))?;
         Ok(t.to_dtype(DType::F32)?)
     }
 }

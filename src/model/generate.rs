@@ -39,3 +39,32 @@ impl Sampler {
         Ok(kept[dist.sample(&mut self.rng)] as u32)
     }
 }
+
+/// Prefills `prompt` into a fresh KV cache, then produces up to `max_new` tokens, stopping after
+/// `eos` or at the context limit. `on_token` sees each token as it is chosen.
+pub fn generate(
+    model: &crate::Model,
+    prompt: &[u32],
+    max_new: usize,
+    sampler: &mut Sampler,
+    eos: Option<u32>,
+    mut on_token: impl FnMut(u32) -> Result<()>,
+) -> Result<Vec<u32>> {
+    use crate::{KvCache, Logits};
+    anyhow::ensure!(!prompt.is_empty(), "the prompt is empty");
+    let mut cache = KvCache::new(&model.config);
+    let input = Tensor::new(prompt, &model.device)?.unsqueeze(0)?;
+    let mut logits = model.forward(&input, Some(&mut cache), Logits::Last)?;
+    let mut out = Vec::new();
+    while out.len() < max_new {
+        let next = sampler.sample(&logits.flatten_all()?)?;
+        out.push(next);
+        on_token(next)?;
+        if Some(next) == eos || out.len() == max_new || cache.len() >= model.config.max_position {
+            break;
+        }
+        let input = Tensor::new(&[next], &model.device)?.unsqueeze(0)?;
+        logits = model.forward(&input, Some(&mut cache), Logits::Last)?;
+    }
+    Ok(out)
+}

@@ -1,0 +1,88 @@
+use candle_core::Device;
+use transact::io::export::{ExportDtype, ExportFormat, export};
+use transact::load_model;
+
+use crate::common::{assert_close, max_diff, model, path_str, real_tokens, run_cli, scratch};
+
+#[test]
+fn gguf_to_hf_to_gguf_round_trips() {
+    let lm = model();
+    let ids = real_tokens(256);
+    let reference = lm.model.logits(&ids).unwrap();
+    let dir = scratch();
+
+    let hf = dir.path().join("hf");
+    export(lm, &hf, ExportFormat::Hf, ExportDtype::F32, false).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+        assert!(hf.join(f).exists(), "{f} missing");
+    }
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(hf.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["head_dim"], 64);
+    assert_eq!(cfg["num_key_value_heads"], 3);
+    assert_eq!(cfg["tie_word_embeddings"], true);
+    let from_hf = load_model(&hf, &Device::Cpu).unwrap();
+    assert_eq!(from_hf.tokenizer.encode("Hello world! 12345 it's").unwrap(), lm.tokenizer.encode("Hello world! 12345 it's").unwrap());
+    assert_close("GGUF → HF", &reference, &from_hf.model.logits(&ids).unwrap());
+
+    // HF → GGUF exercises the tokenizer rebuilt from tokenizer.json and the Q/K re-permutation.
+    let gguf = dir.path().join("back.gguf");
+    export(&from_hf, &gguf, ExportFormat::Gguf, ExportDtype::F32, false).unwrap();
+    let back = load_model(&gguf, &Device::Cpu).unwrap();
+    assert_eq!(back.tokenizer.encode("Hello world! 12345 it's").unwrap(), [19556, 905, 17, 216, 33, 34, 35, 36, 37, 357, 506]);
+    assert_close("GGUF → HF → GGUF", &reference, &back.model.logits(&ids).unwrap());
+}
+
+#[test]
+fn gguf_to_gguf_f32_and_lower_precisions() {
+    let lm = model();
+    let ids = real_tokens(128);
+    let reference = lm.model.logits(&ids).unwrap();
+    let dir = scratch();
+    let out = dir.path().join("f32.gguf");
+    export(lm, &out, ExportFormat::Gguf, ExportDtype::F32, false).unwrap();
+    let back = load_model(&out, &Device::Cpu).unwrap();
+    assert_eq!(back.model.config, lm.model.config);
+    let (d, _) = max_diff(&reference, &back.model.logits(&ids).unwrap());
+    eprintln!("GGUF → GGUF f32: max |Δlogit| = {d:.3e}");
+    assert_eq!(d, 0.0, "an f32 GGUF round trip is lossless");
+    // Lower precisions drift but keep the greedy choice almost everywhere.
+    for dtype in [ExportDtype::F16, ExportDtype::Bf16, ExportDtype::Q8_0] {
+        let out = dir.path().join(format!("{dtype:?}.gguf"));
+        export(lm, &out, ExportFormat::Gguf, dtype, false).unwrap();
+        let logits = load_model(&out, &Device::Cpu).unwrap().model.logits(&ids).unwrap();
+        let (d, m) = max_diff(&reference, &logits);
+        let agree = reference
+            .argmax(1).unwrap().to_vec1::<u32>().unwrap()
+            .iter()
+            .zip(logits.argmax(1).unwrap().to_vec1::<u32>().unwrap())
+            .filter(|(a, b)| **a == *b)
+            .count();
+        eprintln!("GGUF {dtype:?}: max |Δlogit| {d:.3e} (max |logit| {m:.1}), argmax agrees on {agree}/128");
+        assert!(agree >= 115, "{dtype:?}: argmax agrees on only {agree}/128");
+    }
+}
+
+#[test]
+fn convert_cli_is_atomic_and_refuses_to_overwrite() {
+    let dir = scratch();
+    let gguf = crate::common::gguf_path();
+    let out = dir.path().join("m.gguf");
+    // q8_0 is GGUF-only: the HF export fails before anything is written.
+    let hf = dir.path().join("hf");
+    let (code, _, err) = run_cli(&["convert", path_str(&gguf), path_str(&hf), "--to", "hf", "--dtype", "q8_0"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("q8_0"), "{err}");
+    assert!(!hf.exists());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no temporary left behind");
+
+    let (code, _, err) = run_cli(&["convert", path_str(&gguf), path_str(&out), "--to", "gguf", "--dtype", "q8_0"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run_cli(&["convert", path_str(&gguf), path_str(&out), "--to", "gguf"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("already exists"), "{err}");
+    let (code, out_text, err) = run_cli(&["inspect", path_str(&out), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out_text).unwrap();
+    assert_eq!(v["stats"]["kv_bytes_per_token_f32"], 46080);
+}

@@ -1,0 +1,91 @@
+use candle_core::{D, Tensor};
+use transact::eval::perplexity::sequence_nll;
+use transact::model::generate::{Sampler, generate};
+use transact::{KvCache, Logits};
+
+use crate::common::{assert_close, model, real_tokens};
+
+#[test]
+fn top5_after_capital_of_france() {
+    let lm = model();
+    let ids = lm.tokenizer.encode("The capital of France is").unwrap();
+    let logits = lm.model.logits(&ids).unwrap();
+    let last = logits.get(ids.len() - 1).unwrap().to_vec1::<f32>().unwrap();
+    let mut order: Vec<usize> = (0..last.len()).collect();
+    order.sort_by(|&a, &b| last[b].total_cmp(&last[a]));
+    let top: Vec<String> = order[..5].iter().map(|&i| lm.tokenizer.decode(&[i as u32]).unwrap()).collect();
+    assert_eq!(top, [" Paris", " the", " London", " Le", " New"]);
+}
+
+#[test]
+fn greedy_continuations() {
+    let lm = model();
+    for (prompt, want) in [
+        ("The capital of France is", " Paris.\n\nThe answer is:"),
+        ("One, two, three, four,", " five, six, seven, eight,"),
+        ("The quick brown fox jumps over the lazy", " dog\n\nIn this example, the"),
+    ] {
+        let ids = lm.tokenizer.encode(prompt).unwrap();
+        let want_ids = lm.tokenizer.encode(want).unwrap();
+        let mut greedy = Sampler::new(0.0, 1.0, 0);
+        let got = generate(&lm.model, &ids, want_ids.len(), &mut greedy, None, |_| Ok(())).unwrap();
+        assert_eq!(lm.tokenizer.decode(&got).unwrap(), want, "prompt {prompt:?}");
+    }
+}
+
+#[test]
+fn lambada_perplexity_matches_reference() {
+    let lm = model();
+    let passages = transact::data::corpus::lambada_passages().unwrap();
+    let (mut nll, mut n) = (0.0, 0);
+    for p in &passages[..8] {
+        let mut ids = lm.tokenizer.encode(p).unwrap();
+        ids.truncate(256);
+        let (s, c) = sequence_nll(&lm.model, &ids).unwrap();
+        nll += s;
+        n += c;
+    }
+    let ppl = (nll / n as f64).exp();
+    eprintln!("LAMBADA 0-7: perplexity {ppl:.3} over {n} tokens (reference 39.03 over 650)");
+    assert_eq!(n, 650);
+    assert!((ppl / 39.03 - 1.0).abs() < 0.01, "perplexity {ppl}");
+}
+
+#[test]
+fn batched_forward_matches_single_sequences() {
+    let lm = model();
+    let ids = real_tokens(96);
+    let (a, b) = (&ids[..48], &ids[48..]);
+    let batch = Tensor::new(ids.as_slice(), &lm.model.device).unwrap().reshape((2, 48)).unwrap();
+    let logits = lm.model.forward(&batch, None, Logits::All).unwrap();
+    assert_close("batch row 0", &lm.model.logits(a).unwrap(), &logits.get(0).unwrap());
+    assert_close("batch row 1", &lm.model.logits(b).unwrap(), &logits.get(1).unwrap());
+}
+
+#[test]
+fn kv_cache_matches_full_forward() {
+    let lm = model();
+    let m = &lm.model;
+    let ids = real_tokens(256);
+    let full = m.logits(&ids).unwrap();
+    // Prefill 100 tokens, then chunks of 7 (mask with an offset), then one token at a time.
+    let mut cache = KvCache::new(&m.config);
+    let mut parts = Vec::new();
+    let mut pos = 0;
+    for len in std::iter::once(100).chain(std::iter::repeat_n(7, 8)).chain(std::iter::repeat(1)) {
+        if pos >= ids.len() {
+            break;
+        }
+        let end = (pos + len).min(ids.len());
+        let input = Tensor::new(&ids[pos..end], &m.device).unwrap().unsqueeze(0).unwrap();
+        parts.push(m.forward(&input, Some(&mut cache), Logits::All).unwrap().squeeze(0).unwrap());
+        pos = end;
+    }
+    assert_eq!(cache.len(), 256);
+    let incremental = Tensor::cat(&parts, 0).unwrap();
+    assert_close("KV cache vs full forward", &full, &incremental);
+    assert_eq!(
+        full.argmax(D::Minus1).unwrap().to_vec1::<u32>().unwrap(),
+        incremental.argmax(D::Minus1).unwrap().to_vec1::<u32>().unwrap()
+    );
+}

@@ -1,0 +1,8 @@
+//! Integration tests on the real SmolLM2-135M checkpoint and real benchmark text.
+//! They need `scripts/fetch-assets.sh` to have run, and fail loudly when it has not.
+
+mod common;
+mod bad_input;
+mod export;
+mod forward;
+mod tokenizer;
