@@ -22,6 +22,8 @@ enum Command {
     Generate(cli::generate::GenerateArgs),
     /// Write a model as a Hugging Face directory or a llama.cpp GGUF file.
     Convert(cli::convert::ConvertArgs),
+    /// Perplexity and lm-eval-compatible zero-shot tasks; a table on stdout, JSON with --json.
+    Eval(cli::eval::EvalArgs),
 }
 
 /// `<model>`: a GGUF file or a Hugging Face model directory (config.json, *.safetensors,
@@ -34,6 +36,7 @@ fn main() -> ExitCode {
         Command::Inspect(a) => cli::inspect::run(a),
         Command::Generate(a) => cli::generate::run(a),
         Command::Convert(a) => cli::convert::run(a),
+        Command::Eval(a) => cli::eval::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,7 @@
 //! One file per subcommand: argument struct + `run`.
 
 pub mod convert;
+pub mod eval;
 pub mod generate;
 pub mod inspect;
 

@@ -5,8 +5,8 @@ use std::path::Path;
 
 use anyhow::{Context, Result, anyhow};
 
-/// Parses every non-empty line of `path` (gzip when it ends in `.gz`).
-pub fn read(path: &Path) -> Result<Vec<serde_json::Value>> {
+/// Parses every non-empty line of `path` (gzip when it ends in `.gz`), with 1-based line numbers.
+pub fn read(path: &Path) -> Result<Vec<(usize, serde_json::Value)>> {
     let file = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     let reader: Box<dyn Read> = if path.extension().is_some_and(|e| e == "gz") {
         Box::new(flate2::read::GzDecoder::new(file))
@@ -21,7 +21,7 @@ pub fn read(path: &Path) -> Result<Vec<serde_json::Value>> {
         }
         let v = serde_json::from_str(&line)
             .map_err(|e| anyhow!("{}: line {}: invalid JSON: {e}", path.display(), i + 1))?;
-        out.push(v);
+        out.push((i + 1, v));
     }
     Ok(out)
 }

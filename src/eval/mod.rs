@@ -1,3 +1,7 @@
-//! Evaluation: perplexity (multiple-choice tasks come with the evaluation issue).
+//! Evaluation: perplexity and lm-eval-compatible zero-shot tasks.
 
+pub mod metrics;
 pub mod perplexity;
+pub mod report;
+pub mod scorer;
+pub mod task;

@@ -69,3 +69,28 @@ pub fn load_model(path: &Path, device: &Device) -> Result<LoadedModel> {
         }
     }
 }
+
+/// SHA-256 identifying a checkpoint: the GGUF file, or an HF directory's config.json and
+/// safetensors files (sorted by name, hashed in sequence).
+pub fn model_sha256(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let files: Vec<PathBuf> = match detect_format(path)? {
+        SourceFormat::Gguf => vec![path.to_path_buf()],
+        SourceFormat::HfDir => {
+            let mut f: Vec<PathBuf> = std::fs::read_dir(path)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "safetensors") || p.ends_with("config.json"))
+                .collect();
+            f.sort();
+            f
+        }
+    };
+    let mut h = Sha256::new();
+    for f in files {
+        let file = std::fs::File::open(&f)?;
+        // SAFETY: read-only mapping of a file we do not modify.
+        let map = unsafe { memmap2::Mmap::map(&file)? };
+        h.update(&map[..]);
+    }
+    Ok(format!("{:x}", h.finalize()))
+}

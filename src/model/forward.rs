@@ -40,6 +40,21 @@ impl KvCache {
         self.len == 0
     }
 
+    /// The same cache repeated `b` times along the batch axis (a shared prompt prefix continued
+    /// by `b` different suffixes).
+    pub fn expand(&self, b: usize) -> Result<Self> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|kv| {
+                kv.as_ref()
+                    .map(|(k, v)| -> Result<_> { Ok((k.repeat((b, 1, 1, 1))?, v.repeat((b, 1, 1, 1))?)) })
+                    .transpose()
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { layers, len: self.len })
+    }
+
     /// Bytes held by the cached keys and values.
     pub fn bytes(&self) -> usize {
         self.layers

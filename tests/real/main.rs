@@ -3,6 +3,7 @@
 
 mod common;
 mod bad_input;
+mod eval;
 mod export;
 mod forward;
 mod tokenizer;
