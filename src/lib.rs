@@ -4,10 +4,12 @@
 //! `io` (GGUF / Hugging Face readers and writers), `data` (benchmark and text files),
 //! `eval` (perplexity), `stats` (parameter, FLOP and KV-cache accounting).
 
+pub mod calib;
 pub mod data;
 pub mod eval;
 pub mod io;
 pub mod model;
+pub mod prune;
 pub mod stats;
 
 pub use io::load::{LoadedModel, load_model};

@@ -24,6 +24,10 @@ enum Command {
     Convert(cli::convert::ConvertArgs),
     /// Perplexity and lm-eval-compatible zero-shot tasks; a table on stdout, JSON with --json.
     Eval(cli::eval::EvalArgs),
+    /// Collect per-channel activation statistics once, for `prune --stats`.
+    Calibrate(cli::calibrate::CalibrateArgs),
+    /// Prune with TransAct: score transitional activations, keep the top heads and channels.
+    Prune(cli::prune::PruneArgs),
 }
 
 /// `<model>`: a GGUF file or a Hugging Face model directory (config.json, *.safetensors,
@@ -37,6 +41,8 @@ fn main() -> ExitCode {
         Command::Generate(a) => cli::generate::run(a),
         Command::Convert(a) => cli::convert::run(a),
         Command::Eval(a) => cli::eval::run(a),
+        Command::Calibrate(a) => cli::calibrate::run(a),
+        Command::Prune(a) => cli::prune::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

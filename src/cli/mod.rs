@@ -1,9 +1,11 @@
 //! One file per subcommand: argument struct + `run`.
 
+pub mod calibrate;
 pub mod convert;
 pub mod eval;
 pub mod generate;
 pub mod inspect;
+pub mod prune;
 
 use std::path::Path;
 

@@ -50,6 +50,16 @@ pub fn export(lm: &LoadedModel, out: &Path, format: ExportFormat, dtype: ExportD
 }
 
 pub fn export_hf(lm: &LoadedModel, out: &Path, dtype: ExportDtype, force: bool) -> Result<()> {
+    // Check representability before creating anything.
+    hf_dir::config_json(&lm.model.config, &lm.tokenizer.meta, "float32")?;
+    if dtype == ExportDtype::Q8_0 {
+        bail!("q8_0 is a GGUF block type; for a Hugging Face directory use f32, f16 or bf16");
+    }
+    atomic::write_dir(out, force, |tmp| write_hf(lm, tmp, dtype))
+}
+
+/// Writes the HF files of `lm` into the existing directory `dir`.
+pub fn write_hf(lm: &LoadedModel, dir: &Path, dtype: ExportDtype) -> Result<()> {
     let (st_dtype, torch_dtype) = match dtype {
         ExportDtype::F32 => (::safetensors::Dtype::F32, "float32"),
         ExportDtype::F16 => (::safetensors::Dtype::F16, "float16"),
@@ -62,7 +72,8 @@ pub fn export_hf(lm: &LoadedModel, out: &Path, dtype: ExportDtype, force: bool) 
     let tok = |id: Option<u32>| id.and_then(|i| lm.tokenizer.token(i));
     let tokenizer_config = hf_dir::tokenizer_config_json(meta, tok);
     let tokenizer_json = lm.tokenizer.to_json()?;
-    atomic::write_dir(out, force, |tmp| {
+    {
+        let tmp = dir;
         let mut tensors = Vec::new();
         for role in TensorRole::all(cfg) {
             let t = weight_in_layout(lm, role, RopeLayout::HalfSplit)?;
@@ -75,5 +86,5 @@ pub fn export_hf(lm: &LoadedModel, out: &Path, dtype: ExportDtype, force: bool) 
         std::fs::write(tmp.join("tokenizer_config.json"), json(&tokenizer_config))?;
         std::fs::write(tmp.join("generation_config.json"), json(&hf_dir::generation_config_json(meta)))?;
         Ok(())
-    })
+    }
 }

@@ -119,6 +119,11 @@ fn tokenizer_metadata(tok: &Tokenizer) -> Result<Vec<(String, Value)>> {
 }
 
 pub fn export_gguf(lm: &LoadedModel, out: &Path, dtype: ExportDtype, force: bool) -> Result<()> {
+    atomic::write_file(out, force, |tmp| write_gguf(lm, tmp, dtype))
+}
+
+/// Writes `lm` as a GGUF file at `path` (not atomically: callers own the temporary).
+pub fn write_gguf(lm: &LoadedModel, path: &Path, dtype: ExportDtype) -> Result<()> {
     let cfg = &lm.model.config;
     let (ggml, file_type) = match dtype {
         ExportDtype::F32 => (GgmlDType::F32, 0),
@@ -149,12 +154,13 @@ pub fn export_gguf(lm: &LoadedModel, out: &Path, dtype: ExportDtype, force: bool
         }
         tensors.push((role.gguf_name(), QTensor::quantize(&t, ty)?));
     }
-    atomic::write_file(out, force, |tmp| {
+    {
+        let tmp = path;
         let mut w = std::io::BufWriter::new(std::fs::File::create(tmp)?);
         let md: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
         let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
         gguf_file::write(&mut w, &md, &ts).map_err(|e| anyhow!("{}: {e}", tmp.display()))?;
         std::io::Write::flush(&mut w)?;
         Ok(())
-    })
+    }
 }

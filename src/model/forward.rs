@@ -17,6 +17,17 @@ pub enum Logits {
     All,
     /// `[b, 1, vocab]`: generation only needs the next token.
     Last,
+    /// No LM head: the final normalised hidden states `[b, t, hidden]` (calibration needs only
+    /// the activations inside the layers).
+    None,
+}
+
+/// Sees the transitional activations of every layer as the forward computes them.
+pub trait Observer {
+    /// Attention output before `o_proj`, `[b, t, heads · head_dim]`.
+    fn attn_inner(&mut self, layer: usize, y: &Tensor) -> Result<()>;
+    /// SwiGLU product `silu(gate x) ⊙ up x` before `down_proj`, `[b, t, mlp_width]`.
+    fn mlp_inner(&mut self, layer: usize, h: &Tensor) -> Result<()>;
 }
 
 /// Per-layer keys and values of the tokens seen so far, `[b, kv_heads, len, d]` each.
@@ -97,6 +108,17 @@ impl Model {
     /// Logits for `tokens` (`[b, t]`, u32). With a cache, the tokens continue the cached ones
     /// and their keys/values are appended.
     pub fn forward(&self, tokens: &Tensor, cache: Option<&mut KvCache>, logits: Logits) -> Result<Tensor> {
+        self.forward_observed(tokens, cache, logits, None)
+    }
+
+    /// [`Model::forward`] that also hands each layer's transitional activations to `observer`.
+    pub fn forward_observed(
+        &self,
+        tokens: &Tensor,
+        cache: Option<&mut KvCache>,
+        logits: Logits,
+        mut observer: Option<&mut dyn Observer>,
+    ) -> Result<Tensor> {
         let (b, t) = tokens.dims2()?;
         let start = cache.as_ref().map_or(0, |c| c.len);
         let cfg = &self.config;
@@ -127,9 +149,9 @@ impl Model {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[l]);
             let w = &self.weights.layers[l];
             let xb = rms_norm(&x, &w.attn_norm, cfg.rms_eps as f32)?;
-            x = (x + self.attention(l, &xb, rope, start, mask.as_ref(), slot)?)?;
+            x = (x + self.attention(l, &xb, rope, mask.as_ref(), slot, observer.as_deref_mut())?)?;
             let xb = rms_norm(&x, &w.mlp_norm, cfg.rms_eps as f32)?;
-            x = (x + self.mlp(l, &xb)?)?;
+            x = (x + self.mlp(l, &xb, observer.as_deref_mut())?)?;
         }
         if let Some(c) = cache {
             c.len += t;
@@ -138,6 +160,9 @@ impl Model {
             x = x.narrow(1, t - 1, 1)?;
         }
         let x = rms_norm(&x, &self.weights.final_norm, cfg.rms_eps as f32)?;
+        if logits == Logits::None {
+            return Ok(x);
+        }
         linear(&x, self.weights.lm_head.as_ref().unwrap_or(&self.weights.embed))
     }
 
@@ -152,9 +177,9 @@ impl Model {
         l: usize,
         xb: &Tensor,
         rope: &RopeTables,
-        start: usize,
         mask: Option<&Tensor>,
         slot: Option<&mut Option<(Tensor, Tensor)>>,
+        observer: Option<&mut (dyn Observer + '_)>,
     ) -> Result<Tensor> {
         let s = self.config.layers[l];
         let w = &self.weights.layers[l];
@@ -189,14 +214,19 @@ impl Model {
         let att = softmax_last_dim(&att)?;
         // The transitional activation the MHA salience scores: `[b, t, heads · d]` before o_proj.
         let y = att.matmul(&v)?.reshape((b, hq, t, d))?.transpose(1, 2)?.reshape((b, t, hq * d))?;
-        debug_assert_eq!(start + t, total);
+        if let Some(o) = observer {
+            o.attn_inner(l, &y)?;
+        }
         linear(&y, &w.o)
     }
 
-    fn mlp(&self, l: usize, xb: &Tensor) -> Result<Tensor> {
+    fn mlp(&self, l: usize, xb: &Tensor, observer: Option<&mut (dyn Observer + '_)>) -> Result<Tensor> {
         let w = &self.weights.layers[l];
         // The transitional activation the MLP salience scores: silu(gate x) ⊙ up x.
         let h = (candle_nn::ops::silu(&linear(xb, &w.gate)?)? * linear(xb, &w.up)?)?;
+        if let Some(o) = observer {
+            o.mlp_inner(l, &h)?;
+        }
         linear(&h, &w.down)
     }
 }

@@ -1,0 +1,228 @@
+//! Per-channel statistics of the transitional activations, accumulated in f64, saved as
+//! safetensors so one calibration serves many pruning targets.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{Context, Result, anyhow, bail};
+use candle_core::{DType, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::data::CalibData;
+use crate::eval::metrics::progress_bar;
+use crate::model::forward::{Logits, Model, Observer};
+
+/// Sums over all calibration tokens, one entry per channel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChannelStats {
+    pub sum_sq: Vec<f64>,
+    pub sum: Vec<f64>,
+    pub sum_abs: Vec<f64>,
+}
+
+impl ChannelStats {
+    fn zeros(n: usize) -> Self {
+        Self { sum_sq: vec![0.0; n], sum: vec![0.0; n], sum_abs: vec![0.0; n] }
+    }
+
+    pub fn width(&self) -> usize {
+        self.sum_sq.len()
+    }
+
+    /// ‖a_j‖₂ over all tokens: the TransAct salience.
+    pub fn l2(&self) -> Vec<f64> {
+        self.sum_sq.iter().map(|s| s.sqrt()).collect()
+    }
+
+    /// Sample variance over `n` tokens: FLAP's fluctuation.
+    pub fn variance(&self, n: u64) -> Vec<f64> {
+        let n = n as f64;
+        self.sum_sq.iter().zip(&self.sum).map(|(q, s)| ((q - s * s / n) / (n - 1.0).max(1.0)).max(0.0)).collect()
+    }
+
+    /// Keeps the entries of `keep` (after slicing the model the same way).
+    pub fn select(&self, keep: &[usize]) -> Self {
+        let pick = |v: &Vec<f64>| keep.iter().map(|&i| v[i]).collect();
+        Self { sum_sq: pick(&self.sum_sq), sum: pick(&self.sum), sum_abs: pick(&self.sum_abs) }
+    }
+
+    fn add(&mut self, x: &Tensor) -> candle_core::Result<()> {
+        let d = x.dim(candle_core::D::Minus1)?;
+        let x = x.reshape(((), d))?.to_dtype(DType::F64)?;
+        for (acc, v) in [
+            (&mut self.sum_sq, x.sqr()?.sum(0)?),
+            (&mut self.sum, x.sum(0)?),
+            (&mut self.sum_abs, x.abs()?.sum(0)?),
+        ] {
+            for (a, b) in acc.iter_mut().zip(v.to_vec1::<f64>()?) {
+                *a += b;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerStats {
+    pub attn: ChannelStats,
+    pub mlp: ChannelStats,
+}
+
+/// Where the statistics came from; saved with them and checked before reuse.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsMeta {
+    pub model_sha256: String,
+    pub data_sha256: String,
+    pub source: String,
+    pub samples: usize,
+    pub seq_len: usize,
+    pub seed: u64,
+    pub tokens: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stats {
+    pub layers: Vec<LayerStats>,
+    pub meta: StatsMeta,
+}
+
+struct Collector {
+    layers: Vec<LayerStats>,
+}
+
+impl Observer for Collector {
+    fn attn_inner(&mut self, layer: usize, y: &Tensor) -> candle_core::Result<()> {
+        self.layers[layer].attn.add(y)
+    }
+    fn mlp_inner(&mut self, layer: usize, h: &Tensor) -> candle_core::Result<()> {
+        self.layers[layer].mlp.add(h)
+    }
+}
+
+/// Runs the calibration blocks through `model` in batches and sums the statistics.
+pub fn collect(model: &Model, data: &CalibData, model_sha256: &str, batch: usize, label: &str) -> Result<Stats> {
+    let mut c = Collector {
+        layers: model
+            .config
+            .layers
+            .iter()
+            .map(|s| LayerStats { attn: ChannelStats::zeros(s.mha_width()), mlp: ChannelStats::zeros(s.mlp_width) })
+            .collect(),
+    };
+    let pb = progress_bar(data.blocks.len(), label);
+    let mut tokens = 0u64;
+    for chunk in data.blocks.chunks(batch.max(1)) {
+        let flat: Vec<u32> = chunk.iter().flatten().copied().collect();
+        let x = Tensor::from_vec(flat, (chunk.len(), data.spec.seq_len), &model.device)?;
+        model.forward_observed(&x, None, Logits::None, Some(&mut c))?;
+        tokens += (chunk.len() * data.spec.seq_len) as u64;
+        pb.inc(chunk.len() as u64);
+    }
+    pb.finish_and_clear();
+    Ok(Stats {
+        layers: c.layers,
+        meta: StatsMeta {
+            model_sha256: model_sha256.to_string(),
+            data_sha256: data.data_sha256.clone(),
+            source: data.spec.source.clone(),
+            samples: data.spec.samples,
+            seq_len: data.spec.seq_len,
+            seed: data.spec.seed,
+            tokens,
+        },
+    })
+}
+
+struct F64View<'a>(&'a [f64], [usize; 1]);
+
+impl safetensors::View for F64View<'_> {
+    fn dtype(&self) -> safetensors::Dtype {
+        safetensors::Dtype::F64
+    }
+    fn shape(&self) -> &[usize] {
+        &self.1
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Owned(self.0.iter().flat_map(|x| x.to_le_bytes()).collect())
+    }
+    fn data_len(&self) -> usize {
+        self.0.len() * 8
+    }
+}
+
+const FIELDS: [&str; 3] = ["sum_sq", "sum", "sum_abs"];
+
+fn fields(c: &ChannelStats) -> [&Vec<f64>; 3] {
+    [&c.sum_sq, &c.sum, &c.sum_abs]
+}
+
+impl Stats {
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut tensors = Vec::new();
+        for (l, ls) in self.layers.iter().enumerate() {
+            for (site, c) in [("attn", &ls.attn), ("mlp", &ls.mlp)] {
+                for (name, v) in FIELDS.iter().zip(fields(c)) {
+                    tensors.push((format!("layers.{l}.{site}.{name}"), F64View(v, [v.len()])));
+                }
+            }
+        }
+        let meta = HashMap::from([
+            ("format".to_string(), "transact-stats-v1".to_string()),
+            ("meta".to_string(), serde_json::to_string(&self.meta)?),
+        ]);
+        safetensors::serialize_to_file(tensors, Some(meta), path)
+            .map_err(|e| anyhow!("{}: cannot write statistics: {e}", path.display()))
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let p = path.display();
+        let bytes = std::fs::read(path).with_context(|| format!("{p}: cannot read"))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| anyhow!("{p}: not a statistics file: {e}"))?;
+        let (_, md) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| anyhow!("{p}: {e}"))?;
+        let md = md.metadata().clone().unwrap_or_default();
+        if md.get("format").map(String::as_str) != Some("transact-stats-v1") {
+            bail!("{p}: not a transact statistics file (write one with `transact calibrate`)");
+        }
+        let meta: StatsMeta = serde_json::from_str(md.get("meta").map_or("", String::as_str))
+            .map_err(|e| anyhow!("{p}: bad metadata: {e}"))?;
+        let read = |name: String| -> Result<Vec<f64>> {
+            let t = st.tensor(&name).map_err(|_| anyhow!("{p}: missing tensor `{name}`"))?;
+            if t.dtype() != safetensors::Dtype::F64 {
+                bail!("{p}: tensor `{name}` is not f64");
+            }
+            Ok(t.data().chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).collect())
+        };
+        let n_layers = st.names().iter().filter(|n| n.ends_with(".attn.sum_sq")).count();
+        let mut layers = Vec::with_capacity(n_layers);
+        for l in 0..n_layers {
+            let site = |s: &str| -> Result<ChannelStats> {
+                Ok(ChannelStats {
+                    sum_sq: read(format!("layers.{l}.{s}.sum_sq"))?,
+                    sum: read(format!("layers.{l}.{s}.sum"))?,
+                    sum_abs: read(format!("layers.{l}.{s}.sum_abs"))?,
+                })
+            };
+            layers.push(LayerStats { attn: site("attn")?, mlp: site("mlp")? });
+        }
+        Ok(Self { layers, meta })
+    }
+
+    /// Fails unless these statistics describe `model` (same file hash and widths).
+    pub fn check_matches(&self, model: &Model, model_sha256: &str, path: &Path) -> Result<()> {
+        if self.meta.model_sha256 != model_sha256 {
+            bail!(
+                "{}: statistics were collected on another model (sha256 {}…, this model {}…); run `transact calibrate` on it",
+                path.display(),
+                &self.meta.model_sha256[..12.min(self.meta.model_sha256.len())],
+                &model_sha256[..12]
+            );
+        }
+        let widths_ok = self.layers.len() == model.config.n_layers()
+            && self.layers.iter().zip(&model.config.layers).all(|(s, l)| s.attn.width() == l.mha_width() && s.mlp.width() == l.mlp_width);
+        if !widths_ok {
+            bail!("{}: statistics do not match the model's layer widths", path.display());
+        }
+        Ok(())
+    }
+}

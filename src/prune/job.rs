@@ -1,0 +1,162 @@
+//! One `transact prune` run end to end: validate everything, prune, write the output directory
+//! atomically with `prune_report.json`.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use candle_core::Device;
+
+use super::pipeline::{self, PruneOptions, PruneRun};
+use super::plan::{TargetSpec, resolve};
+use super::report::{Input, PruneReport, RATIO_SPLIT, Seconds, Target};
+use crate::calib::stats::Stats;
+use crate::io::export::{ExportDtype, write_hf};
+use crate::io::gguf_export::write_gguf;
+use crate::io::load::{LoadedModel, load_model, model_sha256};
+use crate::io::{atomic, hf_dir};
+use crate::stats::ModelStats;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutFormat {
+    /// Hugging Face files in the output directory.
+    Hf,
+    /// `model.gguf` in the output directory.
+    Gguf,
+    /// Both.
+    Both,
+}
+
+pub struct PruneJob {
+    pub model: PathBuf,
+    pub out: PathBuf,
+    pub format: OutFormat,
+    pub dtype: ExportDtype,
+    pub force: bool,
+    pub target: TargetSpec,
+    pub options: PruneOptions,
+    pub stats: Option<PathBuf>,
+    pub resume: bool,
+}
+
+impl PruneJob {
+    /// Checks everything that does not need the model, so mistakes fail in milliseconds.
+    fn check_options(&self) -> Result<()> {
+        let o = &self.options;
+        if self.out.exists() && !self.force {
+            bail!("{}: already exists; choose another path or pass --force to replace it", self.out.display());
+        }
+        if o.shots == 0 {
+            bail!("--shots must be at least 1");
+        }
+        if self.stats.is_some() && o.shots > 1 {
+            bail!("--stats holds statistics of the dense model, but every shot after the first needs fresh ones; use --shots 1 or drop --stats");
+        }
+        if let Some(cmd) = &o.recover_cmd
+            && !(cmd.contains("{in}") && cmd.contains("{out}"))
+        {
+            bail!("--recover-cmd must contain {{in}} and {{out}} (HF directories it reads and writes), got `{cmd}`");
+        }
+        if self.dtype == ExportDtype::Q8_0 && self.format != OutFormat::Gguf {
+            bail!("q8_0 is a GGUF block type; use --format gguf or an f32/f16/bf16 --dtype");
+        }
+        if o.calib_batch == 0 {
+            bail!("--calib-batch must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// Sibling folder for per-shot checkpoints and recovery exchanges.
+    pub fn work_dir(&self) -> PathBuf {
+        let name = self.out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        self.out.with_file_name(format!(".{name}.shots"))
+    }
+
+    pub fn run(&self) -> Result<PruneReport> {
+        let t0 = Instant::now();
+        self.check_options()?;
+        let dense = load_model(&self.model, &Device::Cpu)?;
+        let target = resolve(&dense.model.config, self.target, self.options.gqa, self.options.mlp_multiple)?;
+        // The output must be representable before hours of work.
+        if matches!(self.format, OutFormat::Hf | OutFormat::Both) || self.options.recover_cmd.is_some() {
+            hf_dir::config_json(&dense.model.config, &dense.tokenizer.meta, "float32")?;
+        }
+        let sha = model_sha256(&self.model)?;
+        let stats = match &self.stats {
+            None => None,
+            Some(p) => {
+                let s = Stats::load(p)?;
+                s.check_matches(&dense.model, &sha, p)?;
+                Some((s, p.clone()))
+            }
+        };
+        let stats_meta = stats.as_ref().map(|(s, _)| s.meta.clone());
+        let work_dir = self.work_dir();
+        let (pruned, shots) = pipeline::run(PruneRun {
+            dense: &dense,
+            dense_sha256: &sha,
+            target,
+            options: &self.options,
+            stats,
+            work_dir: work_dir.clone(),
+            resume: self.resume,
+        })?;
+        let t_export = Instant::now();
+        let before = ModelStats::new(&dense.model.config, 2048);
+        let after = ModelStats::new(&pruned.model.config, 2048);
+        let mut outputs = Vec::new();
+        if self.format != OutFormat::Gguf {
+            outputs.push("config.json + model.safetensors (Hugging Face)".to_string());
+        }
+        if self.format != OutFormat::Hf {
+            outputs.push("model.gguf".to_string());
+        }
+        let sum = |f: fn(&pipeline::ShotRecord) -> f64| shots.iter().map(f).sum::<f64>();
+        let mut report = PruneReport {
+            input: Input { path: self.model.display().to_string(), sha256: sha },
+            attn_unit: "head",
+            options: self.options.clone(),
+            target: Target {
+                spec: match self.target {
+                    TargetSpec::Ratio(r) => format!("ratio {r}"),
+                    TargetSpec::Widths { mha, mlp } => format!("mha_width {mha:?}, mlp_width {mlp:?}"),
+                },
+                widths: target,
+                split: RATIO_SPLIT,
+            },
+            stats_file: stats_meta,
+            removed_non_embedding: 1.0 - after.params_non_embedding as f64 / before.params_non_embedding as f64,
+            before,
+            after,
+            outputs,
+            seconds: Seconds {
+                calibrate: sum(|s| s.seconds_calibrate),
+                prune: sum(|s| s.seconds_prune),
+                recover: sum(|s| s.seconds_recover),
+                export: 0.0,
+                total: 0.0,
+            },
+            shots,
+        };
+        let (format, dtype) = (self.format, self.dtype);
+        atomic::write_dir(&self.out, self.force, |dir| {
+            write_outputs(&pruned, dir, format, dtype)?;
+            report.seconds.export = t_export.elapsed().as_secs_f64();
+            report.seconds.total = t0.elapsed().as_secs_f64();
+            std::fs::write(dir.join("prune_report.json"), serde_json::to_string_pretty(&report)?)?;
+            Ok(())
+        })?;
+        let _ = std::fs::remove_dir_all(&work_dir);
+        Ok(report)
+    }
+}
+
+fn write_outputs(lm: &LoadedModel, dir: &std::path::Path, format: OutFormat, dtype: ExportDtype) -> Result<()> {
+    if format != OutFormat::Gguf {
+        write_hf(lm, dir, dtype)?;
+    }
+    if format != OutFormat::Hf {
+        write_gguf(lm, &dir.join("model.gguf"), dtype)?;
+    }
+    Ok(())
+}

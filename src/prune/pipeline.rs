@@ -1,0 +1,259 @@
+//! The K-shot loop: re-collect statistics on the current model, step the widths, choose, slice,
+//! recover; checkpoint after every shot so `--resume` can continue.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use super::plan::{GqaMode, LayerKeep, Widths, attn_unit, choose, head_scores, schedule};
+use super::scorer::{self, LayerInput, ScorerKind, Site};
+use super::slice::slice;
+use crate::calib::data::{CalibSpec, TokenizedSource, tokenize_source};
+use crate::calib::stats::{ChannelStats, LayerStats, Stats, collect};
+use crate::io::export::{ExportDtype, write_hf};
+use crate::io::atomic;
+use crate::io::load::{LoadedModel, load_model};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PruneOptions {
+    pub scorer: ScorerKind,
+    /// Weight of the max term in the TransAct head score; `None` = 10 / head dim.
+    pub alpha: Option<f64>,
+    pub seed: u64,
+    pub gqa: GqaMode,
+    pub shots: usize,
+    pub calib: CalibSpec,
+    /// Calibration sequences per forward pass.
+    pub calib_batch: usize,
+    pub mlp_multiple: usize,
+    /// External recovery after each shot: `{in}` and `{out}` are HF directories.
+    pub recover_cmd: Option<String>,
+}
+
+/// Original indices a layer keeps (composed over shots).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Kept {
+    pub q_heads: Vec<usize>,
+    pub kv_heads: Vec<usize>,
+    pub mlp: Vec<usize>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Summary {
+    pub min: f64,
+    pub mean: f64,
+    pub max: f64,
+    /// Lowest score that was kept.
+    pub kept_min: f64,
+}
+
+fn summary(all: &[f64], kept: &[usize]) -> Summary {
+    let n = all.len().max(1) as f64;
+    Summary {
+        min: all.iter().copied().fold(f64::INFINITY, f64::min),
+        mean: all.iter().sum::<f64>() / n,
+        max: all.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        kept_min: kept.iter().map(|&i| all[i]).fold(f64::INFINITY, f64::min),
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LayerScores {
+    /// Score of every query head of the layer before this shot.
+    pub heads: Vec<f64>,
+    pub mlp: Summary,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShotRecord {
+    pub shot: usize,
+    pub widths: Widths,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub calibration_tokens: u64,
+    pub kept: Vec<Kept>,
+    pub scores: Vec<LayerScores>,
+    pub seconds_calibrate: f64,
+    pub seconds_prune: f64,
+    pub seconds_recover: f64,
+}
+
+/// Progress of an interrupted run, stored next to the checkpoints.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct State {
+    input_sha256: String,
+    target: Widths,
+    options: PruneOptions,
+    shots: Vec<ShotRecord>,
+}
+
+pub struct PruneRun<'a> {
+    pub dense: &'a LoadedModel,
+    pub dense_sha256: &'a str,
+    pub target: Widths,
+    pub options: &'a PruneOptions,
+    /// Statistics of the dense model to use in the first shot instead of calibrating.
+    pub stats: Option<(Stats, PathBuf)>,
+    /// Where per-shot checkpoints live (needed for `resume`).
+    pub work_dir: PathBuf,
+    pub resume: bool,
+}
+
+fn clone_with(lm: &LoadedModel, model: crate::Model) -> LoadedModel {
+    LoadedModel {
+        model,
+        tokenizer: lm.tokenizer.clone(),
+        path: lm.path.clone(),
+        format: lm.format,
+        gguf_tokenizer_metadata: lm.gguf_tokenizer_metadata.clone(),
+    }
+}
+
+fn zero_stats(m: &crate::Model) -> Vec<LayerStats> {
+    let z = |n| ChannelStats { sum_sq: vec![0.0; n], sum: vec![0.0; n], sum_abs: vec![0.0; n] };
+    m.config.layers.iter().map(|s| LayerStats { attn: z(s.mha_width()), mlp: z(s.mlp_width) }).collect()
+}
+
+/// Runs all shots; returns the pruned model and one record per shot.
+pub fn run(r: PruneRun) -> Result<(LoadedModel, Vec<ShotRecord>)> {
+    let o = r.options;
+    let dense_shape = r.dense.model.config.uniform_shape().expect("targets are resolved on uniform models");
+    let start = Widths { mha: dense_shape.mha_width(), mlp: dense_shape.mlp_width };
+    let widths = schedule(start, r.target, o.shots, attn_unit(&dense_shape, o.gqa), o.mlp_multiple);
+    let state_path = r.work_dir.join("state.json");
+    let mut state = State { input_sha256: r.dense_sha256.to_string(), target: r.target, options: o.clone(), shots: Vec::new() };
+    let mut current = clone_with(r.dense, r.dense.model.clone());
+    let mut kept: Vec<Kept> = r
+        .dense
+        .model
+        .config
+        .layers
+        .iter()
+        .map(|s| Kept { q_heads: (0..s.n_heads).collect(), kv_heads: (0..s.n_kv_heads).collect(), mlp: (0..s.mlp_width).collect() })
+        .collect();
+    if r.resume {
+        let text = std::fs::read_to_string(&state_path).with_context(|| {
+            format!("{}: no interrupted run to resume (run without --resume to start one)", state_path.display())
+        })?;
+        let saved: State = serde_json::from_str(&text).with_context(|| format!("{}: unreadable", state_path.display()))?;
+        if saved.input_sha256 != state.input_sha256 || saved.target != state.target || saved.options != state.options {
+            bail!("{}: the interrupted run used another model, target or options; rerun without --resume", state_path.display());
+        }
+        if let Some(last) = saved.shots.last() {
+            let dir = r.work_dir.join(format!("shot-{}", last.shot));
+            let loaded = load_model(&dir, &r.dense.model.device)?;
+            current = clone_with(r.dense, loaded.model);
+            kept = last.kept.clone();
+            eprintln!("resuming after shot {} of {}", last.shot, o.shots);
+        }
+        state = saved;
+    }
+    let scorer = scorer::build(o.scorer, o.alpha, o.seed);
+    let source: Option<TokenizedSource> =
+        if scorer.needs_stats() { Some(tokenize_source(&r.dense.tokenizer, &o.calib.source)?) } else { None };
+    let mut stats_file = r.stats;
+
+    for shot in state.shots.len() + 1..=o.shots {
+        let w = widths[shot - 1];
+        let t0 = Instant::now();
+        let m = &current.model;
+        let (layer_stats, tokens) = match (&source, stats_file.take()) {
+            (None, _) => (zero_stats(m), 0),
+            (Some(_), Some((s, _))) if shot == 1 => (s.layers, s.meta.tokens),
+            (Some(src), _) => {
+                // Each shot draws fresh blocks (seed + shot − 1), as the release re-draws every shot.
+                let data = src.draw(o.calib.samples, o.calib.seq_len, o.calib.seed.wrapping_add(shot as u64 - 1))?;
+                let s = collect(m, &data, "", o.calib_batch, &format!("calib {shot}/{}", o.shots))?;
+                (s.layers, s.meta.tokens)
+            }
+        };
+        let seconds_calibrate = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        let mut keeps: Vec<LayerKeep> = Vec::new();
+        let mut scores = Vec::new();
+        for (l, shape) in m.config.layers.iter().enumerate() {
+            let input = LayerInput { layer: l, stats: &layer_stats[l], weights: &m.weights.layers[l], tokens };
+            let heads = head_scores(shape, &scorer.channels(Site::Attn, &input)?, scorer.as_ref());
+            let mlp = scorer.channels(Site::Mlp, &input)?;
+            let k = choose(shape, &heads, &mlp, w, o.gqa);
+            scores.push(LayerScores { mlp: summary(&mlp, &k.mlp), heads });
+            keeps.push(k);
+        }
+        let sliced = slice(m, &keeps)?;
+        for (k, keep) in kept.iter_mut().zip(&keeps) {
+            *k = Kept {
+                q_heads: keep.q_heads.iter().map(|&i| k.q_heads[i]).collect(),
+                kv_heads: keep.kv_heads.iter().map(|&i| k.kv_heads[i]).collect(),
+                mlp: keep.mlp.iter().map(|&i| k.mlp[i]).collect(),
+            };
+        }
+        current = clone_with(r.dense, sliced);
+        let seconds_prune = t1.elapsed().as_secs_f64();
+        let t2 = Instant::now();
+        if let Some(cmd) = &o.recover_cmd {
+            current = recover(&current, cmd, &r.work_dir, shot)?;
+        }
+        let s = current.model.config.layers[0];
+        state.shots.push(ShotRecord {
+            shot,
+            widths: w,
+            n_heads: s.n_heads,
+            n_kv_heads: s.n_kv_heads,
+            calibration_tokens: tokens,
+            kept: kept.clone(),
+            scores,
+            seconds_calibrate,
+            seconds_prune,
+            seconds_recover: t2.elapsed().as_secs_f64(),
+        });
+        eprintln!(
+            "shot {shot}/{}: mha_width {} ({} heads, {} KV heads), mlp_width {} ({:.1} s)",
+            o.shots,
+            w.mha,
+            s.n_heads,
+            s.n_kv_heads,
+            w.mlp,
+            t0.elapsed().as_secs_f64()
+        );
+        if shot < o.shots {
+            checkpoint(&current, &r.work_dir, shot, &state, &state_path)?;
+        }
+    }
+    Ok((current, state.shots))
+}
+
+fn checkpoint(lm: &LoadedModel, work: &Path, shot: usize, state: &State, state_path: &Path) -> Result<()> {
+    std::fs::create_dir_all(work).with_context(|| format!("{}: cannot create", work.display()))?;
+    let dir = work.join(format!("shot-{shot}"));
+    atomic::write_dir(&dir, true, |tmp| write_hf(lm, tmp, ExportDtype::F32))?;
+    atomic::write_file(state_path, true, |tmp| Ok(std::fs::write(tmp, serde_json::to_string_pretty(state)?)?))?;
+    if shot > 1 {
+        let _ = std::fs::remove_dir_all(work.join(format!("shot-{}", shot - 1)));
+    }
+    Ok(())
+}
+
+/// Exports the model to `{in}`, runs the user's trainer, loads `{out}` and checks its shapes.
+fn recover(lm: &LoadedModel, cmd: &str, work: &Path, shot: usize) -> Result<LoadedModel> {
+    std::fs::create_dir_all(work).with_context(|| format!("{}: cannot create", work.display()))?;
+    let input = work.join(format!("recover-{shot}-in"));
+    let output = work.join(format!("recover-{shot}-out"));
+    let _ = std::fs::remove_dir_all(&output);
+    atomic::write_dir(&input, true, |tmp| write_hf(lm, tmp, ExportDtype::F32))?;
+    let line = cmd.replace("{in}", &input.display().to_string()).replace("{out}", &output.display().to_string());
+    eprintln!("shot {shot}: recovery: {line}");
+    let status = std::process::Command::new("sh").arg("-c").arg(&line).status().with_context(|| format!("cannot run `{line}`"))?;
+    if !status.success() {
+        bail!("recovery command failed ({status}): {line}");
+    }
+    let loaded = load_model(&output, &lm.model.device)
+        .with_context(|| format!("recovery command did not leave a loadable HF directory in {}", output.display()))?;
+    if loaded.model.config.layers != lm.model.config.layers || loaded.model.config.hidden_size != lm.model.config.hidden_size {
+        bail!("recovery command changed the model's shapes ({}); it must only train the weights", output.display());
+    }
+    let _ = std::fs::remove_dir_all(&input);
+    let _ = std::fs::remove_dir_all(&output);
+    Ok(clone_with(lm, loaded.model))
+}

@@ -1,0 +1,195 @@
+//! Which heads and channels each layer keeps, the target widths, and the K-shot schedule.
+
+use anyhow::{Result, bail};
+use serde::Serialize;
+
+use super::scorer::Scorer;
+use crate::model::config::{LayerShape, ModelConfig};
+use crate::stats::ModelStats;
+
+/// How attention heads are removed under grouped-query attention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GqaMode {
+    /// Whole KV groups: the query heads of a group go with their KV head (the KV cache shrinks).
+    Groups,
+    /// The same number of query heads inside every group; all KV heads stay.
+    Queries,
+}
+
+/// Target transitional widths, the same in every layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Widths {
+    /// Attention width before `o_proj` (query heads × head dim).
+    pub mha: usize,
+    /// SwiGLU intermediate width.
+    pub mlp: usize,
+}
+
+/// What one layer keeps, as ascending indices into its current heads and channels. Query heads
+/// are listed group by group, so query head i of the result reads KV head i / group size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LayerKeep {
+    pub q_heads: Vec<usize>,
+    pub kv_heads: Vec<usize>,
+    pub mlp: Vec<usize>,
+}
+
+/// Attention width of one removable unit.
+pub fn attn_unit(s: &LayerShape, gqa: GqaMode) -> usize {
+    match gqa {
+        GqaMode::Groups => s.group_size() * s.head_dim,
+        GqaMode::Queries => s.n_kv_heads * s.head_dim,
+    }
+}
+
+/// The layer shape after pruning to `w` (which must be a multiple of [`attn_unit`]).
+pub fn shape_for(s: &LayerShape, w: Widths, gqa: GqaMode) -> LayerShape {
+    let units = w.mha / attn_unit(s, gqa);
+    let (n_heads, n_kv_heads) = match gqa {
+        GqaMode::Groups => (units * s.group_size(), units),
+        GqaMode::Queries => (units * s.n_kv_heads, s.n_kv_heads),
+    };
+    LayerShape { n_heads, n_kv_heads, head_dim: s.head_dim, mlp_width: w.mlp }
+}
+
+/// The `k` highest scores' indices, ascending; ties keep the lower index.
+pub fn top_k(scores: &[f64], k: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    let mut keep = order[..k.min(order.len())].to_vec();
+    keep.sort_unstable();
+    keep
+}
+
+/// Per-head scores from per-channel attention scores.
+pub fn head_scores(s: &LayerShape, channels: &[f64], scorer: &dyn Scorer) -> Vec<f64> {
+    channels.chunks(s.head_dim).map(|c| scorer.head(c)).collect()
+}
+
+/// Chooses the kept heads and channels of one layer.
+pub fn choose(s: &LayerShape, heads: &[f64], mlp: &[f64], w: Widths, gqa: GqaMode) -> LayerKeep {
+    let gs = s.group_size();
+    let target = shape_for(s, w, gqa);
+    let (q_heads, kv_heads) = match gqa {
+        GqaMode::Groups => {
+            let group: Vec<f64> = heads.chunks(gs).map(|h| h.iter().sum()).collect();
+            let kept = top_k(&group, target.n_kv_heads);
+            (kept.iter().flat_map(|g| g * gs..(g + 1) * gs).collect(), kept)
+        }
+        GqaMode::Queries => {
+            let per_group = target.n_heads / s.n_kv_heads;
+            let q = (0..s.n_kv_heads)
+                .flat_map(|g| top_k(&heads[g * gs..(g + 1) * gs], per_group).into_iter().map(move |h| g * gs + h))
+                .collect();
+            (q, (0..s.n_kv_heads).collect())
+        }
+    };
+    LayerKeep { q_heads, kv_heads, mlp: top_k(mlp, w.mlp) }
+}
+
+/// How the user states the target.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum TargetSpec {
+    /// Absolute per-layer widths; `None` keeps the current one.
+    Widths { mha: Option<usize>, mlp: Option<usize> },
+    /// Fraction of non-embedding parameters to remove.
+    Ratio(f64),
+}
+
+fn non_embedding(cfg: &ModelConfig, s: &LayerShape, w: Widths, gqa: GqaMode) -> u64 {
+    let mut c = cfg.clone();
+    c.layers = vec![shape_for(s, w, gqa); cfg.n_layers()];
+    ModelStats::new(&c, 0).params_non_embedding
+}
+
+/// Resolves and validates the target before any work; errors say what would be possible.
+pub fn resolve(cfg: &ModelConfig, spec: TargetSpec, gqa: GqaMode, mlp_multiple: usize) -> Result<Widths> {
+    let Some(s) = cfg.uniform_shape() else {
+        bail!("the input model has layers of different shapes; TransAct prunes uniform models to uniform widths");
+    };
+    let unit = attn_unit(&s, gqa);
+    let unit_what = match gqa {
+        GqaMode::Groups => format!("one KV group = {} query heads × head dim {}", s.group_size(), s.head_dim),
+        GqaMode::Queries => format!("one query head in each of the {} KV groups × head dim {}", s.n_kv_heads, s.head_dim),
+    };
+    if mlp_multiple == 0 {
+        bail!("--mlp-multiple must be at least 1");
+    }
+    let w = match spec {
+        TargetSpec::Widths { mha, mlp } => Widths { mha: mha.unwrap_or(s.mha_width()), mlp: mlp.unwrap_or(s.mlp_width) },
+        TargetSpec::Ratio(r) => {
+            if !(r > 0.0 && r < 1.0) {
+                bail!("--ratio must be strictly between 0 and 1 (fraction of non-embedding parameters to remove), got {r}");
+            }
+            // Stated split: attention loses the same fraction as the whole, rounded up to whole
+            // units (as TransAct rounds heads up); the MLP width then makes the total exact.
+            let mha = ((s.mha_width() as f64 * (1.0 - r)) / unit as f64).ceil().max(1.0) as usize * unit;
+            let dense = non_embedding(cfg, &s, Widths { mha: s.mha_width(), mlp: s.mlp_width }, gqa) as f64;
+            let at_zero = non_embedding(cfg, &s, Widths { mha, mlp: 0 }, gqa) as f64;
+            let per_channel = (3 * cfg.hidden_size * cfg.n_layers()) as f64;
+            let mlp = ((dense * (1.0 - r) - at_zero) / per_channel / mlp_multiple as f64).round() as i64 * mlp_multiple as i64;
+            if mlp < mlp_multiple as i64 {
+                bail!("--ratio {r} removes more than the MLP can give after keeping {mha} attention width; use a smaller ratio");
+            }
+            Widths { mha, mlp: (mlp as usize).min(s.mlp_width) }
+        }
+    };
+    if w.mha == 0 || w.mha > s.mha_width() {
+        bail!("--mha-width {} is impossible: it must be between {unit} and the current {}", w.mha, s.mha_width());
+    }
+    if w.mha % unit != 0 {
+        let lo = w.mha / unit * unit;
+        bail!(
+            "--mha-width {} is not a multiple of {unit} ({unit_what}, --gqa {}); nearest possible: {}",
+            w.mha,
+            if gqa == GqaMode::Groups { "groups" } else { "queries" },
+            if lo == 0 { format!("{unit}") } else { format!("{lo} or {}", lo + unit) }
+        );
+    }
+    if w.mlp == 0 || w.mlp > s.mlp_width {
+        bail!("--mlp-width {} is impossible: it must be between 1 and the current {}", w.mlp, s.mlp_width);
+    }
+    if w.mlp % mlp_multiple != 0 {
+        bail!("--mlp-width {} is not a multiple of --mlp-multiple {mlp_multiple}", w.mlp);
+    }
+    Ok(w)
+}
+
+/// Widths after each of `shots` steps: `next = cur − ⌊(cur − target) / remaining⌋`, attention
+/// then rounded up to whole units and the MLP up to `mlp_multiple` (the release's linear schedule).
+pub fn schedule(start: Widths, target: Widths, shots: usize, unit: usize, mlp_multiple: usize) -> Vec<Widths> {
+    let round_up = |x: usize, m: usize| x.div_ceil(m) * m;
+    let mut cur = start;
+    (1..=shots)
+        .map(|i| {
+            let r = shots - i + 1;
+            let mha = round_up(cur.mha - (cur.mha - target.mha) / r, unit).min(cur.mha);
+            let mlp = round_up(cur.mlp - (cur.mlp - target.mlp) / r, mlp_multiple).min(cur.mlp);
+            cur = Widths { mha, mlp };
+            cur
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_matches_the_release_table() {
+        // TRANSACT.md §3: LLaMA2-7B to a=768, f=1536 in 8 shots.
+        let s = schedule(Widths { mha: 4096, mlp: 11008 }, Widths { mha: 768, mlp: 1536 }, 8, 128, 1);
+        let mha: Vec<usize> = s.iter().map(|w| w.mha).collect();
+        let mlp: Vec<usize> = s.iter().map(|w| w.mlp).collect();
+        assert_eq!(mha, [3712, 3328, 2944, 2560, 2176, 1792, 1280, 768]);
+        assert_eq!(mlp, [9824, 8640, 7456, 6272, 5088, 3904, 2720, 1536]);
+        assert_eq!(schedule(Widths { mha: 576, mlp: 1536 }, Widths { mha: 192, mlp: 768 }, 1, 192, 1), [Widths { mha: 192, mlp: 768 }]);
+    }
+
+    #[test]
+    fn top_k_is_sorted_and_stable() {
+        assert_eq!(top_k(&[0.1, 0.9, 0.5, 0.9], 2), [1, 3]);
+        assert_eq!(top_k(&[1.0, 1.0, 1.0], 2), [0, 1]);
+    }
+}
