@@ -162,6 +162,8 @@ pub fn config_json(cfg: &ModelConfig, meta: &TokenizerMeta, torch_dtype: &str) -
 pub fn tokenizer_config_json(meta: &TokenizerMeta, token: impl Fn(Option<u32>) -> Option<String>) -> serde_json::Value {
     json!({
         "tokenizer_class": "PreTrainedTokenizerFast",
+        // Without this, transformers 4.x returns token_type_ids, which LlamaForCausalLM rejects.
+        "model_input_names": ["input_ids", "attention_mask"],
         "add_bos_token": meta.add_bos,
         "add_eos_token": false,
         "bos_token": token(meta.bos),

@@ -131,5 +131,12 @@ impl safetensors::View for LazyView {
 pub fn write(path: &Path, tensors: Vec<(String, LazyView)>) -> Result<()> {
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
     safetensors::serialize_to_file(tensors, Some(meta), path)
-        .map_err(|e| anyhow!("{}: cannot write safetensors: {e}", path.display()))
+        .map_err(|e| anyhow!("{}: cannot write safetensors: {e}", path.display()))?;
+    // The crate writes through a private temporary file (mode 0600); weights are meant to be shared.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))?;
+    }
+    Ok(())
 }

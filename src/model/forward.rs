@@ -166,6 +166,20 @@ impl Model {
         linear(&x, self.weights.lm_head.as_ref().unwrap_or(&self.weights.embed))
     }
 
+    /// The same model with Q/K rows in the RoPE pair layout `to` (identical outputs).
+    pub fn with_rope_layout(&self, to: super::config::RopeLayout) -> Result<Model> {
+        if self.config.rope_layout == to {
+            return Ok(self.clone());
+        }
+        let mut m = self.clone();
+        for (w, s) in m.weights.layers.iter_mut().zip(&self.config.layers) {
+            w.q = super::rope::permute_rows(&w.q, s.n_heads, to)?;
+            w.k = super::rope::permute_rows(&w.k, s.n_kv_heads, to)?;
+        }
+        m.config.rope_layout = to;
+        Ok(m)
+    }
+
     /// Convenience: logits `[t, vocab]` for one sequence, no cache.
     pub fn logits(&self, ids: &[u32]) -> Result<Tensor> {
         let tokens = Tensor::new(ids, &self.device)?.unsqueeze(0)?;

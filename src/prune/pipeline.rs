@@ -101,14 +101,19 @@ pub struct PruneRun<'a> {
     pub resume: bool,
 }
 
-fn clone_with(lm: &LoadedModel, model: crate::Model) -> LoadedModel {
-    LoadedModel {
+/// `model` with the name and tokenizer of `lm`. Models reloaded from a checkpoint or a trainer
+/// come back in HF pair order; they are put back into `lm`'s order so every shot computes exactly
+/// what an uninterrupted run computes.
+fn clone_with(lm: &LoadedModel, model: crate::Model) -> Result<LoadedModel> {
+    let mut model = model.with_rope_layout(lm.model.config.rope_layout)?;
+    model.config.name = lm.model.config.name.clone();
+    Ok(LoadedModel {
         model,
         tokenizer: lm.tokenizer.clone(),
         path: lm.path.clone(),
         format: lm.format,
         gguf_tokenizer_metadata: lm.gguf_tokenizer_metadata.clone(),
-    }
+    })
 }
 
 fn zero_stats(m: &crate::Model) -> Vec<LayerStats> {
@@ -124,7 +129,7 @@ pub fn run(r: PruneRun) -> Result<(LoadedModel, Vec<ShotRecord>)> {
     let widths = schedule(start, r.target, o.shots, attn_unit(&dense_shape, o.gqa), o.mlp_multiple);
     let state_path = r.work_dir.join("state.json");
     let mut state = State { input_sha256: r.dense_sha256.to_string(), target: r.target, options: o.clone(), shots: Vec::new() };
-    let mut current = clone_with(r.dense, r.dense.model.clone());
+    let mut current = clone_with(r.dense, r.dense.model.clone())?;
     let mut kept: Vec<Kept> = r
         .dense
         .model
@@ -144,7 +149,7 @@ pub fn run(r: PruneRun) -> Result<(LoadedModel, Vec<ShotRecord>)> {
         if let Some(last) = saved.shots.last() {
             let dir = r.work_dir.join(format!("shot-{}", last.shot));
             let loaded = load_model(&dir, &r.dense.model.device)?;
-            current = clone_with(r.dense, loaded.model);
+            current = clone_with(r.dense, loaded.model)?;
             kept = last.kept.clone();
             eprintln!("resuming after shot {} of {}", last.shot, o.shots);
         }
@@ -189,7 +194,7 @@ pub fn run(r: PruneRun) -> Result<(LoadedModel, Vec<ShotRecord>)> {
                 mlp: keep.mlp.iter().map(|&i| k.mlp[i]).collect(),
             };
         }
-        current = clone_with(r.dense, sliced);
+        current = clone_with(r.dense, sliced)?;
         let seconds_prune = t1.elapsed().as_secs_f64();
         let t2 = Instant::now();
         if let Some(cmd) = &o.recover_cmd {
@@ -255,5 +260,5 @@ fn recover(lm: &LoadedModel, cmd: &str, work: &Path, shot: usize) -> Result<Load
     }
     let _ = std::fs::remove_dir_all(&input);
     let _ = std::fs::remove_dir_all(&output);
-    Ok(clone_with(lm, loaded.model))
+    clone_with(lm, loaded.model)
 }

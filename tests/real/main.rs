@@ -6,4 +6,5 @@ mod bad_input;
 mod eval;
 mod export;
 mod forward;
+mod prune;
 mod tokenizer;

@@ -1,0 +1,235 @@
+use std::path::Path;
+
+use candle_core::Device;
+use transact::calib::data::{CalibSpec, prepare};
+use transact::calib::stats::{Stats, collect};
+use transact::data::corpus::Corpus;
+use transact::eval::perplexity::corpus_perplexity;
+use transact::io::export::{ExportDtype, ExportFormat, export};
+use transact::io::load::{LoadedModel, model_sha256};
+use transact::load_model;
+use transact::prune::job::{OutFormat, PruneJob};
+use transact::prune::pipeline::PruneOptions;
+use transact::prune::plan::{GqaMode, LayerKeep, TargetSpec, Widths, choose, head_scores};
+use transact::prune::scorer::{self, LayerInput, ScorerKind, Site};
+use transact::prune::slice::{mask, slice};
+
+use crate::common::{assert_close, gguf_path, max_diff, model, path_str, real_tokens, run_cli, scratch};
+
+fn small_calib() -> CalibSpec {
+    CalibSpec { source: "mix".into(), samples: 8, seq_len: 64, seed: 0 }
+}
+
+fn dense_stats() -> &'static Stats {
+    static S: std::sync::OnceLock<Stats> = std::sync::OnceLock::new();
+    S.get_or_init(|| {
+        let lm = model();
+        let data = prepare(&lm.tokenizer, &small_calib()).unwrap();
+        collect(&lm.model, &data, "test", 4, "test").unwrap()
+    })
+}
+
+fn keeps(kind: ScorerKind, w: Widths, gqa: GqaMode) -> Vec<LayerKeep> {
+    let lm = model();
+    let s = scorer::build(kind, None, 0);
+    let st = dense_stats();
+    lm.model
+        .config
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(l, shape)| {
+            let input = LayerInput { layer: l, stats: &st.layers[l], weights: &lm.model.weights.layers[l], tokens: st.meta.tokens };
+            let heads = head_scores(shape, &s.channels(Site::Attn, &input).unwrap(), s.as_ref());
+            choose(shape, &heads, &s.channels(Site::Mlp, &input).unwrap(), w, gqa)
+        })
+        .collect()
+}
+
+fn with_model(m: transact::Model) -> LoadedModel {
+    let lm = model();
+    LoadedModel { model: m, tokenizer: lm.tokenizer.clone(), path: lm.path.clone(), format: lm.format, gguf_tokenizer_metadata: lm.gguf_tokenizer_metadata.clone() }
+}
+
+#[test]
+fn masked_dense_equals_sliced_model() {
+    let lm = model();
+    let ids = real_tokens(128);
+    let cases = [
+        ("KV groups + MLP", GqaMode::Groups, Widths { mha: 384, mlp: 1024 }),
+        ("one group", GqaMode::Groups, Widths { mha: 192, mlp: 1536 }),
+        ("query heads per group + MLP", GqaMode::Queries, Widths { mha: 384, mlp: 768 }),
+        ("MLP only", GqaMode::Groups, Widths { mha: 576, mlp: 500 }),
+    ];
+    for (what, gqa, w) in cases {
+        let k = keeps(ScorerKind::Transact, w, gqa);
+        let sliced = slice(&lm.model, &k).unwrap();
+        let s = sliced.config.layers[0];
+        assert_eq!((s.mha_width(), s.mlp_width), (w.mha, w.mlp), "{what}");
+        if gqa == GqaMode::Queries {
+            assert_eq!(s.n_kv_heads, 3, "{what}: KV heads kept");
+        } else {
+            assert_eq!(s.n_kv_heads * s.group_size() * 64, w.mha, "{what}: whole groups");
+        }
+        assert_close(what, &mask(&lm.model, &k).unwrap().logits(&ids).unwrap(), &sliced.logits(&ids).unwrap());
+    }
+}
+
+#[test]
+fn pruned_exports_reload_with_identical_logits() {
+    let k = keeps(ScorerKind::Transact, Widths { mha: 384, mlp: 768 }, GqaMode::Groups);
+    let pruned = with_model(slice(&model().model, &k).unwrap());
+    let ids = real_tokens(96);
+    let reference = pruned.model.logits(&ids).unwrap();
+    let d = scratch();
+    let hf = d.path().join("hf");
+    export(&pruned, &hf, ExportFormat::Hf, ExportDtype::F32, false).unwrap();
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(hf.join("config.json")).unwrap()).unwrap();
+    assert_eq!((cfg["num_attention_heads"].as_u64(), cfg["num_key_value_heads"].as_u64()), (Some(6), Some(2)));
+    assert_eq!((cfg["head_dim"].as_u64(), cfg["intermediate_size"].as_u64()), (Some(64), Some(768)));
+    assert_close("pruned → HF", &reference, &load_model(&hf, &Device::Cpu).unwrap().model.logits(&ids).unwrap());
+    let gguf = d.path().join("p.gguf");
+    export(&pruned, &gguf, ExportFormat::Gguf, ExportDtype::F32, false).unwrap();
+    let (diff, _) = max_diff(&reference, &load_model(&gguf, &Device::Cpu).unwrap().model.logits(&ids).unwrap());
+    assert_eq!(diff, 0.0, "pruned → GGUF f32 is lossless");
+}
+
+fn wiki_ppl(m: &transact::Model) -> f64 {
+    let lm = model();
+    // Held-out text: the first BoolQ passages, never used for calibration.
+    let wiki = transact::data::corpus::load("wiki").unwrap();
+    let corpus = Corpus { name: "wiki".into(), source: wiki.source, docs: wiki.docs[..40].to_vec() };
+    corpus_perplexity(m, &lm.tokenizer, &corpus, 256, Some(6)).unwrap().token_perplexity
+}
+
+#[test]
+fn transact_scorer_beats_random() {
+    let w = Widths { mha: 576, mlp: 1152 }; // 25% of every MLP
+    let t = keeps(ScorerKind::Transact, w, GqaMode::Groups);
+    let r = keeps(ScorerKind::Random, w, GqaMode::Groups);
+    // Rankings differ: the kept sets overlap about as chance would (75%), not fully.
+    let overlap: usize = t.iter().zip(&r).map(|(a, b)| a.mlp.iter().filter(|i| b.mlp.binary_search(i).is_ok()).count()).sum();
+    let frac = overlap as f64 / (30 * 1152) as f64;
+    assert!(frac < 0.9, "transact and random keep {frac:.2} of the same channels");
+    let lm = model();
+    let (pt, pr) = (wiki_ppl(&slice(&lm.model, &t).unwrap()), wiki_ppl(&slice(&lm.model, &r).unwrap()));
+    let dense = wiki_ppl(&lm.model);
+    eprintln!("25% MLP prune, wiki perplexity: dense {dense:.2}, transact {pt:.2}, random {pr:.2}");
+    assert!(pt < pr, "transact {pt} should beat random {pr}");
+}
+
+fn job(out: &Path, shots: usize, stats: Option<std::path::PathBuf>, recover: Option<String>) -> PruneJob {
+    PruneJob {
+        model: gguf_path(),
+        out: out.to_path_buf(),
+        format: OutFormat::Both,
+        dtype: ExportDtype::F16,
+        force: false,
+        target: TargetSpec::Ratio(0.3),
+        options: PruneOptions {
+            scorer: ScorerKind::Transact,
+            alpha: None,
+            seed: 0,
+            gqa: GqaMode::Groups,
+            shots,
+            calib: small_calib(),
+            calib_batch: 4,
+            mlp_multiple: 8,
+            recover_cmd: recover,
+        },
+        stats,
+        resume: false,
+    }
+}
+
+fn same_files(a: &Path, b: &Path) {
+    for f in ["model.safetensors", "config.json", "model.gguf", "tokenizer.json"] {
+        assert!(std::fs::read(a.join(f)).unwrap() == std::fs::read(b.join(f)).unwrap(), "{f} differs");
+    }
+}
+
+#[test]
+fn same_seed_same_bytes_and_stats_reuse() {
+    let d = scratch();
+    let (a, b) = (d.path().join("a"), d.path().join("b"));
+    let ra = job(&a, 1, None, None).run().unwrap();
+    job(&b, 1, None, None).run().unwrap();
+    same_files(&a, &b);
+    assert!((ra.removed_non_embedding - 0.3).abs() < 0.01, "removed {}", ra.removed_non_embedding);
+    // Statistics saved by `calibrate` give the same model as calibrating inside `prune`.
+    let stats_path = d.path().join("stats.safetensors");
+    let lm = model();
+    let data = prepare(&lm.tokenizer, &small_calib()).unwrap();
+    collect(&lm.model, &data, &model_sha256(&gguf_path()).unwrap(), 4, "t").unwrap().save(&stats_path).unwrap();
+    let saved = collect(&lm.model, &data, "x", 4, "t").unwrap();
+    let p2 = d.path().join("s2.safetensors");
+    saved.save(&p2).unwrap();
+    assert_eq!(Stats::load(&p2).unwrap(), saved, "f64 sums and metadata survive the file");
+    let c = d.path().join("c");
+    job(&c, 1, Some(stats_path), None).run().unwrap();
+    same_files(&a, &c);
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(a.join("prune_report.json")).unwrap()).unwrap();
+    assert_eq!(report["shots"].as_array().unwrap().len(), 1);
+    // 30% of attention rounds up to whole KV groups: all 3 stay, the MLP gives the rest.
+    assert_eq!(report["shots"][0]["kept"][0]["kv_heads"].as_array().unwrap().len(), 3);
+    assert_eq!(report["target"]["widths"]["mha"], 576);
+}
+
+#[test]
+fn k_shot_with_recovery_command_resumes_after_failure() {
+    let d = scratch();
+    let plain = d.path().join("plain");
+    let r = job(&plain, 2, None, None).run().unwrap();
+    let widths: Vec<usize> = r.shots.iter().map(|s| s.widths.mlp).collect();
+    assert_eq!(widths.len(), 2);
+    assert!(widths.windows(2).all(|w| w[0] > w[1]), "MLP shrinks every shot: {widths:?}");
+    // A trainer that copies its input, but crashes on its second call.
+    let counter = d.path().join("calls");
+    let cmd = format!(
+        "n=$(cat {c} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {c}; [ $n -eq 2 ] && exit 3; cp -r {{in}} {{out}}",
+        c = counter.display()
+    );
+    let out = d.path().join("recovered");
+    let err = job(&out, 2, None, Some(cmd.clone())).run().unwrap_err();
+    assert!(format!("{err:#}").contains("recovery command failed"), "{err:#}");
+    assert!(!out.exists(), "nothing written after a failure");
+    let mut again = job(&out, 2, None, Some(cmd));
+    again.resume = true;
+    let r = again.run().unwrap();
+    assert_eq!(r.shots.len(), 2);
+    assert_eq!(std::fs::read_to_string(&counter).unwrap().trim(), "3", "shot 2 retried, shot 1 not");
+    same_files(&plain, &out);
+    assert!(!again.work_dir().exists(), "checkpoints removed after success");
+}
+
+#[test]
+fn impossible_targets_and_bad_calibration_write_nothing() {
+    let d = scratch();
+    let gguf = gguf_path();
+    let out = d.path().join("out");
+    let txt = d.path().join("tiny.txt");
+    std::fs::write(&txt, "Only a few words of calibration text.").unwrap();
+    let empty = d.path().join("empty.txt");
+    std::fs::write(&empty, "  \n").unwrap();
+    let cases: [(&[&str], &str); 9] = [
+        (&["--mha-width", "100"], "not a multiple of 192"),
+        (&["--mha-width", "0"], "impossible"),
+        (&["--mha-width", "768"], "impossible"),
+        (&["--mlp-width", "2000"], "impossible"),
+        (&["--gqa", "queries", "--mha-width", "128"], "not a multiple of 192"),
+        (&["--ratio", "1.5"], "strictly between 0 and 1"),
+        (&["--ratio", "0.99"], "removes more than"),
+        (&["--ratio", "0.5", "--calib", path_str(&txt)], "fewer than --samples × --seq-len"),
+        (&["--ratio", "0.5", "--calib", path_str(&empty)], "contains no text"),
+    ];
+    for (args, want) in cases {
+        let mut all = vec!["prune", path_str(&gguf), "--out", path_str(&out)];
+        all.extend_from_slice(args);
+        let (code, _, err) = run_cli(&all);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!err.contains("panicked"));
+        let left: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left.len(), 2, "{args:?} left files behind: {left:?}");
+    }
+}
