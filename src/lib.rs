@@ -4,6 +4,7 @@
 //! `io` (GGUF / Hugging Face readers and writers), `data` (benchmark and text files),
 //! `eval` (perplexity), `stats` (parameter, FLOP and KV-cache accounting).
 
+pub mod bench;
 pub mod calib;
 pub mod data;
 pub mod eval;

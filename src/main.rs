@@ -28,6 +28,8 @@ enum Command {
     Calibrate(cli::calibrate::CalibrateArgs),
     /// Prune with TransAct: score transitional activations, keep the top heads and channels.
     Prune(cli::prune::PruneArgs),
+    /// Two models side by side: size, KV cache, perplexity, task subsets, speed (same run).
+    Compare(cli::compare::CompareArgs),
 }
 
 /// `<model>`: a GGUF file or a Hugging Face model directory (config.json, *.safetensors,
@@ -43,6 +45,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => cli::eval::run(a),
         Command::Calibrate(a) => cli::calibrate::run(a),
         Command::Prune(a) => cli::prune::run(a),
+        Command::Compare(a) => cli::compare::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,7 @@
 //! One file per subcommand: argument struct + `run`.
 
 pub mod calibrate;
+pub mod compare;
 pub mod convert;
 pub mod eval;
 pub mod generate;
