@@ -5,7 +5,7 @@ use clap::Args;
 use transact::io::export::ExportDtype;
 use transact::prune::job::{OutFormat, PruneJob};
 use transact::prune::pipeline::PruneOptions;
-use transact::prune::plan::{GqaMode, TargetSpec};
+use transact::prune::plan::{AttnUnit, GqaMode, TargetSpec};
 use transact::prune::scorer::ScorerKind;
 use transact::stats::human;
 
@@ -29,6 +29,14 @@ pub struct PruneArgs {
     /// SwiGLU intermediate width per layer after pruning; default: unchanged.
     #[arg(long)]
     mlp_width: Option<usize>,
+    /// What attention pruning removes: whole `head`s (stock-loadable everywhere), or rotary
+    /// pairs of dims inside heads (`head-dim`: original frequencies kept, so only transact's own
+    /// directory format can hold the result).
+    #[arg(long, value_enum, default_value = "head")]
+    attn_unit: AttnUnit,
+    /// Head-dim mode: the kept head dim is a multiple of this (even; e.g. 16 for kernel-friendly shapes).
+    #[arg(long, default_value_t = 2)]
+    head_dim_multiple: usize,
     /// Under GQA, remove whole KV groups (`groups`: smaller KV cache) or the same number of
     /// query heads in every group (`queries`: KV heads kept).
     #[arg(long, value_enum, default_value = "groups")]
@@ -86,7 +94,9 @@ pub fn run(a: PruneArgs) -> Result<()> {
             scorer: a.scorer,
             alpha: a.alpha,
             seed: a.calib.seed,
+            attn_unit: a.attn_unit,
             gqa: a.gqa,
+            head_dim_multiple: a.head_dim_multiple,
             shots: a.shots,
             calib: a.calib.spec(),
             calib_batch: a.calib.calib_batch,

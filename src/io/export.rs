@@ -51,14 +51,15 @@ pub fn export(lm: &LoadedModel, out: &Path, format: ExportFormat, dtype: ExportD
 
 pub fn export_hf(lm: &LoadedModel, out: &Path, dtype: ExportDtype, force: bool) -> Result<()> {
     // Check representability before creating anything.
-    hf_dir::config_json(&lm.model.config, &lm.tokenizer.meta, "float32")?;
+    hf_dir::config_json(&lm.model.config, &lm.tokenizer.meta, "float32", false)?;
     if dtype == ExportDtype::Q8_0 {
         bail!("q8_0 is a GGUF block type; for a Hugging Face directory use f32, f16 or bf16");
     }
     atomic::write_dir(out, force, |tmp| write_hf(lm, tmp, dtype))
 }
 
-/// Writes the HF files of `lm` into the existing directory `dir`.
+/// Writes the HF files of `lm` into the existing directory `dir`; a head-dim-pruned model goes
+/// into transact's own variant (see [`hf_dir::NATIVE_MODEL_TYPE`]).
 pub fn write_hf(lm: &LoadedModel, dir: &Path, dtype: ExportDtype) -> Result<()> {
     let (st_dtype, torch_dtype) = match dtype {
         ExportDtype::F32 => (::safetensors::Dtype::F32, "float32"),
@@ -68,7 +69,7 @@ pub fn write_hf(lm: &LoadedModel, dir: &Path, dtype: ExportDtype) -> Result<()> 
     };
     let cfg = &lm.model.config;
     let meta = &lm.tokenizer.meta;
-    let config = hf_dir::config_json(cfg, meta, torch_dtype)?;
+    let config = hf_dir::config_json(cfg, meta, torch_dtype, true)?;
     let tok = |id: Option<u32>| id.and_then(|i| lm.tokenizer.token(i));
     let tokenizer_config = hf_dir::tokenizer_config_json(meta, tok);
     let tokenizer_json = lm.tokenizer.to_json()?;

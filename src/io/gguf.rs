@@ -159,6 +159,7 @@ pub fn config_from_metadata(md: &HashMap<String, Value>) -> Result<ModelConfig> 
             .ok_or_else(|| anyhow!("missing metadata `llama.attention.layer_norm_rms_epsilon`"))?,
         tied_embeddings: false, // decided by the presence of `output.weight`
         max_position: m.usize("llama.context_length")?.unwrap_or(4096),
+        rope_inv_freq: None,
     })
 }
 

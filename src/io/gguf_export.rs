@@ -24,6 +24,13 @@ fn per_layer(values: Vec<usize>) -> Value {
 }
 
 fn model_metadata(cfg: &ModelConfig, file_type: u32) -> Result<Vec<(String, Value)>> {
+    if cfg.rope_inv_freq.is_some() {
+        bail!(
+            "this model was pruned inside heads and its KV groups keep different rotary \
+             frequencies; llama.cpp's `llama` graph has one frequency table for all heads, so a GGUF \
+             would run a different model. Prune with --attn-unit head for a GGUF"
+        );
+    }
     let head_dim = cfg.layers[0].head_dim;
     if cfg.layers.iter().any(|l| l.head_dim != head_dim) {
         bail!("layers have different head dims; GGUF `llama` needs one key/value length");

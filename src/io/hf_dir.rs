@@ -39,6 +39,8 @@ struct HfConfig {
     eos_token_id: Option<serde_json::Value>,
     #[serde(rename = "_name_or_path")]
     name_or_path: Option<String>,
+    /// transact's own extension (model_type `transact-llama`): per-pair RoPE frequencies.
+    transact_rope_inv_freq: Option<Vec<Vec<Vec<f64>>>>,
 }
 
 // LlamaConfig's own defaults.
@@ -74,6 +76,7 @@ pub fn read_config(dir: &Path) -> Result<HfConfigRead> {
     let c: HfConfig = serde_json::from_str(&text).map_err(|e| anyhow!("{p}: {e}"))?;
     match c.model_type.as_deref() {
         Some("llama") => {}
+        Some(NATIVE_MODEL_TYPE) if c.transact_rope_inv_freq.is_some() => {}
         Some(other) => bail!("{p}: unsupported architecture `{other}`: only `llama` models are supported"),
         None => bail!("{p}: missing field `model_type`"),
     }
@@ -114,14 +117,28 @@ pub fn read_config(dir: &Path) -> Result<HfConfigRead> {
         rms_eps: c.rms_norm_eps,
         tied_embeddings: c.tie_word_embeddings,
         max_position: c.max_position_embeddings,
+        rope_inv_freq: c.transact_rope_inv_freq.clone(),
     };
     config.validate().map_err(|e| anyhow!("{p}: {e}"))?;
     Ok(HfConfigRead { config, bos: token_id(&c.bos_token_id), eos: token_id(&c.eos_token_id) })
 }
 
-/// `config.json` for stock `transformers` (≥ 4.45 reads `head_dim`). Fails for non-uniform layers,
-/// which `LlamaConfig` cannot express.
-pub fn config_json(cfg: &ModelConfig, meta: &TokenizerMeta, torch_dtype: &str) -> Result<serde_json::Value> {
+/// Model type of transact's own directory format: HF files plus per-pair RoPE frequencies.
+/// Stock `transformers` refuses the unknown type instead of silently running another model.
+pub const NATIVE_MODEL_TYPE: &str = "transact-llama";
+
+/// `config.json` for stock `transformers` (≥ 4.45 reads `head_dim`). Fails for non-uniform layers
+/// and for head-dim-pruned models, which `LlamaConfig` cannot express, unless `native` asks for
+/// transact's own format.
+pub fn config_json(cfg: &ModelConfig, meta: &TokenizerMeta, torch_dtype: &str, native: bool) -> Result<serde_json::Value> {
+    if cfg.rope_inv_freq.is_some() && !native {
+        bail!(
+            "this model was pruned inside heads and keeps each rotary pair's original frequency; \
+             a stock Hugging Face LlamaConfig recomputes frequencies from head_dim and would run a \
+             different model. Prune with --attn-unit head for a stock-loadable model, or keep this \
+             one in transact's own format (prune writes it, model_type `{NATIVE_MODEL_TYPE}`)"
+        );
+    }
     let s = cfg.uniform_shape().ok_or_else(|| {
         anyhow!(
             "layers have different shapes; a stock Hugging Face LlamaConfig needs the same \
@@ -155,6 +172,14 @@ pub fn config_json(cfg: &ModelConfig, meta: &TokenizerMeta, torch_dtype: &str) -
         "use_cache": true,
         "transformers_version": "4.45.0",
     }))
+    .map(|mut v| {
+        if let Some(f) = &cfg.rope_inv_freq {
+            v["model_type"] = NATIVE_MODEL_TYPE.into();
+            v["architectures"] = serde_json::json!(["TransactLlamaForCausalLM"]);
+            v["transact_rope_inv_freq"] = serde_json::json!(f);
+        }
+        v
+    })
 }
 
 /// `tokenizer_config.json`: a plain fast tokenizer, with the BOS policy stated explicitly so

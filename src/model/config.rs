@@ -56,6 +56,11 @@ pub struct ModelConfig {
     /// LM head shares the token embedding matrix.
     pub tied_embeddings: bool,
     pub max_position: usize,
+    /// Rotary inverse frequencies per layer, per KV group, per kept pair, when head-dim pruning
+    /// kept pairs whose original frequencies no longer follow from `head_dim`. `None`: the
+    /// standard θ^(−2i/head_dim).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_inv_freq: Option<Vec<Vec<Vec<f64>>>>,
 }
 
 impl ModelConfig {
@@ -67,6 +72,17 @@ impl ModelConfig {
     pub fn uniform_shape(&self) -> Option<LayerShape> {
         let first = *self.layers.first()?;
         self.layers.iter().all(|l| *l == first).then_some(first)
+    }
+
+    /// The inverse frequencies of KV group `g` in layer `l`.
+    pub fn inv_freq(&self, l: usize, g: usize) -> Vec<f64> {
+        match &self.rope_inv_freq {
+            Some(f) => f[l][g].clone(),
+            None => {
+                let d = self.layers[l].head_dim;
+                (0..d / 2).map(|i| self.rope_theta.powf(-2.0 * i as f64 / d as f64)).collect()
+            }
+        }
     }
 
     /// Checks internal consistency; called by every loader so a bad file never reaches the forward.
@@ -95,6 +111,13 @@ impl ModelConfig {
             }
             if l.head_dim % 2 != 0 {
                 return Err(format!("layer {i}: head dim {} is odd; RoPE needs pairs", l.head_dim));
+            }
+        }
+        if let Some(f) = &self.rope_inv_freq {
+            let ok = f.len() == self.layers.len()
+                && f.iter().zip(&self.layers).all(|(g, s)| g.len() == s.n_kv_heads && g.iter().all(|p| p.len() * 2 == s.head_dim));
+            if !ok {
+                return Err("rope_inv_freq does not match the layer shapes".into());
             }
         }
         Ok(())

@@ -201,8 +201,21 @@ impl Model {
         let (hq, hkv, d, g) = (s.n_heads, s.n_kv_heads, s.head_dim, s.group_size());
         let heads = |y: Tensor, n: usize| y.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous();
         let layout = self.config.rope_layout;
-        let q = rope.apply(&heads(linear(xb, &w.q)?, hq)?, layout)?;
-        let k = rope.apply(&heads(linear(xb, &w.k)?, hkv)?, layout)?;
+        let (q, k) = (heads(linear(xb, &w.q)?, hq)?, heads(linear(xb, &w.k)?, hkv)?);
+        let (q, k) = if self.config.rope_inv_freq.is_some() {
+            // Head-dim-pruned: each KV group (with its query heads) has its own kept frequencies.
+            let start = rope.start;
+            let mut qs = Vec::with_capacity(hkv);
+            let mut ks = Vec::with_capacity(hkv);
+            for grp in 0..hkv {
+                let tables = RopeTables::from_inv_freq(&self.config.inv_freq(l, grp), start, t, &self.device)?;
+                qs.push(tables.apply(&q.narrow(1, grp * g, g)?.contiguous()?, layout)?);
+                ks.push(tables.apply(&k.narrow(1, grp, 1)?.contiguous()?, layout)?);
+            }
+            (Tensor::cat(&qs, 1)?, Tensor::cat(&ks, 1)?)
+        } else {
+            (rope.apply(&q, layout)?, rope.apply(&k, layout)?)
+        };
         let v = heads(linear(xb, &w.v)?, hkv)?;
         let (k, v) = match slot {
             None => (k, v),

@@ -11,17 +11,24 @@ use super::config::RopeLayout;
 pub struct RopeTables {
     pub cos: Tensor,
     pub sin: Tensor,
+    /// Position of the first row.
+    pub start: usize,
 }
 
 impl RopeTables {
     pub fn new(head_dim: usize, theta: f64, start: usize, t: usize, device: &Device) -> Result<Self> {
-        let half = head_dim / 2;
         let inv_freq: Vec<f64> =
-            (0..half).map(|i| theta.powf(-2.0 * i as f64 / head_dim as f64)).collect();
+            (0..head_dim / 2).map(|i| theta.powf(-2.0 * i as f64 / head_dim as f64)).collect();
+        Self::from_inv_freq(&inv_freq, start, t, device)
+    }
+
+    /// Tables for explicit per-pair inverse frequencies (pairs kept by head-dim pruning).
+    pub fn from_inv_freq(inv_freq: &[f64], start: usize, t: usize, device: &Device) -> Result<Self> {
+        let half = inv_freq.len();
         let mut cos = Vec::with_capacity(t * half);
         let mut sin = Vec::with_capacity(t * half);
         for p in start..start + t {
-            for f in &inv_freq {
+            for f in inv_freq {
                 // Angles in f64: at position 8k the f32 product already loses ~1e-3 rad.
                 let a = p as f64 * f;
                 cos.push(a.cos() as f32);
@@ -31,6 +38,7 @@ impl RopeTables {
         Ok(Self {
             cos: Tensor::from_vec(cos, (t, half), device)?,
             sin: Tensor::from_vec(sin, (t, half), device)?,
+            start,
         })
     }
 

@@ -8,7 +8,7 @@ use anyhow::{Result, bail};
 use candle_core::Device;
 
 use super::pipeline::{self, PruneOptions, PruneRun};
-use super::plan::{TargetSpec, resolve};
+use super::plan::{AttnUnit, TargetSpec, resolve};
 use super::report::{Input, PruneReport, RATIO_SPLIT, Seconds, Target};
 use crate::calib::stats::Stats;
 use crate::io::export::{ExportDtype, write_hf};
@@ -57,6 +57,9 @@ impl PruneJob {
         {
             bail!("--recover-cmd must contain {{in}} and {{out}} (HF directories it reads and writes), got `{cmd}`");
         }
+        if o.attn_unit == AttnUnit::HeadDim && o.recover_cmd.is_some() {
+            bail!("--recover-cmd hands the model to a stock trainer as a Hugging Face directory, which cannot hold head-dim pruning; use --attn-unit head");
+        }
         if self.dtype == ExportDtype::Q8_0 && self.format != OutFormat::Gguf {
             bail!("q8_0 is a GGUF block type; use --format gguf or an f32/f16/bf16 --dtype");
         }
@@ -76,10 +79,17 @@ impl PruneJob {
         let t0 = Instant::now();
         self.check_options()?;
         let dense = load_model(&self.model, &Device::Cpu)?;
-        let target = resolve(&dense.model.config, self.target, self.options.gqa, self.options.mlp_multiple)?;
+        let target = resolve(&dense.model.config, self.target, self.options.units(), self.options.mlp_multiple)?;
         // The output must be representable before hours of work.
+        if self.options.attn_unit == AttnUnit::HeadDim && self.format != OutFormat::Hf {
+            bail!(
+                "--attn-unit head-dim keeps each rotary pair's original frequency, which differs between \
+                 KV groups; llama.cpp's GGUF has one frequency table for all heads. Use --format hf \
+                 (transact's own directory format) or --attn-unit head for a GGUF"
+            );
+        }
         if matches!(self.format, OutFormat::Hf | OutFormat::Both) || self.options.recover_cmd.is_some() {
-            hf_dir::config_json(&dense.model.config, &dense.tokenizer.meta, "float32")?;
+            hf_dir::config_json(&dense.model.config, &dense.tokenizer.meta, "float32", false)?;
         }
         let sha = model_sha256(&self.model)?;
         let stats = match &self.stats {
@@ -114,7 +124,7 @@ impl PruneJob {
         let sum = |f: fn(&pipeline::ShotRecord) -> f64| shots.iter().map(f).sum::<f64>();
         let mut report = PruneReport {
             input: Input { path: self.model.display().to_string(), sha256: sha },
-            attn_unit: "head",
+            attn_unit: self.options.attn_unit,
             options: self.options.clone(),
             target: Target {
                 spec: match self.target {

@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use super::plan::{GqaMode, LayerKeep, Widths, attn_unit, choose, head_scores, schedule};
+use super::plan::{AttnUnit, GqaMode, LayerKeep, Units, Widths, attn_unit, choose, head_scores, schedule};
 use super::scorer::{self, LayerInput, ScorerKind, Site};
 use super::slice::slice;
 use crate::calib::data::{CalibSpec, TokenizedSource, tokenize_source};
@@ -22,7 +22,10 @@ pub struct PruneOptions {
     /// Weight of the max term in the TransAct head score; `None` = 10 / head dim.
     pub alpha: Option<f64>,
     pub seed: u64,
+    pub attn_unit: AttnUnit,
     pub gqa: GqaMode,
+    /// Head-dim mode: kept head dims are a multiple of this (even).
+    pub head_dim_multiple: usize,
     pub shots: usize,
     pub calib: CalibSpec,
     /// Calibration sequences per forward pass.
@@ -32,12 +35,21 @@ pub struct PruneOptions {
     pub recover_cmd: Option<String>,
 }
 
+impl PruneOptions {
+    pub fn units(&self) -> Units {
+        Units { attn: self.attn_unit, gqa: self.gqa, head_dim_multiple: self.head_dim_multiple }
+    }
+}
+
 /// Original indices a layer keeps (composed over shots).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Kept {
     pub q_heads: Vec<usize>,
     pub kv_heads: Vec<usize>,
     pub mlp: Vec<usize>,
+    /// Head-dim mode: original dims each KV group's heads keep.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_dims: Option<Vec<Vec<usize>>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -126,7 +138,7 @@ pub fn run(r: PruneRun) -> Result<(LoadedModel, Vec<ShotRecord>)> {
     let o = r.options;
     let dense_shape = r.dense.model.config.uniform_shape().expect("targets are resolved on uniform models");
     let start = Widths { mha: dense_shape.mha_width(), mlp: dense_shape.mlp_width };
-    let widths = schedule(start, r.target, o.shots, attn_unit(&dense_shape, o.gqa), o.mlp_multiple);
+    let widths = schedule(start, r.target, o.shots, attn_unit(&dense_shape, o.units()), o.mlp_multiple);
     let state_path = r.work_dir.join("state.json");
     let mut state = State { input_sha256: r.dense_sha256.to_string(), target: r.target, options: o.clone(), shots: Vec::new() };
     let mut current = clone_with(r.dense, r.dense.model.clone())?;
@@ -136,7 +148,12 @@ pub fn run(r: PruneRun) -> Result<(LoadedModel, Vec<ShotRecord>)> {
         .config
         .layers
         .iter()
-        .map(|s| Kept { q_heads: (0..s.n_heads).collect(), kv_heads: (0..s.n_kv_heads).collect(), mlp: (0..s.mlp_width).collect() })
+        .map(|s| Kept {
+            q_heads: (0..s.n_heads).collect(),
+            kv_heads: (0..s.n_kv_heads).collect(),
+            mlp: (0..s.mlp_width).collect(),
+            head_dims: None,
+        })
         .collect();
     if r.resume {
         let text = std::fs::read_to_string(&state_path).with_context(|| {
@@ -180,18 +197,24 @@ pub fn run(r: PruneRun) -> Result<(LoadedModel, Vec<ShotRecord>)> {
         let mut scores = Vec::new();
         for (l, shape) in m.config.layers.iter().enumerate() {
             let input = LayerInput { layer: l, stats: &layer_stats[l], weights: &m.weights.layers[l], tokens };
-            let heads = head_scores(shape, &scorer.channels(Site::Attn, &input)?, scorer.as_ref());
+            let attn = scorer.channels(Site::Attn, &input)?;
+            let heads = head_scores(shape, &attn, scorer.as_ref());
             let mlp = scorer.channels(Site::Mlp, &input)?;
-            let k = choose(shape, &heads, &mlp, w, o.gqa);
+            let k = choose(shape, m.config.rope_layout, &attn, &mlp, scorer.as_ref(), w, o.units());
             scores.push(LayerScores { mlp: summary(&mlp, &k.mlp), heads });
             keeps.push(k);
         }
         let sliced = slice(m, &keeps)?;
-        for (k, keep) in kept.iter_mut().zip(&keeps) {
+        for ((k, keep), shape) in kept.iter_mut().zip(&keeps).zip(&m.config.layers) {
+            let head_dims = keep.head_dims.as_ref().map(|dims| {
+                let prev = k.head_dims.clone().unwrap_or_else(|| vec![(0..shape.head_dim).collect(); shape.n_kv_heads]);
+                dims.iter().zip(&prev).map(|(d, p)| d.iter().map(|&j| p[j]).collect()).collect()
+            });
             *k = Kept {
                 q_heads: keep.q_heads.iter().map(|&i| k.q_heads[i]).collect(),
                 kv_heads: keep.kv_heads.iter().map(|&i| k.kv_heads[i]).collect(),
                 mlp: keep.mlp.iter().map(|&i| k.mlp[i]).collect(),
+                head_dims: head_dims.or_else(|| k.head_dims.clone()),
             };
         }
         current = clone_with(r.dense, sliced)?;

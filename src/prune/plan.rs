@@ -4,7 +4,7 @@ use anyhow::{Result, bail};
 use serde::Serialize;
 
 use super::scorer::Scorer;
-use crate::model::config::{LayerShape, ModelConfig};
+use crate::model::config::{LayerShape, ModelConfig, RopeLayout};
 use crate::stats::ModelStats;
 
 /// How attention heads are removed under grouped-query attention.
@@ -15,6 +15,26 @@ pub enum GqaMode {
     Groups,
     /// The same number of query heads inside every group; all KV heads stay.
     Queries,
+}
+
+/// What attention pruning removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttnUnit {
+    /// Whole heads (the released configuration), grouped as `--gqa` says.
+    Head,
+    /// Rotary pairs of dimensions inside every head, the same pairs for all heads of a KV group,
+    /// each pair keeping its original frequency.
+    HeadDim,
+}
+
+/// The pruning granularity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Units {
+    pub attn: AttnUnit,
+    pub gqa: GqaMode,
+    /// Head-dim mode: the kept head dim is a multiple of this (even).
+    pub head_dim_multiple: usize,
 }
 
 /// Target transitional widths, the same in every layer.
@@ -33,24 +53,37 @@ pub struct LayerKeep {
     pub q_heads: Vec<usize>,
     pub kv_heads: Vec<usize>,
     pub mlp: Vec<usize>,
+    /// Head-dim mode: kept dims (ascending, whole rotary pairs) of each KV group's heads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub head_dims: Option<Vec<Vec<usize>>>,
 }
 
 /// Attention width of one removable unit.
-pub fn attn_unit(s: &LayerShape, gqa: GqaMode) -> usize {
-    match gqa {
-        GqaMode::Groups => s.group_size() * s.head_dim,
-        GqaMode::Queries => s.n_kv_heads * s.head_dim,
+pub fn attn_unit(s: &LayerShape, u: Units) -> usize {
+    match (u.attn, u.gqa) {
+        (AttnUnit::HeadDim, _) => s.n_heads * u.head_dim_multiple,
+        (AttnUnit::Head, GqaMode::Groups) => s.group_size() * s.head_dim,
+        (AttnUnit::Head, GqaMode::Queries) => s.n_kv_heads * s.head_dim,
     }
 }
 
 /// The layer shape after pruning to `w` (which must be a multiple of [`attn_unit`]).
-pub fn shape_for(s: &LayerShape, w: Widths, gqa: GqaMode) -> LayerShape {
-    let units = w.mha / attn_unit(s, gqa);
-    let (n_heads, n_kv_heads) = match gqa {
-        GqaMode::Groups => (units * s.group_size(), units),
-        GqaMode::Queries => (units * s.n_kv_heads, s.n_kv_heads),
+pub fn shape_for(s: &LayerShape, w: Widths, u: Units) -> LayerShape {
+    let units = w.mha / attn_unit(s, u);
+    let (n_heads, n_kv_heads, head_dim) = match (u.attn, u.gqa) {
+        (AttnUnit::HeadDim, _) => (s.n_heads, s.n_kv_heads, w.mha / s.n_heads),
+        (AttnUnit::Head, GqaMode::Groups) => (units * s.group_size(), units, s.head_dim),
+        (AttnUnit::Head, GqaMode::Queries) => (units * s.n_kv_heads, s.n_kv_heads, s.head_dim),
     };
-    LayerShape { n_heads, n_kv_heads, head_dim: s.head_dim, mlp_width: w.mlp }
+    LayerShape { n_heads, n_kv_heads, head_dim, mlp_width: w.mlp }
+}
+
+/// The two dims of rotary pair `i` in a head of `d` dims.
+pub fn pair_dims(i: usize, d: usize, layout: RopeLayout) -> [usize; 2] {
+    match layout {
+        RopeLayout::Adjacent => [2 * i, 2 * i + 1],
+        RopeLayout::HalfSplit => [i, i + d / 2],
+    }
 }
 
 /// The `k` highest scores' indices, ascending; ties keep the lower index.
@@ -67,11 +100,45 @@ pub fn head_scores(s: &LayerShape, channels: &[f64], scorer: &dyn Scorer) -> Vec
     channels.chunks(s.head_dim).map(|c| scorer.head(c)).collect()
 }
 
-/// Chooses the kept heads and channels of one layer.
-pub fn choose(s: &LayerShape, heads: &[f64], mlp: &[f64], w: Widths, gqa: GqaMode) -> LayerKeep {
+/// Chooses the kept heads (or head dims) and channels of one layer from per-channel scores.
+pub fn choose(
+    s: &LayerShape,
+    layout: RopeLayout,
+    attn: &[f64],
+    mlp: &[f64],
+    scorer: &dyn Scorer,
+    w: Widths,
+    u: Units,
+) -> LayerKeep {
     let gs = s.group_size();
-    let target = shape_for(s, w, gqa);
-    let (q_heads, kv_heads) = match gqa {
+    let target = shape_for(s, w, u);
+    if u.attn == AttnUnit::HeadDim {
+        // A pair's score sums both of its dims over every query head of the group: Q and K dims
+        // must agree across the group because K is shared, and V/O keep the same dims.
+        let d = s.head_dim;
+        let head_dims = (0..s.n_kv_heads)
+            .map(|g| {
+                let pairs: Vec<f64> = (0..d / 2)
+                    .map(|i| {
+                        let [a, b] = pair_dims(i, d, layout);
+                        (g * gs..(g + 1) * gs).map(|h| attn[h * d + a] + attn[h * d + b]).sum()
+                    })
+                    .collect();
+                let mut dims: Vec<usize> =
+                    top_k(&pairs, target.head_dim / 2).into_iter().flat_map(|i| pair_dims(i, d, layout)).collect();
+                dims.sort_unstable();
+                dims
+            })
+            .collect();
+        return LayerKeep {
+            q_heads: (0..s.n_heads).collect(),
+            kv_heads: (0..s.n_kv_heads).collect(),
+            mlp: top_k(mlp, w.mlp),
+            head_dims: Some(head_dims),
+        };
+    }
+    let heads = head_scores(s, attn, scorer);
+    let (q_heads, kv_heads) = match u.gqa {
         GqaMode::Groups => {
             let group: Vec<f64> = heads.chunks(gs).map(|h| h.iter().sum()).collect();
             let kept = top_k(&group, target.n_kv_heads);
@@ -85,7 +152,7 @@ pub fn choose(s: &LayerShape, heads: &[f64], mlp: &[f64], w: Widths, gqa: GqaMod
             (q, (0..s.n_kv_heads).collect())
         }
     };
-    LayerKeep { q_heads, kv_heads, mlp: top_k(mlp, w.mlp) }
+    LayerKeep { q_heads, kv_heads, mlp: top_k(mlp, w.mlp), head_dims: None }
 }
 
 /// How the user states the target.
@@ -97,21 +164,28 @@ pub enum TargetSpec {
     Ratio(f64),
 }
 
-fn non_embedding(cfg: &ModelConfig, s: &LayerShape, w: Widths, gqa: GqaMode) -> u64 {
+fn non_embedding(cfg: &ModelConfig, s: &LayerShape, w: Widths, u: Units) -> u64 {
     let mut c = cfg.clone();
-    c.layers = vec![shape_for(s, w, gqa); cfg.n_layers()];
+    c.layers = vec![shape_for(s, w, u); cfg.n_layers()];
     ModelStats::new(&c, 0).params_non_embedding
 }
 
 /// Resolves and validates the target before any work; errors say what would be possible.
-pub fn resolve(cfg: &ModelConfig, spec: TargetSpec, gqa: GqaMode, mlp_multiple: usize) -> Result<Widths> {
+pub fn resolve(cfg: &ModelConfig, spec: TargetSpec, u: Units, mlp_multiple: usize) -> Result<Widths> {
     let Some(s) = cfg.uniform_shape() else {
         bail!("the input model has layers of different shapes; TransAct prunes uniform models to uniform widths");
     };
-    let unit = attn_unit(&s, gqa);
-    let unit_what = match gqa {
-        GqaMode::Groups => format!("one KV group = {} query heads × head dim {}", s.group_size(), s.head_dim),
-        GqaMode::Queries => format!("one query head in each of the {} KV groups × head dim {}", s.n_kv_heads, s.head_dim),
+    if u.attn == AttnUnit::HeadDim && (u.head_dim_multiple < 2 || u.head_dim_multiple % 2 != 0) {
+        bail!("--head-dim-multiple must be even (rotary dims come in pairs), got {}", u.head_dim_multiple);
+    }
+    let gqa = u.gqa;
+    let unit = attn_unit(&s, u);
+    let unit_what = match (u.attn, gqa) {
+        (AttnUnit::HeadDim, _) => format!("{} heads × --head-dim-multiple {}", s.n_heads, u.head_dim_multiple),
+        (AttnUnit::Head, GqaMode::Groups) => format!("one KV group = {} query heads × head dim {}", s.group_size(), s.head_dim),
+        (AttnUnit::Head, GqaMode::Queries) => {
+            format!("one query head in each of the {} KV groups × head dim {}", s.n_kv_heads, s.head_dim)
+        }
     };
     if mlp_multiple == 0 {
         bail!("--mlp-multiple must be at least 1");
@@ -125,8 +199,8 @@ pub fn resolve(cfg: &ModelConfig, spec: TargetSpec, gqa: GqaMode, mlp_multiple: 
             // Stated split: attention loses the same fraction as the whole, rounded up to whole
             // units (as TransAct rounds heads up); the MLP width then makes the total exact.
             let mha = ((s.mha_width() as f64 * (1.0 - r)) / unit as f64).ceil().max(1.0) as usize * unit;
-            let dense = non_embedding(cfg, &s, Widths { mha: s.mha_width(), mlp: s.mlp_width }, gqa) as f64;
-            let at_zero = non_embedding(cfg, &s, Widths { mha, mlp: 0 }, gqa) as f64;
+            let dense = non_embedding(cfg, &s, Widths { mha: s.mha_width(), mlp: s.mlp_width }, u) as f64;
+            let at_zero = non_embedding(cfg, &s, Widths { mha, mlp: 0 }, u) as f64;
             let per_channel = (3 * cfg.hidden_size * cfg.n_layers()) as f64;
             let mlp = ((dense * (1.0 - r) - at_zero) / per_channel / mlp_multiple as f64).round() as i64 * mlp_multiple as i64;
             if mlp < mlp_multiple as i64 {
@@ -141,9 +215,13 @@ pub fn resolve(cfg: &ModelConfig, spec: TargetSpec, gqa: GqaMode, mlp_multiple: 
     if w.mha % unit != 0 {
         let lo = w.mha / unit * unit;
         bail!(
-            "--mha-width {} is not a multiple of {unit} ({unit_what}, --gqa {}); nearest possible: {}",
+            "--mha-width {} is not a multiple of {unit} ({unit_what}{}); nearest possible: {}",
             w.mha,
-            if gqa == GqaMode::Groups { "groups" } else { "queries" },
+            match (u.attn, gqa) {
+                (AttnUnit::HeadDim, _) => "",
+                (_, GqaMode::Groups) => ", --gqa groups",
+                (_, GqaMode::Queries) => ", --gqa queries",
+            },
             if lo == 0 { format!("{unit}") } else { format!("{lo} or {}", lo + unit) }
         );
     }

@@ -34,7 +34,7 @@ pub struct Seconds {
 #[derive(Debug, Clone, Serialize)]
 pub struct PruneReport {
     pub input: Input,
-    pub attn_unit: &'static str,
+    pub attn_unit: super::plan::AttnUnit,
     pub options: PruneOptions,
     pub target: Target,
     /// Statistics reused from `transact calibrate` for the first shot, if any.

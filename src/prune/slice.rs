@@ -18,19 +18,46 @@ fn idx(v: &[u32], w: &Tensor) -> Result<Tensor> {
     Ok(Tensor::new(v, w.device())?)
 }
 
-/// The model with only the kept heads and channels of every layer.
+/// Rows of the kept `heads`; in head-dim mode only the kept dims of each head's KV group.
+fn kept_rows(heads: &[usize], d: usize, group_of: impl Fn(usize) -> usize, dims: Option<&Vec<Vec<usize>>>) -> Vec<u32> {
+    match dims {
+        None => head_rows(heads, d),
+        Some(dims) => heads.iter().flat_map(|&h| dims[group_of(h)].iter().map(move |&j| (h * d + j) as u32)).collect(),
+    }
+}
+
+/// The model with only the kept heads, head dims and channels of every layer.
 pub fn slice(model: &Model, keep: &[LayerKeep]) -> Result<Model> {
     let mut config = model.config.clone();
     let mut weights = model.weights.clone();
+    let mut inv_freq = Vec::with_capacity(keep.len());
     for (l, k) in keep.iter().enumerate() {
         let s = model.config.layers[l];
         let w = &model.weights.layers[l];
-        let q = idx(&head_rows(&k.q_heads, s.head_dim), &w.q)?;
-        let kv = idx(&head_rows(&k.kv_heads, s.head_dim), &w.k)?;
+        let dims = k.head_dims.as_ref();
+        let gs = s.group_size();
+        let q = idx(&kept_rows(&k.q_heads, s.head_dim, |h| h / gs, dims), &w.q)?;
+        let kv = idx(&kept_rows(&k.kv_heads, s.head_dim, |g| g, dims), &w.k)?;
+        let head_dim = dims.map_or(s.head_dim, |d| d[0].len());
+        // Attention scores are scaled by 1/√head_dim: fold √(new/old) into Q so the pruned
+        // model keeps the original scale.
+        let q_scale = (head_dim as f64 / s.head_dim as f64).sqrt();
+        // A kept pair keeps its frequency; its first dim (2i, or i < d/2) names it.
+        inv_freq.push(
+            (0..s.n_kv_heads)
+                .map(|g| {
+                    let f = model.config.inv_freq(l, g);
+                    match dims {
+                        None => f,
+                        Some(d) => d[g].iter().filter_map(|&j| pair_of(j, s.head_dim, model.config.rope_layout)).map(|i| f[i]).collect(),
+                    }
+                })
+                .collect::<Vec<_>>(),
+        );
         let m = idx(&k.mlp.iter().map(|&i| i as u32).collect::<Vec<_>>(), &w.gate)?;
         weights.layers[l] = LayerWeights {
             attn_norm: w.attn_norm.clone(),
-            q: w.q.index_select(&q, 0)?,
+            q: (w.q.index_select(&q, 0)? * q_scale)?,
             k: w.k.index_select(&kv, 0)?,
             v: w.v.index_select(&kv, 0)?,
             o: w.o.index_select(&q, 1)?.contiguous()?,
@@ -42,12 +69,26 @@ pub fn slice(model: &Model, keep: &[LayerKeep]) -> Result<Model> {
         config.layers[l] = LayerShape {
             n_heads: k.q_heads.len(),
             n_kv_heads: k.kv_heads.len(),
-            head_dim: s.head_dim,
+            head_dim,
             mlp_width: k.mlp.len(),
         };
     }
+    if keep.iter().any(|k| k.head_dims.is_some()) || model.config.rope_inv_freq.is_some() {
+        // Kept KV heads keep their own tables (head pruning after head-dim pruning).
+        config.rope_inv_freq = Some(
+            keep.iter().zip(inv_freq).map(|(k, f)| k.kv_heads.iter().map(|&g| f[g].clone()).collect()).collect(),
+        );
+    }
     config.validate().map_err(|e| anyhow::anyhow!("sliced model is inconsistent: {e}"))?;
     Ok(Model::new(config, weights))
+}
+
+/// The rotary pair whose first dim is `j`, if it is one.
+fn pair_of(j: usize, d: usize, layout: crate::model::config::RopeLayout) -> Option<usize> {
+    match layout {
+        crate::model::config::RopeLayout::Adjacent => (j % 2 == 0).then_some(j / 2),
+        crate::model::config::RopeLayout::HalfSplit => (j < d / 2).then_some(j),
+    }
 }
 
 /// 1 for kept columns, 0 for removed ones, as a `[1, n]` row to broadcast over weights.
@@ -66,8 +107,16 @@ pub fn mask(model: &Model, keep: &[LayerKeep]) -> Result<Model> {
     for (l, k) in keep.iter().enumerate() {
         let s = model.config.layers[l];
         let w = &mut weights.layers[l];
-        let q_cols = head_rows(&k.q_heads, s.head_dim).into_iter().map(|i| i as usize);
-        w.o = w.o.broadcast_mul(&column_mask(s.mha_width(), q_cols, &w.o)?)?;
+        let dims = k.head_dims.as_ref();
+        let gs = s.group_size();
+        let q_rows: Vec<usize> = kept_rows(&k.q_heads, s.head_dim, |h| h / gs, dims).into_iter().map(|i| i as usize).collect();
+        w.o = w.o.broadcast_mul(&column_mask(s.mha_width(), q_rows.iter().copied(), &w.o)?)?;
+        if dims.is_some() {
+            // Dropped Q and K dims must not reach the attention scores either.
+            let k_rows = kept_rows(&k.kv_heads, s.head_dim, |g| g, dims).into_iter().map(|i| i as usize);
+            w.q = w.q.broadcast_mul(&column_mask(s.mha_width(), q_rows, &w.q)?.t()?)?;
+            w.k = w.k.broadcast_mul(&column_mask(s.kv_width(), k_rows, &w.k)?.t()?)?;
+        }
         w.down = w.down.broadcast_mul(&column_mask(s.mlp_width, k.mlp.iter().copied(), &w.down)?)?;
     }
     Ok(Model::new(model.config.clone(), weights))

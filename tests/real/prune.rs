@@ -10,7 +10,8 @@ use transact::io::load::{LoadedModel, model_sha256};
 use transact::load_model;
 use transact::prune::job::{OutFormat, PruneJob};
 use transact::prune::pipeline::PruneOptions;
-use transact::prune::plan::{GqaMode, LayerKeep, TargetSpec, Widths, choose, head_scores};
+use transact::prune::plan::{AttnUnit, GqaMode, LayerKeep, TargetSpec, Units, Widths, choose};
+use transact::RopeLayout;
 use transact::prune::scorer::{self, LayerInput, ScorerKind, Site};
 use transact::prune::slice::{mask, slice};
 
@@ -30,18 +31,20 @@ fn dense_stats() -> &'static Stats {
 }
 
 fn keeps(kind: ScorerKind, w: Widths, gqa: GqaMode) -> Vec<LayerKeep> {
-    let lm = model();
+    keeps_for(&model().model, kind, w, Units { attn: AttnUnit::Head, gqa, head_dim_multiple: 2 })
+}
+
+fn keeps_for(m: &transact::Model, kind: ScorerKind, w: Widths, u: Units) -> Vec<LayerKeep> {
     let s = scorer::build(kind, None, 0);
     let st = dense_stats();
-    lm.model
-        .config
+    m.config
         .layers
         .iter()
         .enumerate()
         .map(|(l, shape)| {
-            let input = LayerInput { layer: l, stats: &st.layers[l], weights: &lm.model.weights.layers[l], tokens: st.meta.tokens };
-            let heads = head_scores(shape, &s.channels(Site::Attn, &input).unwrap(), s.as_ref());
-            choose(shape, &heads, &s.channels(Site::Mlp, &input).unwrap(), w, gqa)
+            let input = LayerInput { layer: l, stats: &st.layers[l], weights: &m.weights.layers[l], tokens: st.meta.tokens };
+            let attn = s.channels(Site::Attn, &input).unwrap();
+            choose(shape, m.config.rope_layout, &attn, &s.channels(Site::Mlp, &input).unwrap(), s.as_ref(), w, u)
         })
         .collect()
 }
@@ -73,6 +76,55 @@ fn masked_dense_equals_sliced_model() {
         }
         assert_close(what, &mask(&lm.model, &k).unwrap().logits(&ids).unwrap(), &sliced.logits(&ids).unwrap());
     }
+}
+
+#[test]
+fn head_dim_pruning_keeps_rope_pairs_in_both_layouts() {
+    let ids = real_tokens(128);
+    let u = Units { attn: AttnUnit::HeadDim, gqa: GqaMode::Groups, head_dim_multiple: 2 };
+    for layout in [RopeLayout::Adjacent, RopeLayout::HalfSplit] {
+        let m = model().model.with_rope_layout(layout).unwrap();
+        // Head dim 64 → 32 (mha 9 × 32 = 288), MLP 1536 → 1000.
+        let k = keeps_for(&m, ScorerKind::Transact, Widths { mha: 288, mlp: 1000 }, u);
+        let dims = k[0].head_dims.as_ref().unwrap();
+        assert_eq!((dims.len(), dims[0].len()), (3, 32));
+        for g in dims {
+            for &j in g {
+                let partner = match layout {
+                    RopeLayout::Adjacent => j ^ 1,
+                    RopeLayout::HalfSplit => (j + 32) % 64,
+                };
+                assert!(g.contains(&partner), "{layout:?}: dim {j} kept without its rotary partner");
+            }
+        }
+        let sliced = slice(&m, &k).unwrap();
+        assert_eq!(sliced.config.layers[0].head_dim, 32);
+        assert_close(&format!("head-dim {layout:?}"), &mask(&m, &k).unwrap().logits(&ids).unwrap(), &sliced.logits(&ids).unwrap());
+        // A second shot on the sliced model (16 dims) still matches its own mask.
+        let k2 = keeps_for(&sliced, ScorerKind::Magnitude, Widths { mha: 144, mlp: 1000 }, u);
+        assert_close("head-dim twice", &mask(&sliced, &k2).unwrap().logits(&ids).unwrap(), &slice(&sliced, &k2).unwrap().logits(&ids).unwrap());
+    }
+}
+
+#[test]
+fn head_dim_models_refuse_stock_formats_but_round_trip_natively() {
+    let m = &model().model;
+    let u = Units { attn: AttnUnit::HeadDim, gqa: GqaMode::Groups, head_dim_multiple: 2 };
+    let pruned = with_model(slice(m, &keeps_for(m, ScorerKind::Transact, Widths { mha: 288, mlp: 1536 }, u)).unwrap());
+    let d = scratch();
+    let e = format!("{:#}", export(&pruned, &d.path().join("hf"), ExportFormat::Hf, ExportDtype::F32, false).unwrap_err());
+    assert!(e.contains("recomputes frequencies from head_dim") && e.contains("--attn-unit head"), "{e}");
+    let e = format!("{:#}", export(&pruned, &d.path().join("m.gguf"), ExportFormat::Gguf, ExportDtype::F32, false).unwrap_err());
+    assert!(e.contains("one frequency table"), "{e}");
+    assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0, "nothing written");
+    // transact's own directory format keeps the frequencies (and stock transformers refuses it).
+    let native = d.path().join("native");
+    std::fs::create_dir(&native).unwrap();
+    transact::io::export::write_hf(&pruned, &native, ExportDtype::F32).unwrap();
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(native.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["model_type"], "transact-llama");
+    let ids = real_tokens(64);
+    assert_close("head-dim native round trip", &pruned.model.logits(&ids).unwrap(), &load_model(&native, &Device::Cpu).unwrap().model.logits(&ids).unwrap());
 }
 
 #[test]
@@ -130,7 +182,9 @@ fn job(out: &Path, shots: usize, stats: Option<std::path::PathBuf>, recover: Opt
             scorer: ScorerKind::Transact,
             alpha: None,
             seed: 0,
+            attn_unit: AttnUnit::Head,
             gqa: GqaMode::Groups,
+            head_dim_multiple: 2,
             shots,
             calib: small_calib(),
             calib_batch: 4,
@@ -211,7 +265,9 @@ fn impossible_targets_and_bad_calibration_write_nothing() {
     std::fs::write(&txt, "Only a few words of calibration text.").unwrap();
     let empty = d.path().join("empty.txt");
     std::fs::write(&empty, "  \n").unwrap();
-    let cases: [(&[&str], &str); 9] = [
+    let cases: [(&[&str], &str); 11] = [
+        (&["--attn-unit", "head-dim", "--mha-width", "288", "--format", "gguf"], "one frequency table"),
+        (&["--attn-unit", "head-dim", "--mha-width", "280"], "not a multiple of 18"),
         (&["--mha-width", "100"], "not a multiple of 192"),
         (&["--mha-width", "0"], "impossible"),
         (&["--mha-width", "768"], "impossible"),
