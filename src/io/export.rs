@@ -52,9 +52,6 @@ pub fn export(lm: &LoadedModel, out: &Path, format: ExportFormat, dtype: ExportD
 pub fn export_hf(lm: &LoadedModel, out: &Path, dtype: ExportDtype, force: bool) -> Result<()> {
     // Check representability before creating anything.
     hf_dir::config_json(&lm.model.config, &lm.tokenizer.meta, "float32", false)?;
-    if dtype == ExportDtype::Q8_0 {
-        bail!("q8_0 is a GGUF block type; for a Hugging Face directory use f32, f16 or bf16");
-    }
     atomic::write_dir(out, force, |tmp| write_hf(lm, tmp, dtype))
 }
 
@@ -73,19 +70,16 @@ pub fn write_hf(lm: &LoadedModel, dir: &Path, dtype: ExportDtype) -> Result<()> 
     let tok = |id: Option<u32>| id.and_then(|i| lm.tokenizer.token(i));
     let tokenizer_config = hf_dir::tokenizer_config_json(meta, tok);
     let tokenizer_json = lm.tokenizer.to_json()?;
-    {
-        let tmp = dir;
-        let mut tensors = Vec::new();
-        for role in TensorRole::all(cfg) {
-            let t = weight_in_layout(lm, role, RopeLayout::HalfSplit)?;
-            tensors.push((role.hf_name(), safetensors::LazyView::new(t, st_dtype)?));
-        }
-        safetensors::write(&tmp.join("model.safetensors"), tensors)?;
-        let json = |v: &serde_json::Value| serde_json::to_string_pretty(v).expect("JSON values serialize");
-        std::fs::write(tmp.join("config.json"), json(&config))?;
-        std::fs::write(tmp.join("tokenizer.json"), &tokenizer_json)?;
-        std::fs::write(tmp.join("tokenizer_config.json"), json(&tokenizer_config))?;
-        std::fs::write(tmp.join("generation_config.json"), json(&hf_dir::generation_config_json(meta)))?;
-        Ok(())
+    let mut tensors = Vec::new();
+    for role in TensorRole::all(cfg) {
+        let t = weight_in_layout(lm, role, RopeLayout::HalfSplit)?;
+        tensors.push((role.hf_name(), safetensors::LazyView::new(t, st_dtype)?));
     }
+    safetensors::write(&dir.join("model.safetensors"), tensors)?;
+    let json = |v: &serde_json::Value| serde_json::to_string_pretty(v).expect("JSON values serialize");
+    std::fs::write(dir.join("config.json"), json(&config))?;
+    std::fs::write(dir.join("tokenizer.json"), &tokenizer_json)?;
+    std::fs::write(dir.join("tokenizer_config.json"), json(&tokenizer_config))?;
+    std::fs::write(dir.join("generation_config.json"), json(&hf_dir::generation_config_json(meta)))?;
+    Ok(())
 }

@@ -161,13 +161,10 @@ pub fn write_gguf(lm: &LoadedModel, path: &Path, dtype: ExportDtype) -> Result<(
         }
         tensors.push((role.gguf_name(), QTensor::quantize(&t, ty)?));
     }
-    {
-        let tmp = path;
-        let mut w = std::io::BufWriter::new(std::fs::File::create(tmp)?);
-        let md: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
-        let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-        gguf_file::write(&mut w, &md, &ts).map_err(|e| anyhow!("{}: {e}", tmp.display()))?;
-        std::io::Write::flush(&mut w)?;
-        Ok(())
-    }
+    let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let md: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    gguf_file::write(&mut w, &md, &ts).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    std::io::Write::flush(&mut w)?;
+    Ok(())
 }

@@ -86,3 +86,68 @@ fn convert_cli_is_atomic_and_refuses_to_overwrite() {
     let v: serde_json::Value = serde_json::from_str(&out_text).unwrap();
     assert_eq!(v["stats"]["kv_bytes_per_token_f32"], 46080);
 }
+
+/// GGUF files with the other supported block types load and dequantize exactly as candle
+/// dequantizes those blocks. K-quants need rows of 256: only `ffn_down` (1536 wide) qualifies
+/// in this model, as in llama.cpp's own quantizer.
+#[test]
+fn gguf_block_types_load() {
+    use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
+    let lm = model();
+    let d = scratch();
+    let src = d.path().join("f32.gguf");
+    export(lm, &src, ExportFormat::Gguf, ExportDtype::F32, false).unwrap();
+    let mut f = std::fs::File::open(&src).unwrap();
+    let content = gguf_file::Content::read(&mut f).unwrap();
+    let ids = real_tokens(64);
+    for (down, other) in [(GgmlDType::Q4K, GgmlDType::Q4_0), (GgmlDType::Q5K, GgmlDType::Q4_0), (GgmlDType::Q6K, GgmlDType::Q8_0)] {
+        let mut tensors = Vec::new();
+        let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+        names.sort();
+        for name in names {
+            let t = content.tensor(&mut f, name, &Device::Cpu).unwrap().dequantize(&Device::Cpu).unwrap();
+            let ty = if name.contains("norm") { GgmlDType::F32 } else if name.contains("ffn_down") { down } else { other };
+            tensors.push((name.clone(), QTensor::quantize(&t, ty).unwrap()));
+        }
+        let mut md: Vec<(&str, &gguf_file::Value)> = content.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        md.sort_by_key(|(k, _)| *k);
+        let out = d.path().join(format!("{down:?}.gguf"));
+        let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        gguf_file::write(&mut std::fs::File::create(&out).unwrap(), &md, &ts).unwrap();
+        let q = load_model(&out, &Device::Cpu).unwrap();
+        // Same weights as dequantizing the blocks directly.
+        let w = q.model.weights.layers[3].down.clone();
+        let want = tensors.iter().find(|(n, _)| n == "blk.3.ffn_down.weight").unwrap().1.dequantize(&Device::Cpu).unwrap();
+        assert_eq!(max_diff(&w, &want).0, 0.0, "{down:?}");
+        let (dl, m) = max_diff(&lm.model.logits(&ids).unwrap(), &q.model.logits(&ids).unwrap());
+        eprintln!("{down:?} down + {other:?}: max |Δlogit| {dl:.3} of {m:.1}");
+        assert!(dl < 0.5 * m, "{down:?}: logits drift {dl}");
+    }
+}
+
+/// A checkpoint sharded across two safetensors files with an index loads like the single file.
+#[test]
+fn sharded_hf_directory_loads() {
+    let lm = model();
+    let d = scratch();
+    let hf = d.path().join("hf");
+    export(lm, &hf, ExportFormat::Hf, ExportDtype::F16, false).unwrap();
+    let bytes = std::fs::read(hf.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names = st.names();
+    names.sort();
+    let mut map = serde_json::Map::new();
+    for (i, part) in names.chunks(names.len() / 2 + 1).enumerate() {
+        let file = format!("model-{:05}-of-00002.safetensors", i + 1);
+        let views: Vec<(String, safetensors::tensor::TensorView)> = part.iter().map(|n| (n.to_string(), st.tensor(n).unwrap())).collect();
+        safetensors::serialize_to_file(views, None, &hf.join(&file)).unwrap();
+        for n in part {
+            map.insert(n.to_string(), file.clone().into());
+        }
+    }
+    std::fs::remove_file(hf.join("model.safetensors")).unwrap();
+    std::fs::write(hf.join("model.safetensors.index.json"), serde_json::json!({"metadata": {}, "weight_map": map}).to_string()).unwrap();
+    let sharded = load_model(&hf, &Device::Cpu).unwrap();
+    let ids = real_tokens(64);
+    assert_close("sharded f16 HF", &lm.model.logits(&ids).unwrap(), &sharded.model.logits(&ids).unwrap());
+}
