@@ -179,7 +179,13 @@ fn load_request_dir(dir: &Path, prompt: Prompt, kind: TaskKind) -> Result<Task> 
         }
     }
     // Requests of one doc share doc_id; collect them in idx order.
-    let mut by_doc: BTreeMap<u64, (usize, Vec<(usize, Request)>, usize, Option<serde_json::Value>)> = BTreeMap::new();
+    struct Pending {
+        line: usize,
+        requests: Vec<(usize, Request)>,
+        gold: usize,
+        doc: serde_json::Value,
+    }
+    let mut by_doc: BTreeMap<u64, Pending> = BTreeMap::new();
     for (line, v) in jsonl::read(&file)? {
         let doc_id = field(&v, &["doc_id"], &file, line)?
             .as_u64()
@@ -199,13 +205,13 @@ fn load_request_dir(dir: &Path, prompt: Prompt, kind: TaskKind) -> Result<Task> 
             TaskKind::Lambada => 0,
             TaskKind::MultipleChoice => index(&v, &["label"], &file, line)?,
         };
-        let entry = by_doc.entry(doc_id).or_insert_with(|| (line, Vec::new(), gold, Some(v["doc"].clone())));
-        entry.1.push((idx, req));
+        let entry =
+            by_doc.entry(doc_id).or_insert_with(|| Pending { line, requests: Vec::new(), gold, doc: v["doc"].clone() });
+        entry.requests.push((idx, req));
     }
     let mut docs = Vec::with_capacity(by_doc.len());
-    for (id, (line, mut reqs, gold, doc)) in by_doc {
+    for (id, Pending { line, requests: mut reqs, gold, doc }) in by_doc {
         reqs.sort_by_key(|(i, _)| *i);
-        let doc = doc.unwrap_or_default();
         let requests: Vec<Request> = match prompt {
             Prompt::Stored => reqs.into_iter().map(|(_, r)| r).collect(),
             Prompt::Query | Prompt::QuestionStem => {

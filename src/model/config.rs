@@ -93,7 +93,10 @@ impl ModelConfig {
         if self.layers.is_empty() {
             return Err("the model has no layers".into());
         }
-        if !(self.rope_theta > 0.0) || !(self.rms_eps > 0.0) {
+        // Written to reject NaN too.
+        if self.rope_theta.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
+            || self.rms_eps.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
+        {
             return Err(format!(
                 "rope theta ({}) and RMSNorm eps ({}) must be positive",
                 self.rope_theta, self.rms_eps

@@ -87,9 +87,9 @@ impl Tokenizer {
         let pre_tokenizer: PreTokenizerWrapper = match pre {
             // SmolLM splits digits one by one before the GPT-2 regex.
             Some("smollm") => {
-                Sequence::new(vec![Digits::new(true).into(), byte_level.clone().into()]).into()
+                Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into()
             }
-            None | Some("default") | Some("gpt2") => byte_level.clone().into(),
+            None | Some("default") | Some("gpt2") => byte_level.into(),
             Some(other) => bail!(
                 "pre-tokenizer `{other}` is not supported (known: smollm, gpt2, default); \
                  convert the model to a Hugging Face directory with a tokenizer.json instead"

@@ -175,7 +175,7 @@ pub fn resolve(cfg: &ModelConfig, spec: TargetSpec, u: Units, mlp_multiple: usiz
     let Some(s) = cfg.uniform_shape() else {
         bail!("the input model has layers of different shapes; TransAct prunes uniform models to uniform widths");
     };
-    if u.attn == AttnUnit::HeadDim && (u.head_dim_multiple < 2 || u.head_dim_multiple % 2 != 0) {
+    if u.attn == AttnUnit::HeadDim && (u.head_dim_multiple < 2 || !u.head_dim_multiple.is_multiple_of(2)) {
         bail!("--head-dim-multiple must be even (rotary dims come in pairs), got {}", u.head_dim_multiple);
     }
     let gqa = u.gqa;

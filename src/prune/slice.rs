@@ -86,7 +86,7 @@ pub fn slice(model: &Model, keep: &[LayerKeep]) -> Result<Model> {
 /// The rotary pair whose first dim is `j`, if it is one.
 fn pair_of(j: usize, d: usize, layout: crate::model::config::RopeLayout) -> Option<usize> {
     match layout {
-        crate::model::config::RopeLayout::Adjacent => (j % 2 == 0).then_some(j / 2),
+        crate::model::config::RopeLayout::Adjacent => j.is_multiple_of(2).then_some(j / 2),
         crate::model::config::RopeLayout::HalfSplit => (j < d / 2).then_some(j),
     }
 }

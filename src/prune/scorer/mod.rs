@@ -78,7 +78,7 @@ pub fn build(kind: ScorerKind, alpha: Option<f64>, seed: u64) -> Box<dyn Scorer>
 }
 
 /// The output projection whose columns are the channels at `site`: `o_proj` or `down_proj`.
-pub(crate) fn w_out<'a>(site: Site, w: &'a LayerWeights) -> &'a Tensor {
+pub(crate) fn w_out(site: Site, w: &LayerWeights) -> &Tensor {
     match site {
         Site::Attn => &w.o,
         Site::Mlp => &w.down,
