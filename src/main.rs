@@ -30,6 +30,8 @@ enum Command {
     Prune(cli::prune::PruneArgs),
     /// Two models side by side: size, KV cache, perplexity, task subsets, speed (same run).
     Compare(cli::compare::CompareArgs),
+    /// Prefill and decode speed against this machine's GEMM and bandwidth roofs (--vs: two models).
+    Bench(cli::bench::BenchArgs),
 }
 
 /// `<model>`: a GGUF file or a Hugging Face model directory (config.json, *.safetensors,
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
         Command::Calibrate(a) => cli::calibrate::run(a),
         Command::Prune(a) => cli::prune::run(a),
         Command::Compare(a) => cli::compare::run(a),
+        Command::Bench(a) => cli::bench::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

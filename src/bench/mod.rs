@@ -1,4 +1,6 @@
-//! Throughput measurements (the full `bench` command comes with the speed issue).
+//! Throughput measurements: prefill and decode speed, against this machine's roofs.
+
+pub mod roof;
 
 use std::time::Instant;
 
@@ -36,4 +38,10 @@ pub fn prefill_decode(model: &Model, prompt: &[u32], n: usize, repeats: usize) -
         best.decode_tokens_per_s = best.decode_tokens_per_s.max(n as f64 / decode);
     }
     Ok(best)
+}
+
+/// Tokens per second decoding `n` tokens after a context of `context` tokens; best of `repeats`.
+pub fn decode_at(model: &Model, context: usize, n: usize, repeats: usize) -> Result<f64> {
+    let prompt: Vec<u32> = (0..context as u32).map(|i| 100 + i % 1000).collect();
+    Ok(prefill_decode(model, &prompt, n, repeats)?.decode_tokens_per_s)
 }

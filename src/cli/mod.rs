@@ -1,5 +1,6 @@
 //! One file per subcommand: argument struct + `run`.
 
+pub mod bench;
 pub mod calibrate;
 pub mod compare;
 pub mod convert;

@@ -1,0 +1,57 @@
+//! This machine's two roofs, measured in the same run as the model: f32 matrix-multiply rate
+//! (what prefill can reach) and memory read bandwidth (what decode can reach).
+
+use std::time::Instant;
+
+use anyhow::Result;
+use candle_core::{Device, Tensor};
+
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Roofs {
+    /// Best f32 GEMM rate of [512×2048]·[2048×2048] through candle, in GFLOP/s.
+    pub gemm_gflops: f64,
+    /// Best read bandwidth summing a 512 MiB buffer on every core, in GB/s.
+    pub bandwidth_gbs: f64,
+}
+
+fn gemm(device: &Device) -> Result<f64> {
+    let (m, k, n) = (512, 2048, 2048);
+    let a = Tensor::randn(0f32, 1.0, (m, k), device)?;
+    let b = Tensor::randn(0f32, 1.0, (k, n), device)?;
+    let mut best = 0f64;
+    for _ in 0..4 {
+        let t = Instant::now();
+        let c = a.matmul(&b)?;
+        c.sum_all()?.to_scalar::<f32>()?; // force completion on lazy devices
+        best = best.max(2.0 * (m * k * n) as f64 / t.elapsed().as_secs_f64() / 1e9);
+    }
+    Ok(best)
+}
+
+fn bandwidth() -> f64 {
+    let buf = vec![1.0f32; 128 << 20];
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = buf.len().div_ceil(threads);
+    let mut best = 0f64;
+    for _ in 0..4 {
+        let t = Instant::now();
+        let total: f32 = std::thread::scope(|s| {
+            let hs: Vec<_> = buf.chunks(chunk).map(|c| s.spawn(move || c.iter().sum::<f32>())).collect();
+            hs.into_iter().map(|h| h.join().unwrap_or(0.0)).sum()
+        });
+        std::hint::black_box(total);
+        best = best.max((buf.len() * 4) as f64 / t.elapsed().as_secs_f64() / 1e9);
+    }
+    best
+}
+
+pub fn measure(device: &Device) -> Result<Roofs> {
+    Ok(Roofs { gemm_gflops: gemm(device)?, bandwidth_gbs: bandwidth() })
+}
+
+/// Peak resident memory of this process so far (Linux `VmHWM`), in bytes.
+pub fn peak_rss() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+}
