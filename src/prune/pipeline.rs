@@ -85,6 +85,10 @@ pub struct ShotRecord {
     pub n_heads: usize,
     pub n_kv_heads: usize,
     pub calibration_tokens: u64,
+    /// SHA-256 of the calibration source text (absent for scorers that need no data).
+    pub calibration_data_sha256: Option<String>,
+    /// Seed that drew this shot's calibration blocks.
+    pub calibration_seed: Option<u64>,
     pub kept: Vec<Kept>,
     pub scores: Vec<LayerScores>,
     pub seconds_calibrate: f64,
@@ -181,21 +185,24 @@ pub fn run(r: PruneRun) -> Result<(LoadedModel, Vec<ShotRecord>)> {
         let w = widths[shot - 1];
         let t0 = Instant::now();
         let m = &current.model;
-        let (layer_stats, tokens) = match (&source, stats_file.take()) {
-            (None, _) => (zero_stats(m), 0),
-            (Some(_), Some((s, _))) if shot == 1 => (s.layers, s.meta.tokens),
+        let (layer_stats, meta) = match (&source, stats_file.take()) {
+            (None, _) => (zero_stats(m), None),
+            (Some(_), Some((s, _))) if shot == 1 => (s.layers, Some(s.meta)),
             (Some(src), _) => {
                 // Each shot draws fresh blocks (seed + shot − 1), as the release re-draws every shot.
                 let data = src.draw(o.calib.samples, o.calib.seq_len, o.calib.seed.wrapping_add(shot as u64 - 1))?;
                 let s = collect(m, &data, "", o.calib_batch, &format!("calib {shot}/{}", o.shots))?;
-                (s.layers, s.meta.tokens)
+                (s.layers, Some(s.meta))
             }
         };
+        let tokens = meta.as_ref().map_or(0, |m| m.tokens);
         let seconds_calibrate = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         let mut keeps: Vec<LayerKeep> = Vec::new();
         let mut scores = Vec::new();
+        let pb = crate::eval::metrics::progress_bar(m.config.n_layers(), &format!("prune {shot}/{}", o.shots));
         for (l, shape) in m.config.layers.iter().enumerate() {
+            pb.inc(1);
             let input = LayerInput { layer: l, stats: &layer_stats[l], weights: &m.weights.layers[l], tokens };
             let attn = scorer.channels(Site::Attn, &input)?;
             let heads = head_scores(shape, &attn, scorer.as_ref());
@@ -204,6 +211,7 @@ pub fn run(r: PruneRun) -> Result<(LoadedModel, Vec<ShotRecord>)> {
             scores.push(LayerScores { mlp: summary(&mlp, &k.mlp), heads });
             keeps.push(k);
         }
+        pb.finish_and_clear();
         let sliced = slice(m, &keeps)?;
         for ((k, keep), shape) in kept.iter_mut().zip(&keeps).zip(&m.config.layers) {
             let head_dims = keep.head_dims.as_ref().map(|dims| {
@@ -230,6 +238,8 @@ pub fn run(r: PruneRun) -> Result<(LoadedModel, Vec<ShotRecord>)> {
             n_heads: s.n_heads,
             n_kv_heads: s.n_kv_heads,
             calibration_tokens: tokens,
+            calibration_data_sha256: meta.as_ref().map(|m| m.data_sha256.clone()),
+            calibration_seed: meta.as_ref().map(|m| m.seed),
             kept: kept.clone(),
             scores,
             seconds_calibrate,
