@@ -10,6 +10,9 @@ mod cli;
 #[derive(Parser)]
 #[command(name = "transact", version, about = "Prune LLaMA-family models with TransAct, then evaluate, export and run them")]
 struct Args {
+    /// Where tensors live: `cpu`, or `cuda` / `cuda:N` (needs a build with `--features cuda`).
+    #[arg(long, global = true, default_value = "cpu")]
+    device: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -40,6 +43,10 @@ pub type ModelPath = PathBuf;
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Err(e) = cli::set_device(&args.device) {
+        eprintln!("error: {e:#}");
+        return ExitCode::from(2);
+    }
     let result = match args.command {
         Command::Inspect(a) => cli::inspect::run(a),
         Command::Generate(a) => cli::generate::run(a),

@@ -1,7 +1,6 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use candle_core::Device;
 use clap::Args;
 use serde_json::json;
 use transact::bench::roof::{Roofs, measure, peak_rss};
@@ -63,7 +62,7 @@ fn bench_one(path: &std::path::Path, roofs: &Roofs, repeats: usize) -> Result<se
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
-    let roofs = measure(&Device::Cpu)?;
+    let roofs = measure(&super::device())?;
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     eprintln!("roofs: GEMM {:.1} GFLOP/s, bandwidth {:.1} GB/s; loadavg {}", roofs.gemm_gflops, roofs.bandwidth_gbs, load.trim());
     let mut results = vec![bench_one(&a.model, &roofs, a.repeats)?];

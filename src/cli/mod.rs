@@ -15,9 +15,21 @@ use anyhow::Result;
 use candle_core::Device;
 use transact::LoadedModel;
 
+static DEVICE: std::sync::OnceLock<Device> = std::sync::OnceLock::new();
+
+/// Parses `--device` once for every subcommand.
+pub fn set_device(spec: &str) -> Result<()> {
+    let _ = DEVICE.set(transact::device(spec)?);
+    Ok(())
+}
+
+pub fn device() -> Device {
+    DEVICE.get().cloned().unwrap_or(Device::Cpu)
+}
+
 pub fn load(path: &Path) -> Result<LoadedModel> {
     let t = std::time::Instant::now();
-    let lm = transact::load_model(path, &Device::Cpu)?;
+    let lm = transact::load_model(path, &device())?;
     eprintln!("loaded {} in {:.2} s", path.display(), t.elapsed().as_secs_f64());
     Ok(lm)
 }

@@ -85,6 +85,7 @@ pub fn run(a: PruneArgs) -> Result<()> {
     };
     let job = PruneJob {
         model: a.model,
+        device: super::device(),
         out: a.out,
         format: a.format,
         dtype: a.dtype,

@@ -29,6 +29,7 @@ pub enum OutFormat {
 
 pub struct PruneJob {
     pub model: PathBuf,
+    pub device: Device,
     pub out: PathBuf,
     pub format: OutFormat,
     pub dtype: ExportDtype,
@@ -78,7 +79,7 @@ impl PruneJob {
     pub fn run(&self) -> Result<PruneReport> {
         let t0 = Instant::now();
         self.check_options()?;
-        let dense = load_model(&self.model, &Device::Cpu)?;
+        let dense = load_model(&self.model, &self.device)?;
         let target = resolve(&dense.model.config, self.target, self.options.units(), self.options.mlp_multiple)?;
         // The output must be representable before hours of work.
         if self.options.attn_unit == AttnUnit::HeadDim && self.format != OutFormat::Hf {

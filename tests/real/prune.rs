@@ -173,6 +173,7 @@ fn transact_scorer_beats_random() {
 fn job(out: &Path, shots: usize, stats: Option<std::path::PathBuf>, recover: Option<String>) -> PruneJob {
     PruneJob {
         model: gguf_path(),
+        device: Device::Cpu,
         out: out.to_path_buf(),
         format: OutFormat::Both,
         dtype: ExportDtype::F16,
