@@ -29,9 +29,15 @@ pub struct Averages {
     pub tasks: Vec<String>,
     /// Mean of `acc` over the multiple-choice tasks and LAMBADA.
     pub acc: f64,
-    /// Mean of `acc_norm` where a task has it (else `acc`): lm-eval's headline convention.
+    /// Mean of `acc_norm` where a task has it (else `acc`).
     pub acc_norm: f64,
+    /// The pruning papers' mix (LLM-Pruner, FLAP): `acc_norm` for HellaSwag, ARC-Challenge and
+    /// OpenBookQA, `acc` for every other task.
+    pub paper: f64,
 }
+
+/// Tasks the pruning papers report with `acc_norm`.
+const PAPER_ACC_NORM: [&str; 3] = ["hellaswag", "arc_challenge", "openbookqa"];
 
 #[derive(Debug, Clone, Serialize)]
 pub struct EvalReport {
@@ -54,6 +60,11 @@ pub fn averages(tasks: &[TaskResult]) -> Option<Averages> {
         tasks: tasks.iter().map(|t| t.task.clone()).collect(),
         acc: tasks.iter().map(|t| t.acc).sum::<f64>() / n,
         acc_norm: tasks.iter().map(|t| t.acc_norm.unwrap_or(t.acc)).sum::<f64>() / n,
+        paper: tasks
+            .iter()
+            .map(|t| if PAPER_ACC_NORM.contains(&t.task.as_str()) { t.acc_norm.unwrap_or(t.acc) } else { t.acc })
+            .sum::<f64>()
+            / n,
     })
 }
 
@@ -89,12 +100,13 @@ impl EvalReport {
             }
             if let Some(a) = &self.average {
                 s += &format!(
-                    "{:<16} {:<16} {:>6} {:>15} {:>15}\n",
+                    "{:<16} {:<16} {:>6} {:>15} {:>15}   (papers' acc/acc_norm mix: {})\n",
                     "average",
                     format!("{} tasks", a.tasks.len()),
                     "",
                     pct(a.acc),
-                    pct(a.acc_norm)
+                    pct(a.acc_norm),
+                    pct(a.paper)
                 );
             }
         }
