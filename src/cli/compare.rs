@@ -75,7 +75,7 @@ pub fn run(a: CompareArgs) -> Result<()> {
     let mut labels = vec![
         "shape per layer".to_string(),
         "params total / non-emb".into(),
-        "weights on disk".into(),
+        "weights on disk (stored dtype)".into(),
         "KV cache bytes/token (f32)".into(),
         "FLOPs/token @2048".into(),
         format!("{} perplexity ({}×{} tok)", a.ppl, a.ppl_windows, a.seq_len),
