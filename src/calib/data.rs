@@ -35,7 +35,6 @@ pub struct CalibData {
     pub blocks: Vec<Vec<u32>>,
     /// SHA-256 of the source text, so a statistics file names the data it came from.
     pub data_sha256: String,
-    pub tokens_available: usize,
 }
 
 /// The source text of `spec.source`.
@@ -94,7 +93,6 @@ impl TokenizedSource {
             spec: CalibSpec { source: self.source.clone(), samples, seq_len, seed },
             blocks: order[..samples].iter().map(|&b| self.ids[b * seq_len..(b + 1) * seq_len].to_vec()).collect(),
             data_sha256: self.data_sha256.clone(),
-            tokens_available: self.ids.len(),
         })
     }
 }

@@ -41,12 +41,6 @@ impl ChannelStats {
         self.sum_sq.iter().zip(&self.sum).map(|(q, s)| ((q - s * s / n) / (n - 1.0).max(1.0)).max(0.0)).collect()
     }
 
-    /// Keeps the entries of `keep` (after slicing the model the same way).
-    pub fn select(&self, keep: &[usize]) -> Self {
-        let pick = |v: &Vec<f64>| keep.iter().map(|&i| v[i]).collect();
-        Self { sum_sq: pick(&self.sum_sq), sum: pick(&self.sum), sum_abs: pick(&self.sum_abs) }
-    }
-
     fn add(&mut self, x: &Tensor) -> candle_core::Result<()> {
         let d = x.dim(candle_core::D::Minus1)?;
         let x = x.reshape(((), d))?.to_dtype(DType::F64)?;

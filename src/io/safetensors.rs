@@ -56,10 +56,6 @@ impl SafetensorsFiles {
         Ok(Self { dir: dir.to_path_buf(), files, index })
     }
 
-    pub fn contains(&self, name: &str) -> bool {
-        self.index.contains_key(name)
-    }
-
     /// Loads `name` as f32 after checking its dtype and shape.
     pub fn load_f32(&self, name: &str, expected: &[usize], device: &Device) -> Result<Tensor> {
         let &i = self

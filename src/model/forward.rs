@@ -66,14 +66,6 @@ impl KvCache {
         Ok(Self { layers, len: self.len })
     }
 
-    /// Bytes held by the cached keys and values.
-    pub fn bytes(&self) -> usize {
-        self.layers
-            .iter()
-            .flatten()
-            .map(|(k, v)| (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes())
-            .sum()
-    }
 }
 
 #[derive(Debug, Clone)]
