@@ -69,7 +69,10 @@ pub fn score_group(model: &Model, encoded: &[Encoded]) -> Result<Vec<Scored>> {
     let mut cache = KvCache::new(&model.config);
     let prefix_logp = if p > 0 {
         let x = Tensor::new(&inputs[0][..p], dev)?.unsqueeze(0)?;
-        Some(log_softmax(&model.forward(&x, Some(&mut cache), Logits::Last)?.flatten_to(1)?)?.squeeze(0)?)
+        // The prefix's last log-probabilities and their argmax, shared by every choice.
+        let lp = log_softmax(&model.forward(&x, Some(&mut cache), Logits::Last)?.flatten_to(1)?)?.squeeze(0)?;
+        let best = lp.argmax(0)?.to_scalar::<u32>()?;
+        Some((lp, best))
     } else {
         None
     };
@@ -98,9 +101,9 @@ pub fn score_group(model: &Model, encoded: &[Encoded]) -> Result<Vec<Scored>> {
         for (j, &tgt) in targets.iter().enumerate() {
             let q = e.cont_start + j - 1;
             if q + 1 == p {
-                let lp = prefix_logp.as_ref().expect("q < p implies a prefix");
+                let (lp, best) = prefix_logp.as_ref().expect("q < p implies a prefix");
                 loglik += lp.get(tgt as usize)?.to_scalar::<f32>()? as f64;
-                is_greedy &= lp.argmax(0)?.to_scalar::<u32>()? == tgt;
+                is_greedy &= *best == tgt;
             } else {
                 suffix_pos.push((q - p) as u32);
                 suffix_tok.push(tgt);
