@@ -91,6 +91,35 @@ fn causal_mask(t: usize, start: usize, device: &Device) -> Result<Tensor> {
     Tensor::from_vec(mask, (t, total), device)
 }
 
+/// Query rows per attention block. Bounding the score matrix to `[g·BLOCK, keys]` keeps it in
+/// cache at long contexts (one `[g·t, t]` matrix is 150 MB per layer at t = 2048), and each block
+/// skips the keys after its last query, halving causal attention's work.
+const ATTN_BLOCK: usize = 128;
+
+/// Causal attention of `q` `[b, kv_heads, g, t, d]` (already scaled) over `k`, `v`
+/// `[b, kv_heads, start + t, d]`; returns `[b, kv_heads, g, t, d]`.
+fn attend(q: &Tensor, k: &Tensor, v: &Tensor, start: usize) -> Result<Tensor> {
+    let (b, hkv, g, t, d) = q.dims5()?;
+    let mut blocks = Vec::with_capacity(t.div_ceil(ATTN_BLOCK));
+    for c0 in (0..t).step_by(ATTN_BLOCK) {
+        let c = ATTN_BLOCK.min(t - c0);
+        let keys = start + c0 + c;
+        let qc = if c == t { q.clone() } else { q.narrow(3, c0, c)?.contiguous()? };
+        let (kc, vc) = if keys == k.dim(2)? {
+            (k.clone(), v.clone())
+        } else {
+            (k.narrow(2, 0, keys)?.contiguous()?, v.narrow(2, 0, keys)?.contiguous()?)
+        };
+        let mut att = qc.reshape((b, hkv, g * c, d))?.matmul(&kc.t()?)?;
+        if c > 1 {
+            let mask = causal_mask(c, start + c0, q.device())?;
+            att = att.reshape((b, hkv, g, c, keys))?.broadcast_add(&mask)?.reshape((b, hkv, g * c, keys))?;
+        }
+        blocks.push(softmax_last_dim(&att)?.matmul(&vc)?.reshape((b, hkv, g, c, d))?);
+    }
+    if blocks.len() == 1 { Ok(blocks.pop().unwrap()) } else { Tensor::cat(&blocks, 3) }
+}
+
 impl Model {
     pub fn new(config: ModelConfig, weights: Weights) -> Self {
         let device = weights.embed.device().clone();
@@ -126,7 +155,6 @@ impl Model {
             .embed
             .index_select(&tokens.flatten_all()?, 0)?
             .reshape((b, t, cfg.hidden_size))?;
-        let mask = if t > 1 { Some(causal_mask(t, start, &self.device)?) } else { None };
         // One RoPE table per distinct head dim (pruned models may differ between layers).
         let mut tables: Vec<(usize, RopeTables)> = Vec::new();
         let mut cache = cache;
@@ -141,7 +169,7 @@ impl Model {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[l]);
             let w = &self.weights.layers[l];
             let xb = rms_norm(&x, &w.attn_norm, cfg.rms_eps as f32)?;
-            x = (x + self.attention(l, &xb, rope, mask.as_ref(), slot, observer.as_deref_mut())?)?;
+            x = (x + self.attention(l, &xb, rope, slot, observer.as_deref_mut())?)?;
             let xb = rms_norm(&x, &w.mlp_norm, cfg.rms_eps as f32)?;
             x = (x + self.mlp(l, &xb, observer.as_deref_mut())?)?;
         }
@@ -183,7 +211,6 @@ impl Model {
         l: usize,
         xb: &Tensor,
         rope: &RopeTables,
-        mask: Option<&Tensor>,
         slot: Option<&mut Option<(Tensor, Tensor)>>,
         observer: Option<&mut (dyn Observer + '_)>,
     ) -> Result<Tensor> {
@@ -220,19 +247,11 @@ impl Model {
                 kv
             }
         };
-        let total = k.dim(2)?;
         // GQA without copying K/V: the g query heads of a group become g·t rows against one KV head.
-        let q = (q * (1.0 / (d as f64).sqrt()))?.reshape((b, hkv, g * t, d))?;
-        let mut att = q.matmul(&k.t()?)?;
-        if let Some(mask) = mask {
-            att = att
-                .reshape((b, hkv, g, t, total))?
-                .broadcast_add(mask)?
-                .reshape((b, hkv, g * t, total))?;
-        }
-        let att = softmax_last_dim(&att)?;
+        let q = (q * (1.0 / (d as f64).sqrt()))?.reshape((b, hkv, g, t, d))?;
+        let y = attend(&q, &k, &v, rope.start)?;
         // The transitional activation the MHA salience scores: `[b, t, heads · d]` before o_proj.
-        let y = att.matmul(&v)?.reshape((b, hq, t, d))?.transpose(1, 2)?.reshape((b, t, hq * d))?;
+        let y = y.reshape((b, hq, t, d))?.transpose(1, 2)?.reshape((b, t, hq * d))?;
         if let Some(o) = observer {
             o.attn_inner(l, &y)?;
         }
