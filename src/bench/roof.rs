@@ -28,6 +28,18 @@ fn gemm(device: &Device) -> Result<f64> {
     Ok(best)
 }
 
+/// Sum of `c` with sixteen independent partial sums: one running sum is a chain of dependent
+/// adds that measures add latency (~4 GB/s), not memory.
+fn stream_sum(c: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    for block in c.chunks_exact(16) {
+        for (a, v) in acc.iter_mut().zip(block) {
+            *a += v;
+        }
+    }
+    acc.iter().sum()
+}
+
 fn bandwidth() -> f64 {
     let buf = vec![1.0f32; 128 << 20];
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -36,7 +48,7 @@ fn bandwidth() -> f64 {
     for _ in 0..4 {
         let t = Instant::now();
         let total: f32 = std::thread::scope(|s| {
-            let hs: Vec<_> = buf.chunks(chunk).map(|c| s.spawn(move || c.iter().sum::<f32>())).collect();
+            let hs: Vec<_> = buf.chunks(chunk).map(|c| s.spawn(move || stream_sum(c))).collect();
             hs.into_iter().map(|h| h.join().unwrap_or(0.0)).sum()
         });
         std::hint::black_box(total);

@@ -7,6 +7,8 @@ use candle_core::{D, DType, Device, Result, Tensor};
 use candle_nn::ops::{rms_norm, softmax_last_dim};
 
 use super::config::ModelConfig;
+use super::kv_cache::{LayerKv, append_and_attend};
+use super::linear::{WeightDtype, convert, linear, linear_many};
 use super::rope::RopeTables;
 use super::weights::Weights;
 
@@ -30,56 +32,13 @@ pub trait Observer {
     fn mlp_inner(&mut self, layer: usize, h: &Tensor) -> Result<()>;
 }
 
-/// Per-layer keys and values of the tokens seen so far, `[b, kv_heads, len, d]` each.
-#[derive(Debug, Clone)]
-pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
-    len: usize,
-}
-
-impl KvCache {
-    pub fn new(cfg: &ModelConfig) -> Self {
-        Self { layers: vec![None; cfg.n_layers()], len: 0 }
-    }
-
-    /// Tokens already in the cache (the position of the next token).
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// The same cache repeated `b` times along the batch axis (a shared prompt prefix continued
-    /// by `b` different suffixes).
-    pub fn expand(&self, b: usize) -> Result<Self> {
-        let layers = self
-            .layers
-            .iter()
-            .map(|kv| {
-                kv.as_ref()
-                    .map(|(k, v)| -> Result<_> { Ok((k.repeat((b, 1, 1, 1))?, v.repeat((b, 1, 1, 1))?)) })
-                    .transpose()
-            })
-            .collect::<Result<_>>()?;
-        Ok(Self { layers, len: self.len })
-    }
-
-}
+pub use super::kv_cache::KvCache;
 
 #[derive(Debug, Clone)]
 pub struct Model {
     pub config: ModelConfig,
     pub weights: Weights,
     pub device: Device,
-}
-
-/// `y = x · Wᵀ` for `x` of shape `[b, t, in]` and `W` of shape `[out, in]`.
-fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let (b, t, n_in) = x.dims3()?;
-    let out = w.dim(0)?;
-    x.reshape((b * t, n_in))?.matmul(&w.t()?)?.reshape((b, t, out))
 }
 
 /// Additive causal mask `[t, start + t]`: query i (absolute position start + i) sees keys ≤ it.
@@ -200,6 +159,23 @@ impl Model {
         Ok(m)
     }
 
+    /// The same model with its layer matrices and LM head kept in `dtype`, for inference only
+    /// (pruning and export work on f32). The embedding stays f32: a lookup reads one row.
+    pub fn with_weight_dtype(&self, dtype: WeightDtype) -> Result<Model> {
+        if dtype == WeightDtype::F32 {
+            return Ok(self.clone());
+        }
+        let mut m = self.clone();
+        for w in &mut m.weights.layers {
+            for t in [&mut w.q, &mut w.k, &mut w.v, &mut w.o, &mut w.gate, &mut w.up, &mut w.down] {
+                *t = convert(t, dtype)?;
+            }
+        }
+        let head = self.weights.lm_head.as_ref().unwrap_or(&self.weights.embed);
+        m.weights.lm_head = Some(convert(head, dtype)?);
+        Ok(m)
+    }
+
     /// Convenience: logits `[t, vocab]` for one sequence, no cache.
     pub fn logits(&self, ids: &[u32]) -> Result<Tensor> {
         let tokens = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
@@ -211,7 +187,7 @@ impl Model {
         l: usize,
         xb: &Tensor,
         rope: &RopeTables,
-        slot: Option<&mut Option<(Tensor, Tensor)>>,
+        slot: Option<&mut Option<LayerKv>>,
         observer: Option<&mut (dyn Observer + '_)>,
     ) -> Result<Tensor> {
         let s = self.config.layers[l];
@@ -220,7 +196,8 @@ impl Model {
         let (hq, hkv, d, g) = (s.n_heads, s.n_kv_heads, s.head_dim, s.group_size());
         let heads = |y: Tensor, n: usize| y.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous();
         let layout = self.config.rope_layout;
-        let (q, k) = (heads(linear(xb, &w.q)?, hq)?, heads(linear(xb, &w.k)?, hkv)?);
+        let [q, k, v]: [Tensor; 3] = linear_many(xb, &[&w.q, &w.k, &w.v])?.try_into().expect("three outputs");
+        let (q, k, v) = (heads(q, hq)?, heads(k, hkv)?, heads(v, hkv)?);
         let (q, k) = if self.config.rope_inv_freq.is_some() {
             // Head-dim-pruned: each KV group (with its query heads) has its own kept frequencies.
             let start = rope.start;
@@ -235,21 +212,18 @@ impl Model {
         } else {
             (rope.apply(&q, layout)?, rope.apply(&k, layout)?)
         };
-        let v = heads(linear(xb, &w.v)?, hkv)?;
-        let (k, v) = match slot {
-            None => (k, v),
-            Some(slot) => {
-                let kv = match slot.take() {
-                    None => (k, v),
-                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-                };
-                *slot = Some(kv.clone());
-                kv
-            }
-        };
         // GQA without copying K/V: the g query heads of a group become g·t rows against one KV head.
         let q = (q * (1.0 / (d as f64).sqrt()))?.reshape((b, hkv, g, t, d))?;
-        let y = attend(&q, &k, &v, rope.start)?;
+        let y = match slot {
+            None => attend(&q, &k, &v, rope.start)?,
+            Some(slot) => {
+                let direct = t <= super::gemv::MAX_ROWS && matches!(self.device, Device::Cpu);
+                match append_and_attend(slot, &q, &k, &v, rope.start, direct)? {
+                    Ok(y) => y,
+                    Err((k, v)) => attend(&q, &k, &v, rope.start)?,
+                }
+            }
+        };
         // The transitional activation the MHA salience scores: `[b, t, heads · d]` before o_proj.
         let y = y.reshape((b, hq, t, d))?.transpose(1, 2)?.reshape((b, t, hq * d))?;
         if let Some(o) = observer {
@@ -261,7 +235,8 @@ impl Model {
     fn mlp(&self, l: usize, xb: &Tensor, observer: Option<&mut (dyn Observer + '_)>) -> Result<Tensor> {
         let w = &self.weights.layers[l];
         // The transitional activation the MLP salience scores: silu(gate x) ⊙ up x.
-        let h = (candle_nn::ops::silu(&linear(xb, &w.gate)?)? * linear(xb, &w.up)?)?;
+        let [gate, up]: [Tensor; 2] = linear_many(xb, &[&w.gate, &w.up])?.try_into().expect("two outputs");
+        let h = (candle_nn::ops::silu(&gate)? * up)?;
         if let Some(o) = observer {
             o.mlp_inner(l, &h)?;
         }

@@ -2,7 +2,10 @@
 
 pub mod config;
 pub mod forward;
+pub mod gemv;
 pub mod generate;
+pub mod kv_cache;
+pub mod linear;
 pub mod rope;
 pub mod tokenizer;
 pub mod weights;

@@ -1,0 +1,275 @@
+//! Matrix-vector products for decode. candle's CPU GEMV runs on one thread and reads f32 weights
+//! at about half this machine's bandwidth, and converts bf16 to f32 on every call; decode is
+//! bound by reading the weights, so this is where it spends its time (see `bench/NOTES.md`).
+//!
+//! Weight rows are split across rayon's threads; each row is read from memory once for all (at
+//! most [`MAX_ROWS`]) activation rows. Inner loops use AVX2/FMA/F16C when the CPU has them
+//! (detected at run time; plain builds target SSE2) and a portable loop otherwise.
+
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+/// Activation rows up to which [`gemv`] beats a GEMM (decode is 1; scoring short batches ≤ 4).
+pub const MAX_ROWS: usize = 4;
+/// GGML Q8_0: blocks of 32 weights, an f16 scale followed by 32 signed bytes.
+pub const Q8_BLOCK: usize = 32;
+pub const Q8_BYTES: usize = 34;
+
+/// One weight matrix `[n, k]`, row-major, in the type it is stored in.
+#[derive(Clone, Copy)]
+pub enum WeightData<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+    BF16(&'a [bf16]),
+    /// `k / 32` blocks of [`Q8_BYTES`] per row.
+    Q8_0(&'a [u8]),
+}
+
+/// `y[m, n] = x[m, k] · W[n, k]ᵀ` for `m ≤ MAX_ROWS`.
+pub fn gemv(x: &[f32], m: usize, k: usize, w: WeightData, n: usize) -> Vec<f32> {
+    gemv_many(x, m, k, &[(w, n)]).pop().unwrap_or_default()
+}
+
+/// [`gemv`] of several matrices that read the same input (Q, K and V; gate and up) in one
+/// parallel region: decode makes ~200 of these calls per token, and each region costs a
+/// wake-up of every thread.
+pub fn gemv_many(x: &[f32], m: usize, k: usize, ws: &[(WeightData, usize)]) -> Vec<Vec<f32>> {
+    debug_assert_eq!(x.len(), m * k);
+    let simd = Simd::detect();
+    let total: usize = ws.iter().map(|(_, n)| n).sum();
+    let rows = (total / (8 * rayon::current_num_threads())).clamp(8, 256);
+    // Outputs by weight row (`[n, m]`) so each task writes one contiguous range.
+    let mut yts: Vec<Vec<f32>> = ws.iter().map(|(_, n)| vec![0f32; n * m]).collect();
+    let mut tasks = Vec::new();
+    for (i, yt) in yts.iter_mut().enumerate() {
+        for (c, out) in yt.chunks_mut(rows * m).enumerate() {
+            tasks.push((ws[i].0, c * rows, out));
+        }
+    }
+    tasks.into_par_iter().for_each(|(w, r0, out)| {
+        for (i, o) in out.chunks_mut(m).enumerate() {
+            for (j, y) in o.iter_mut().enumerate() {
+                *y = row_dot(simd, w, r0 + i, k, &x[j * k..(j + 1) * k]);
+            }
+        }
+    });
+    if m == 1 {
+        return yts;
+    }
+    yts.into_iter()
+        .zip(ws)
+        .map(|(yt, &(_, n))| {
+            let mut y = vec![0f32; m * n];
+            for (r, o) in yt.chunks(m).enumerate() {
+                for (j, v) in o.iter().enumerate() {
+                    y[j * n + r] = *v;
+                }
+            }
+            y
+        })
+        .collect()
+}
+
+/// Row `r` of a Q8_0 matrix with `k` columns, as f32 (prefill multiplies dequantized weights).
+pub fn dequantize_q8_0(data: &[u8], n: usize, k: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(n * k);
+    for b in data.chunks_exact(Q8_BYTES) {
+        let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
+        out.extend(b[2..].iter().map(|&q| d * q as i8 as f32));
+    }
+    out
+}
+
+#[derive(Clone, Copy)]
+enum Simd {
+    Portable,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+}
+
+impl Simd {
+    fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
+            return Simd::Avx2;
+        }
+        Simd::Portable
+    }
+}
+
+fn row_dot(simd: Simd, w: WeightData, r: usize, k: usize, x: &[f32]) -> f32 {
+    match simd {
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 => unsafe { avx2::row_dot(w, r, k, x) },
+        Simd::Portable => portable_row_dot(w, r, k, x),
+    }
+}
+
+/// Eight partial sums so the compiler can vectorise without reassociating one chain.
+fn dot_by(n: usize, x: &[f32], w: impl Fn(usize) -> f32) -> f32 {
+    let mut acc = [0f32; 8];
+    for i in 0..n {
+        acc[i % 8] += w(i) * x[i];
+    }
+    acc.iter().sum()
+}
+
+fn portable_row_dot(w: WeightData, r: usize, k: usize, x: &[f32]) -> f32 {
+    match w {
+        WeightData::F32(a) => dot_by(k, x, |i| a[r * k + i]),
+        WeightData::F16(a) => dot_by(k, x, |i| a[r * k + i].to_f32()),
+        WeightData::BF16(a) => dot_by(k, x, |i| a[r * k + i].to_f32()),
+        WeightData::Q8_0(a) => {
+            let row = &a[r * (k / Q8_BLOCK) * Q8_BYTES..][..(k / Q8_BLOCK) * Q8_BYTES];
+            row.chunks_exact(Q8_BYTES)
+                .zip(x.chunks_exact(Q8_BLOCK))
+                .map(|(b, xs)| {
+                    let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
+                    d * dot_by(Q8_BLOCK, xs, |i| b[2 + i] as i8 as f32)
+                })
+                .sum()
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{Q8_BLOCK, Q8_BYTES, WeightData};
+
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C; `w` must hold row `r` of `k` columns and
+    /// `x.len() == k`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn row_dot(w: WeightData, r: usize, k: usize, x: &[f32]) -> f32 {
+        let xp = x.as_ptr();
+        // Sum over columns of `load(i)` (eight weights from column i, as f32) times x; a macro,
+        // not a closure, so the loads compile inside this function's target features.
+        macro_rules! body {
+            (|$i:ident| $load:expr) => {{
+                let mut acc = [_mm256_setzero_ps(); 4];
+                let mut $i = 0;
+                while $i + 32 <= k {
+                    let base = $i;
+                    for (a, acc) in acc.iter_mut().enumerate() {
+                        $i = base + 8 * a;
+                        let xv = unsafe { _mm256_loadu_ps(xp.add($i)) };
+                        *acc = _mm256_fmadd_ps($load, xv, *acc);
+                    }
+                    $i = base + 32;
+                }
+                while $i + 8 <= k {
+                    let xv = unsafe { _mm256_loadu_ps(xp.add($i)) };
+                    acc[0] = _mm256_fmadd_ps($load, xv, acc[0]);
+                    $i += 8;
+                }
+                (hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]))), $i)
+            }};
+        }
+        match w {
+            WeightData::F32(a) => {
+                let p = a[r * k..(r + 1) * k].as_ptr();
+                let (s, i) = body!(|i| unsafe { _mm256_loadu_ps(p.add(i)) });
+                s + (i..k).map(|j| a[r * k + j] * x[j]).sum::<f32>()
+            }
+            WeightData::F16(a) => {
+                let p = a[r * k..(r + 1) * k].as_ptr();
+                let (s, i) = body!(|i| unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.add(i) as *const __m128i)) });
+                s + (i..k).map(|j| a[r * k + j].to_f32() * x[j]).sum::<f32>()
+            }
+            WeightData::BF16(a) => {
+                let p = a[r * k..(r + 1) * k].as_ptr();
+                // bf16 is the top half of an f32: widen to 32 bits and shift into place.
+                let (s, i) = body!(|i| unsafe {
+                    let h = _mm_loadu_si128(p.add(i) as *const __m128i);
+                    _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+                });
+                s + (i..k).map(|j| a[r * k + j].to_f32() * x[j]).sum::<f32>()
+            }
+            WeightData::Q8_0(a) => {
+                let nb = k / Q8_BLOCK;
+                let row = &a[r * nb * Q8_BYTES..(r + 1) * nb * Q8_BYTES];
+                let mut acc = _mm256_setzero_ps();
+                for (b, blk) in row.chunks_exact(Q8_BYTES).enumerate() {
+                    let q = blk[2..].as_ptr();
+                    let xb = unsafe { xp.add(b * Q8_BLOCK) };
+                    let mut s = _mm256_setzero_ps();
+                    for g in 0..4 {
+                        let qv = unsafe { _mm_loadl_epi64(q.add(8 * g) as *const __m128i) };
+                        let wv = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(qv));
+                        s = _mm256_fmadd_ps(wv, unsafe { _mm256_loadu_ps(xb.add(8 * g)) }, s);
+                    }
+                    let d = half::f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+                    acc = _mm256_fmadd_ps(s, _mm256_set1_ps(d), acc);
+                }
+                hsum(acc)
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<f32> {
+        let mut y = vec![0f32; m * n];
+        for j in 0..m {
+            for r in 0..n {
+                y[j * n + r] = (0..k).map(|i| (x[j * k + i] as f64 * w[r * k + i] as f64)).sum::<f64>() as f32;
+            }
+        }
+        y
+    }
+
+    fn close(a: &[f32], b: &[f32]) -> bool {
+        a.iter().zip(b).all(|(a, b)| (a - b).abs() <= 1e-4 * (1.0 + b.abs()))
+    }
+
+    #[test]
+    fn every_type_and_path_matches_a_reference() {
+        // k = 104 exercises the 32-wide body, the 8-wide loop and the scalar tail.
+        let (n, k) = (37, 104);
+        let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0)).collect();
+        for m in 1..=MAX_ROWS {
+            let x: Vec<f32> = (0..m * k).map(|i| ((i * 104729 % 997) as f32 / 498.0 - 1.0)).collect();
+            let want = reference(&x, m, k, &w, n);
+            let f16s: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
+            let bf16s: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+            let as_f32 = |v: &[f32]| reference(&x, m, k, v, n);
+            let cases: [(WeightData, Vec<f32>); 3] = [
+                (WeightData::F32(&w), want.clone()),
+                (WeightData::F16(&f16s), as_f32(&f16s.iter().map(|v| v.to_f32()).collect::<Vec<_>>())),
+                (WeightData::BF16(&bf16s), as_f32(&bf16s.iter().map(|v| v.to_f32()).collect::<Vec<_>>())),
+            ];
+            for (data, want) in cases {
+                assert!(close(&gemv(&x, m, k, data, n), &want));
+                let portable: Vec<f32> =
+                    (0..m).flat_map(|j| (0..n).map(move |r| (j, r))).map(|(j, r)| portable_row_dot(data, r, k, &x[j * k..(j + 1) * k])).collect();
+                assert!(close(&portable, &want));
+            }
+            // Q8_0 needs whole blocks: the first 96 columns, quantized by hand (scale = max/127).
+            let kq = 96;
+            let mut q = Vec::new();
+            for r in 0..n {
+                for b in 0..kq / Q8_BLOCK {
+                    let blk = &w[r * k + b * Q8_BLOCK..][..Q8_BLOCK];
+                    let d = blk.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
+                    q.extend(f16::from_f32(d).to_le_bytes());
+                    q.extend(blk.iter().map(|v| (v / d).round() as i8 as u8));
+                }
+            }
+            let deq = dequantize_q8_0(&q, n, kq);
+            let xq: Vec<f32> = (0..m).flat_map(|j| x[j * k..j * k + kq].to_vec()).collect();
+            assert!(close(&gemv(&xq, m, kq, WeightData::Q8_0(&q), n), &reference(&xq, m, kq, &deq, n)));
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! Linear layers in the type the weights are kept in: f32 (the default, and what pruning and
+//! export work on), f16, bf16 or GGML Q8_0.
+//!
+//! A Q8_0 matrix `[n, k]` is kept as a `u8` tensor `[n, k/32 · 34]`: the GGUF block layout, so
+//! decode reads 8.5 bits per weight. Few activation rows (decode) go through [`gemv`]; more
+//! rows (prefill, scoring) widen the weights to f32 and use candle's multi-threaded GEMM.
+
+use candle_core::{DType, Device, Result, Storage, Tensor, bail};
+
+use super::gemv::{self, Q8_BLOCK, Q8_BYTES, WeightData};
+
+/// The type the forward keeps its weight matrices in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightDtype {
+    F32,
+    F16,
+    Bf16,
+    /// 8-bit blocks of 32 with an f16 scale; norms stay f32.
+    #[value(name = "q8_0")]
+    Q8_0,
+}
+
+impl WeightDtype {
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightDtype::F32 => "f32",
+            WeightDtype::F16 => "f16",
+            WeightDtype::Bf16 => "bf16",
+            WeightDtype::Q8_0 => "q8_0",
+        }
+    }
+}
+
+/// The f32 matrix `w` `[n, k]` in `dtype`.
+pub fn convert(w: &Tensor, dtype: WeightDtype) -> Result<Tensor> {
+    match dtype {
+        WeightDtype::F32 => w.to_dtype(DType::F32),
+        WeightDtype::F16 => w.to_dtype(DType::F16),
+        WeightDtype::Bf16 => w.to_dtype(DType::BF16),
+        WeightDtype::Q8_0 => {
+            let (n, k) = w.dims2()?;
+            if k % Q8_BLOCK != 0 {
+                bail!("q8_0 needs rows that are a multiple of {Q8_BLOCK} wide, this matrix is [{n}, {k}]");
+            }
+            let q = candle_core::quantized::QTensor::quantize(w, candle_core::quantized::GgmlDType::Q8_0)?;
+            let bytes = q.data()?.into_owned();
+            Tensor::from_vec(bytes, (n, k / Q8_BLOCK * Q8_BYTES), w.device())
+        }
+    }
+}
+
+/// Columns of a stored matrix: a Q8_0 row holds 32 weights per 34 bytes.
+fn in_features(w: &Tensor) -> Result<usize> {
+    let cols = w.dim(1)?;
+    Ok(if w.dtype() == DType::U8 { cols / Q8_BYTES * Q8_BLOCK } else { cols })
+}
+
+/// `w` as an f32 tensor (Q8_0 dequantized).
+pub fn to_f32(w: &Tensor) -> Result<Tensor> {
+    match w.dtype() {
+        DType::F32 => Ok(w.clone()),
+        DType::U8 => {
+            let (n, k) = (w.dim(0)?, in_features(w)?);
+            let bytes = w.flatten_all()?.to_vec1::<u8>()?;
+            Tensor::from_vec(gemv::dequantize_q8_0(&bytes, n, k), (n, k), w.device())
+        }
+        _ => w.to_dtype(DType::F32),
+    }
+}
+
+/// `y = x · Wᵀ` for `x` of shape `[b, t, in]` (f32) and `W` of shape `[out, in]`.
+pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    Ok(linear_many(x, &[w])?.remove(0))
+}
+
+/// [`linear`] of several weights applied to the same `x` (one parallel region when decoding).
+pub fn linear_many(x: &Tensor, ws: &[&Tensor]) -> Result<Vec<Tensor>> {
+    let (b, t, n_in) = x.dims3()?;
+    for w in ws {
+        if in_features(w)? != n_in {
+            bail!("linear: input has {n_in} features, weight {:?} expects {}", w.dims(), in_features(w)?);
+        }
+    }
+    if b * t <= gemv::MAX_ROWS && matches!(x.device(), Device::Cpu) {
+        let guards: Vec<_> = ws.iter().map(|w| w.storage_and_layout()).collect();
+        let mut data = Vec::with_capacity(ws.len());
+        for (w, (storage, layout)) in ws.iter().zip(&guards) {
+            let (Storage::Cpu(cpu), Some((lo, hi))) = (&**storage, layout.contiguous_offsets()) else { break };
+            data.push((
+                match w.dtype() {
+                    DType::F32 => WeightData::F32(&cpu.as_slice::<f32>()?[lo..hi]),
+                    DType::F16 => WeightData::F16(&cpu.as_slice::<half::f16>()?[lo..hi]),
+                    DType::BF16 => WeightData::BF16(&cpu.as_slice::<half::bf16>()?[lo..hi]),
+                    DType::U8 => WeightData::Q8_0(&cpu.as_slice::<u8>()?[lo..hi]),
+                    d => bail!("linear: weights of type {d:?} are not supported"),
+                },
+                w.dim(0)?,
+            ));
+        }
+        if data.len() == ws.len() {
+            let xs = x.flatten_all()?.to_vec1::<f32>()?;
+            return gemv::gemv_many(&xs, b * t, n_in, &data)
+                .into_iter()
+                .zip(&data)
+                .map(|(y, (_, out))| Tensor::from_vec(y, (b, t, *out), x.device()))
+                .collect();
+        }
+    }
+    let x2 = x.reshape((b * t, n_in))?;
+    ws.iter().map(|w| x2.matmul(&to_f32(w)?.t()?)?.reshape((b, t, w.dim(0)?))).collect()
+}
