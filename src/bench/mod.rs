@@ -5,7 +5,7 @@ pub mod roof;
 use std::time::Instant;
 
 use anyhow::Result;
-use candle_core::Tensor;
+use candle_core::{D, Tensor};
 
 use crate::model::forward::{KvCache, Logits, Model};
 
@@ -40,8 +40,50 @@ pub fn prefill_decode(model: &Model, prompt: &[u32], n: usize, repeats: usize) -
     Ok(best)
 }
 
+/// A synthetic prompt of `n` token ids (speed does not depend on which tokens).
+pub fn prompt(n: usize) -> Vec<u32> {
+    (0..n as u32).map(|i| 100 + i % 1000).collect()
+}
+
 /// Tokens per second decoding `n` tokens after a context of `context` tokens; best of `repeats`.
 pub fn decode_at(model: &Model, context: usize, n: usize, repeats: usize) -> Result<f64> {
-    let prompt: Vec<u32> = (0..context as u32).map(|i| 100 + i % 1000).collect();
-    Ok(prefill_decode(model, &prompt, n, repeats)?.decode_tokens_per_s)
+    Ok(prefill_decode(model, &prompt(context), n, repeats)?.decode_tokens_per_s)
+}
+
+/// Bytes of weights one decode step reads: every layer tensor, the final norm and the LM head
+/// (one embedding row is negligible).
+pub fn weight_bytes_per_token(m: &Model) -> u64 {
+    let w = &m.weights;
+    let bytes = |t: &Tensor| (t.elem_count() * t.dtype().size_in_bytes()) as u64;
+    let layers: u64 = w
+        .layers
+        .iter()
+        .flat_map(|l| [&l.attn_norm, &l.q, &l.k, &l.v, &l.o, &l.mlp_norm, &l.gate, &l.up, &l.down])
+        .map(bytes)
+        .sum();
+    layers + bytes(&w.final_norm) + bytes(w.lm_head.as_ref().unwrap_or(&w.embed))
+}
+
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Drift {
+    /// Largest |logit − reference logit| over all positions and the vocabulary.
+    pub max_abs: f64,
+    /// Largest |reference logit|, for scale.
+    pub max_ref: f64,
+    /// Positions whose argmax agrees with the reference.
+    pub top1_agree: usize,
+    pub positions: usize,
+}
+
+/// Logits of `m` against `reference` over the same tokens.
+pub fn drift(m: &Model, reference: &Model, ids: &[u32]) -> Result<Drift> {
+    let (a, r) = (m.logits(ids)?, reference.logits(ids)?);
+    let max = |t: &Tensor| -> Result<f64> { Ok(t.abs()?.max_all()?.to_scalar::<f32>()? as f64) };
+    let agree = a.argmax(D::Minus1)?.eq(&r.argmax(D::Minus1)?)?.to_dtype(candle_core::DType::F32)?;
+    Ok(Drift {
+        max_abs: max(&(&a - &r)?)?,
+        max_ref: max(&r)?,
+        top1_agree: agree.sum_all()?.to_scalar::<f32>()? as usize,
+        positions: ids.len(),
+    })
 }

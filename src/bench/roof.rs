@@ -19,7 +19,7 @@ fn gemm(device: &Device) -> Result<f64> {
     let a = Tensor::randn(0f32, 1.0, (m, k), device)?;
     let b = Tensor::randn(0f32, 1.0, (k, n), device)?;
     let mut best = 0f64;
-    for _ in 0..4 {
+    for _ in 0..8 {
         let t = Instant::now();
         let c = a.matmul(&b)?;
         c.sum_all()?.to_scalar::<f32>()?; // force completion on lazy devices
@@ -45,7 +45,7 @@ fn bandwidth() -> f64 {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunk = buf.len().div_ceil(threads);
     let mut best = 0f64;
-    for _ in 0..4 {
+    for _ in 0..8 {
         let t = Instant::now();
         let total: f32 = std::thread::scope(|s| {
             let hs: Vec<_> = buf.chunks(chunk).map(|c| s.spawn(move || stream_sum(c))).collect();

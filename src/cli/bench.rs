@@ -3,9 +3,11 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 use serde_json::json;
+use transact::Model;
 use transact::bench::roof::{Roofs, measure, peak_rss};
-use transact::bench::{decode_at, prefill_decode};
+use transact::bench::{decode_at, drift, prefill_decode, prompt, weight_bytes_per_token};
 use transact::io::atomic;
+use transact::model::linear::WeightDtype;
 use transact::stats::ModelStats;
 
 #[derive(Args)]
@@ -15,6 +17,10 @@ pub struct BenchArgs {
     /// A second model measured in the same run (e.g. the pruned one), with ratios.
     #[arg(long)]
     vs: Option<crate::ModelPath>,
+    /// Weight types to run each model in, comma-separated (f32, f16, bf16, q8_0). Each non-f32
+    /// entry also reports its logit drift against the same model in f32.
+    #[arg(long, value_delimiter = ',', default_value = "f32")]
+    dtype: Vec<WeightDtype>,
     /// Timed repetitions per measurement; the best is reported.
     #[arg(long, default_value_t = 3)]
     repeats: usize,
@@ -26,19 +32,14 @@ pub struct BenchArgs {
 const PREFILL: [usize; 3] = [128, 512, 2048];
 const DECODE_AT: [usize; 2] = [256, 1024];
 const DECODE_TOKENS: usize = 32;
+/// Tokens of the drift check (real text is not needed: all logits are compared).
+const DRIFT_TOKENS: usize = 128;
 
-fn bench_one(path: &std::path::Path, roofs: &Roofs, repeats: usize) -> Result<serde_json::Value> {
-    let lm = super::load(path)?;
-    let m = &lm.model;
-    let weights: u64 = transact::model::weights::TensorRole::all(&m.config)
-        .into_iter()
-        .filter_map(|r| m.weights.get(r))
-        .map(|t| (t.elem_count() * t.dtype().size_in_bytes()) as u64)
-        .sum();
+fn bench_one(m: &Model, f32_model: &Model, label: String, roofs: &Roofs, repeats: usize) -> Result<serde_json::Value> {
+    let weights = weight_bytes_per_token(m);
     let mut prefill = Vec::new();
     for &n in &PREFILL {
-        let prompt: Vec<u32> = (0..n as u32).map(|i| 100 + i % 1000).collect();
-        let tps = prefill_decode(m, &prompt, 0, repeats)?.prefill_tokens_per_s;
+        let tps = prefill_decode(m, &prompt(n), 0, repeats)?.prefill_tokens_per_s;
         let flops = ModelStats::new(&m.config, n / 2).flops_per_token as f64;
         prefill.push(json!({"tokens": n, "tokens_per_s": tps, "gemm_roof_fraction": tps * flops / (roofs.gemm_gflops * 1e9)}));
     }
@@ -49,14 +50,16 @@ fn bench_one(path: &std::path::Path, roofs: &Roofs, repeats: usize) -> Result<se
         let bytes = weights as f64 + (st.kv_bytes_per_token_f32 * c as u64) as f64;
         decode.push(json!({"context": c, "tokens_per_s": tps, "bytes_per_token": bytes, "bandwidth_roof_fraction": tps * bytes / (roofs.bandwidth_gbs * 1e9)}));
     }
+    let drift = if std::ptr::eq(m, f32_model) { None } else { Some(drift(m, f32_model, &prompt(DRIFT_TOKENS))?) };
     let st = ModelStats::new(&m.config, 2048);
     Ok(json!({
-        "model": path.display().to_string(),
-        "weights_bytes": weights,
+        "label": label,
+        "weight_bytes_per_token": weights,
         "kv_bytes_per_token_f32": st.kv_bytes_per_token_f32,
         "params_total": st.params_total,
         "prefill": prefill,
         "decode": decode,
+        "drift_vs_f32": drift,
         "peak_rss_bytes": peak_rss(),
     }))
 }
@@ -65,43 +68,68 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let roofs = measure(&super::device())?;
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     eprintln!("roofs: GEMM {:.1} GFLOP/s, bandwidth {:.1} GB/s; loadavg {}", roofs.gemm_gflops, roofs.bandwidth_gbs, load.trim());
-    let mut results = vec![bench_one(&a.model, &roofs, a.repeats)?];
-    if let Some(vs) = &a.vs {
-        results.push(bench_one(vs, &roofs, a.repeats)?);
-    }
-    let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
-    let name = |v: &serde_json::Value| std::path::Path::new(v["model"].as_str().unwrap_or("")).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    print!("{:<28}", "");
-    for r in &results {
-        print!(" {:>28}", name(r));
-    }
-    println!("{}", if results.len() == 2 { "        ratio" } else { "" });
-    let row = |label: String, vals: Vec<f64>, fmt: &dyn Fn(f64) -> String| {
-        print!("{label:<28}");
-        for v in &vals {
-            print!(" {:>28}", fmt(*v));
+    let mut results = Vec::new();
+    for path in std::iter::once(&a.model).chain(a.vs.as_ref()) {
+        let lm = super::load(path)?;
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        for &dt in &a.dtype {
+            let m = lm.model.with_weight_dtype(dt)?;
+            let m = if dt == WeightDtype::F32 { &lm.model } else { &m };
+            eprintln!("measuring {name} in {}", dt.name());
+            let mut r = bench_one(m, &lm.model, format!("{name} {}", dt.name()), &roofs, a.repeats)?;
+            r["model"] = json!(path.display().to_string());
+            r["dtype"] = json!(dt);
+            results.push(r);
         }
-        if vals.len() == 2 {
-            print!(" {:>12.2}x", vals[1] / vals[0]);
-        }
-        println!();
-    };
-    row("weights MB (f32 in memory)".into(), results.iter().map(|r| f(&r["weights_bytes"]) / 1e6).collect(), &|v| format!("{v:.1}"));
-    row("KV cache bytes/token".into(), results.iter().map(|r| f(&r["kv_bytes_per_token_f32"])).collect(), &|v| format!("{v:.0}"));
-    for (i, n) in PREFILL.iter().enumerate() {
-        row(format!("prefill {n} tok/s (roof %)"), results.iter().map(|r| f(&r["prefill"][i]["tokens_per_s"])).collect(), &|v| format!("{v:.1}"));
-        let fr: Vec<String> = results.iter().map(|r| format!("{:.0}%", 100.0 * f(&r["prefill"][i]["gemm_roof_fraction"]))).collect();
-        println!("{:<28} {}", "", fr.iter().map(|s| format!("{s:>28}")).collect::<Vec<_>>().join(" "));
     }
-    for (i, c) in DECODE_AT.iter().enumerate() {
-        row(format!("decode @{c} tok/s (roof %)"), results.iter().map(|r| f(&r["decode"][i]["tokens_per_s"])).collect(), &|v| format!("{v:.1}"));
-        let fr: Vec<String> = results.iter().map(|r| format!("{:.0}%", 100.0 * f(&r["decode"][i]["bandwidth_roof_fraction"]))).collect();
-        println!("{:<28} {}", "", fr.iter().map(|s| format!("{s:>28}")).collect::<Vec<_>>().join(" "));
-    }
-    println!("peak RSS {:.0} MB (both models, this process)", peak_rss().unwrap_or(0) as f64 / 1e6);
+    print_table(&results);
     if let Some(j) = &a.json {
         let v = json!({"roofs": roofs, "loadavg": load.trim(), "models": results});
         atomic::write_file(j, true, |tmp| Ok(std::fs::write(tmp, serde_json::to_string_pretty(&v)?)?))?;
     }
     Ok(())
+}
+
+/// One column per measured (model, dtype); ratios are against the first column.
+fn print_table(results: &[serde_json::Value]) {
+    const W: usize = 22;
+    let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+    let line = |label: &str, cells: Vec<String>| {
+        println!("{label:<26}{}", cells.iter().map(|c| format!(" {c:>W$}")).collect::<String>());
+    };
+    line("", results.iter().map(|r| r["label"].as_str().unwrap_or("").chars().rev().take(W).collect::<Vec<_>>().into_iter().rev().collect()).collect());
+    line("weights MB read/token", results.iter().map(|r| format!("{:.1}", f(&r["weight_bytes_per_token"]) / 1e6)).collect());
+    line("KV cache bytes/token", results.iter().map(|r| format!("{:.0}", f(&r["kv_bytes_per_token_f32"]))).collect());
+    let speed_rows = |key: &str, unit: &str, sizes: &[usize], roof_key: &str| {
+        for i in 0..sizes.len() {
+            let vals: Vec<f64> = results.iter().map(|r| f(&r[key][i]["tokens_per_s"])).collect();
+            line(
+                &format!("{key} {unit}{} tok/s", sizes[i]),
+                vals.iter()
+                    .zip(results)
+                    .map(|(v, r)| format!("{v:.1} ({:.2}x, {:.0}%)", v / vals[0], 100.0 * f(&r[key][i][roof_key])))
+                    .collect(),
+            );
+        }
+    };
+    speed_rows("prefill", "", &PREFILL, "gemm_roof_fraction");
+    speed_rows("decode", "@", &DECODE_AT, "bandwidth_roof_fraction");
+    if results.iter().any(|r| !r["drift_vs_f32"].is_null()) {
+        line(
+            "max |Δlogit| vs f32",
+            results.iter().map(|r| if r["drift_vs_f32"].is_null() { "-".into() } else { format!("{:.3}", f(&r["drift_vs_f32"]["max_abs"])) }).collect(),
+        );
+        line(
+            "argmax agrees vs f32",
+            results
+                .iter()
+                .map(|r| {
+                    let d = &r["drift_vs_f32"];
+                    if d.is_null() { "-".into() } else { format!("{}/{}", d["top1_agree"], d["positions"]) }
+                })
+                .collect(),
+        );
+    }
+    println!("(x: ratio to the first column; %: fraction of the GEMM roof for prefill, of the bandwidth roof for decode)");
+    println!("peak RSS {:.0} MB (all models, this process)", peak_rss().unwrap_or(0) as f64 / 1e6);
 }

@@ -88,6 +88,11 @@ impl Model {
     /// Logits for `tokens` (`[b, t]`, u32). With a cache, the tokens continue the cached ones
     /// and their keys/values are appended.
     pub fn forward(&self, tokens: &Tensor, cache: Option<&mut KvCache>, logits: Logits) -> Result<Tensor> {
+        // Run the whole pass on a rayon worker: the ~250 parallel regions of a decode step then
+        // start from inside the pool instead of each parking and waking the calling thread.
+        if matches!(self.device, Device::Cpu) && rayon::current_thread_index().is_none() {
+            return rayon::scope(|_| self.forward_observed(tokens, cache, logits, None));
+        }
         self.forward_observed(tokens, cache, logits, None)
     }
 

@@ -36,6 +36,13 @@ pub fn gemv(x: &[f32], m: usize, k: usize, w: WeightData, n: usize) -> Vec<f32> 
 pub fn gemv_many(x: &[f32], m: usize, k: usize, ws: &[(WeightData, usize)]) -> Vec<Vec<f32>> {
     debug_assert_eq!(x.len(), m * k);
     let simd = Simd::detect();
+    // Q8_0 weights meet Q8 activations (as llama.cpp does): the dot becomes integer multiply-adds.
+    let (xq, xd) = if ws.iter().any(|(w, _)| matches!(w, WeightData::Q8_0(_))) { quantize_q8(x) } else { (Vec::new(), Vec::new()) };
+    let act = |j: usize| Act {
+        f: &x[j * k..(j + 1) * k],
+        q: xq.get(j * k..(j + 1) * k).unwrap_or(&[]),
+        d: xd.get(j * k / Q8_BLOCK..(j + 1) * k / Q8_BLOCK).unwrap_or(&[]),
+    };
     let total: usize = ws.iter().map(|(_, n)| n).sum();
     let rows = (total / (8 * rayon::current_num_threads())).clamp(8, 256);
     // Outputs by weight row (`[n, m]`) so each task writes one contiguous range.
@@ -49,7 +56,7 @@ pub fn gemv_many(x: &[f32], m: usize, k: usize, ws: &[(WeightData, usize)]) -> V
     tasks.into_par_iter().for_each(|(w, r0, out)| {
         for (i, o) in out.chunks_mut(m).enumerate() {
             for (j, y) in o.iter_mut().enumerate() {
-                *y = row_dot(simd, w, r0 + i, k, &x[j * k..(j + 1) * k]);
+                *y = row_dot(simd, w, r0 + i, k, &act(j));
             }
         }
     });
@@ -68,6 +75,26 @@ pub fn gemv_many(x: &[f32], m: usize, k: usize, ws: &[(WeightData, usize)]) -> V
             y
         })
         .collect()
+}
+
+/// One activation row: as f32, and (for Q8_0 weights) as Q8 blocks `q` with scales `d`.
+pub(crate) struct Act<'a> {
+    f: &'a [f32],
+    q: &'a [i8],
+    d: &'a [f32],
+}
+
+/// `x` in blocks of 32 with scale max|x|/127 (GGML's Q8_0 rule), as values and scales.
+fn quantize_q8(x: &[f32]) -> (Vec<i8>, Vec<f32>) {
+    let mut q = Vec::with_capacity(x.len());
+    let mut d = Vec::with_capacity(x.len() / Q8_BLOCK);
+    for blk in x.chunks_exact(Q8_BLOCK) {
+        let s = blk.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
+        let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
+        q.extend(blk.iter().map(|v| (v * inv).round() as i8));
+        d.push(s);
+    }
+    (q, d)
 }
 
 /// Row `r` of a Q8_0 matrix with `k` columns, as f32 (prefill multiplies dequantized weights).
@@ -97,7 +124,7 @@ impl Simd {
     }
 }
 
-fn row_dot(simd: Simd, w: WeightData, r: usize, k: usize, x: &[f32]) -> f32 {
+fn row_dot(simd: Simd, w: WeightData, r: usize, k: usize, x: &Act) -> f32 {
     match simd {
         #[cfg(target_arch = "x86_64")]
         Simd::Avx2 => unsafe { avx2::row_dot(w, r, k, x) },
@@ -114,7 +141,8 @@ fn dot_by(n: usize, x: &[f32], w: impl Fn(usize) -> f32) -> f32 {
     acc.iter().sum()
 }
 
-fn portable_row_dot(w: WeightData, r: usize, k: usize, x: &[f32]) -> f32 {
+fn portable_row_dot(w: WeightData, r: usize, k: usize, act: &Act) -> f32 {
+    let x = act.f;
     match w {
         WeightData::F32(a) => dot_by(k, x, |i| a[r * k + i]),
         WeightData::F16(a) => dot_by(k, x, |i| a[r * k + i].to_f32()),
@@ -122,10 +150,11 @@ fn portable_row_dot(w: WeightData, r: usize, k: usize, x: &[f32]) -> f32 {
         WeightData::Q8_0(a) => {
             let row = &a[r * (k / Q8_BLOCK) * Q8_BYTES..][..(k / Q8_BLOCK) * Q8_BYTES];
             row.chunks_exact(Q8_BYTES)
-                .zip(x.chunks_exact(Q8_BLOCK))
-                .map(|(b, xs)| {
+                .zip(act.q.chunks_exact(Q8_BLOCK).zip(act.d))
+                .map(|(b, (xq, xd))| {
                     let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
-                    d * dot_by(Q8_BLOCK, xs, |i| b[2 + i] as i8 as f32)
+                    let s: i32 = b[2..].iter().zip(xq).map(|(&w, &x)| w as i8 as i32 * x as i32).sum();
+                    d * xd * s as f32
                 })
                 .sum()
         }
@@ -136,13 +165,14 @@ fn portable_row_dot(w: WeightData, r: usize, k: usize, x: &[f32]) -> f32 {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{Q8_BLOCK, Q8_BYTES, WeightData};
+    use super::{Act, Q8_BLOCK, Q8_BYTES, WeightData};
 
     /// # Safety
     /// The CPU must support AVX2, FMA and F16C; `w` must hold row `r` of `k` columns and
     /// `x.len() == k`.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn row_dot(w: WeightData, r: usize, k: usize, x: &[f32]) -> f32 {
+    pub unsafe fn row_dot(w: WeightData, r: usize, k: usize, act: &Act) -> f32 {
+        let x = act.f;
         let xp = x.as_ptr();
         // Sum over columns of `load(i)` (eight weights from column i, as f32) times x; a macro,
         // not a closure, so the loads compile inside this function's target features.
@@ -192,16 +222,13 @@ mod avx2 {
                 let row = &a[r * nb * Q8_BYTES..(r + 1) * nb * Q8_BYTES];
                 let mut acc = _mm256_setzero_ps();
                 for (b, blk) in row.chunks_exact(Q8_BYTES).enumerate() {
-                    let q = blk[2..].as_ptr();
-                    let xb = unsafe { xp.add(b * Q8_BLOCK) };
-                    let mut s = _mm256_setzero_ps();
-                    for g in 0..4 {
-                        let qv = unsafe { _mm_loadl_epi64(q.add(8 * g) as *const __m128i) };
-                        let wv = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(qv));
-                        s = _mm256_fmadd_ps(wv, unsafe { _mm256_loadu_ps(xb.add(8 * g)) }, s);
-                    }
-                    let d = half::f16::from_le_bytes([blk[0], blk[1]]).to_f32();
-                    acc = _mm256_fmadd_ps(s, _mm256_set1_ps(d), acc);
+                    let qw = unsafe { _mm256_loadu_si256(blk[2..].as_ptr() as *const __m256i) };
+                    let qx = unsafe { _mm256_loadu_si256(act.q.as_ptr().add(b * Q8_BLOCK) as *const __m256i) };
+                    // maddubs multiplies unsigned by signed bytes: move w's sign onto x.
+                    let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(qw, qw), _mm256_sign_epi8(qx, qw));
+                    let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+                    let d = half::f16::from_le_bytes([blk[0], blk[1]]).to_f32() * act.d[b];
+                    acc = _mm256_fmadd_ps(sums, _mm256_set1_ps(d), acc);
                 }
                 hsum(acc)
             }
@@ -252,8 +279,10 @@ mod tests {
             ];
             for (data, want) in cases {
                 assert!(close(&gemv(&x, m, k, data, n), &want));
-                let portable: Vec<f32> =
-                    (0..m).flat_map(|j| (0..n).map(move |r| (j, r))).map(|(j, r)| portable_row_dot(data, r, k, &x[j * k..(j + 1) * k])).collect();
+                let portable: Vec<f32> = (0..m)
+                    .flat_map(|j| (0..n).map(move |r| (j, r)))
+                    .map(|(j, r)| portable_row_dot(data, r, k, &Act { f: &x[j * k..(j + 1) * k], q: &[], d: &[] }))
+                    .collect();
                 assert!(close(&portable, &want));
             }
             // Q8_0 needs whole blocks: the first 96 columns, quantized by hand (scale = max/127).
@@ -269,7 +298,20 @@ mod tests {
             }
             let deq = dequantize_q8_0(&q, n, kq);
             let xq: Vec<f32> = (0..m).flat_map(|j| x[j * k..j * k + kq].to_vec()).collect();
-            assert!(close(&gemv(&xq, m, kq, WeightData::Q8_0(&q), n), &reference(&xq, m, kq, &deq, n)));
+            // Activations are quantized too: agreement to ~1% of the dot's magnitude.
+            let want = reference(&xq, m, kq, &deq, n);
+            let scale = reference(&xq.iter().map(|v| v.abs()).collect::<Vec<_>>(), m, kq, &deq.iter().map(|v| v.abs()).collect::<Vec<_>>(), n);
+            let got = gemv(&xq, m, kq, WeightData::Q8_0(&q), n);
+            assert!(got.iter().zip(&want).zip(&scale).all(|((g, w), s)| (g - w).abs() <= 1e-2 * s));
+            let (qx, dx) = quantize_q8(&xq);
+            let portable: Vec<f32> = (0..m)
+                .flat_map(|j| (0..n).map(move |r| (j, r)))
+                .map(|(j, r)| {
+                    let act = Act { f: &xq[j * kq..(j + 1) * kq], q: &qx[j * kq..(j + 1) * kq], d: &dx[j * kq / Q8_BLOCK..(j + 1) * kq / Q8_BLOCK] };
+                    portable_row_dot(WeightData::Q8_0(&q), r, kq, &act)
+                })
+                .collect();
+            assert!(close(&portable, &got));
         }
     }
 }
