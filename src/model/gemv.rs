@@ -251,7 +251,7 @@ mod tests {
         let mut y = vec![0f32; m * n];
         for j in 0..m {
             for r in 0..n {
-                y[j * n + r] = (0..k).map(|i| (x[j * k + i] as f64 * w[r * k + i] as f64)).sum::<f64>() as f32;
+                y[j * n + r] = (0..k).map(|i| x[j * k + i] as f64 * w[r * k + i] as f64).sum::<f64>() as f32;
             }
         }
         y
@@ -265,9 +265,9 @@ mod tests {
     fn every_type_and_path_matches_a_reference() {
         // k = 104 exercises the 32-wide body, the 8-wide loop and the scalar tail.
         let (n, k) = (37, 104);
-        let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0)).collect();
+        let w: Vec<f32> = (0..n * k).map(|i| (i * 7919 % 1000) as f32 / 500.0 - 1.0).collect();
         for m in 1..=MAX_ROWS {
-            let x: Vec<f32> = (0..m * k).map(|i| ((i * 104729 % 997) as f32 / 498.0 - 1.0)).collect();
+            let x: Vec<f32> = (0..m * k).map(|i| (i * 104729 % 997) as f32 / 498.0 - 1.0).collect();
             let want = reference(&x, m, k, &w, n);
             let f16s: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
             let bf16s: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();

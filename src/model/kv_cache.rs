@@ -11,7 +11,7 @@ use super::config::ModelConfig;
 
 /// One layer's keys and values, `[b, heads, cap, d]` each; the first `len` positions are valid.
 #[derive(Debug, Clone)]
-pub(crate) struct LayerKv {
+pub struct LayerKv {
     k: Vec<f32>,
     v: Vec<f32>,
     b: usize,
@@ -21,12 +21,12 @@ pub(crate) struct LayerKv {
 }
 
 impl LayerKv {
-    fn new(b: usize, heads: usize, d: usize) -> Self {
+    pub fn new(b: usize, heads: usize, d: usize) -> Self {
         Self { k: Vec::new(), v: Vec::new(), b, heads, d, cap: 0 }
     }
 
     /// Writes `k`, `v` (`[b, heads, t, d]`) at positions `len .. len + t`.
-    fn append(&mut self, k: &Tensor, v: &Tensor, len: usize) -> Result<()> {
+    pub fn append(&mut self, k: &Tensor, v: &Tensor, len: usize) -> Result<()> {
         let (b, heads, t, d) = k.dims4()?;
         if (b, heads, d) != (self.b, self.heads, self.d) {
             candle_core::bail!("KV cache holds [{}, {}, _, {}], got {:?}", self.b, self.heads, self.d, k.dims());
@@ -65,37 +65,59 @@ impl LayerKv {
 
     /// Causal attention of `q` (`[b, heads, g, t, d]`, scaled, for positions `len .. len + t`,
     /// already appended) over the cache; returns `[b, heads, g, t, d]`.
-    fn attend(&self, q: &[f32], g: usize, t: usize, len: usize) -> Vec<f32> {
+    pub fn attend(&self, q: &[f32], g: usize, t: usize, len: usize) -> Vec<f32> {
         let d = self.d;
         let mut out = vec![0f32; self.b * self.heads * g * t * d];
+        #[cfg(target_arch = "x86_64")]
+        let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
         // One task per query head: (batch, kv head) = idx / g.
         out.par_chunks_mut(t * d).enumerate().for_each(|(idx, o)| {
             let base = (idx / g) * self.cap * d;
-            let mut scores = Vec::with_capacity(len + t);
-            for ti in 0..t {
-                let qv = &q[(idx * t + ti) * d..][..d];
-                let n = len + ti + 1;
-                scores.clear();
-                scores.extend((0..n).map(|j| dot(qv, &self.k[base + j * d..][..d])));
-                let max = scores.iter().fold(f32::NEG_INFINITY, |a, &s| a.max(s));
-                let mut sum = 0f32;
-                for s in scores.iter_mut() {
-                    *s = (*s - max).exp();
-                    sum += *s;
-                }
-                let ov = &mut o[ti * d..][..d];
-                for (j, p) in scores.iter().enumerate() {
-                    let p = p / sum;
-                    for (o, v) in ov.iter_mut().zip(&self.v[base + j * d..][..d]) {
-                        *o += p * v;
-                    }
-                }
+            let (k, v) = (&self.k[base..base + (len + t) * d], &self.v[base..base + (len + t) * d]);
+            let q = &q[idx * t * d..(idx + 1) * t * d];
+            #[cfg(target_arch = "x86_64")]
+            if avx2 {
+                return unsafe { head_avx2(q, k, v, o, d, len) };
             }
+            head(q, k, v, o, d, len);
         });
         out
     }
 }
 
+/// One query head's `t` queries (`q`, `o`: `[t, d]`) at positions `len ..` over keys and
+/// values `[len + t, d]`. Inlined into [`head_avx2`] so the loops compile with AVX2.
+#[inline(always)]
+fn head(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], d: usize, len: usize) {
+    let mut scores = Vec::with_capacity(k.len() / d);
+    for (ti, (qv, ov)) in q.chunks_exact(d).zip(o.chunks_exact_mut(d)).enumerate() {
+        let n = len + ti + 1;
+        scores.clear();
+        scores.extend(k.chunks_exact(d).take(n).map(|kj| dot(qv, kj)));
+        let max = scores.iter().fold(f32::NEG_INFINITY, |a, &s| a.max(s));
+        let mut sum = 0f32;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        for (p, vj) in scores.iter().zip(v.chunks_exact(d)) {
+            let p = p / sum;
+            for (o, v) in ov.iter_mut().zip(vj) {
+                *o += p * v;
+            }
+        }
+    }
+}
+
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn head_avx2(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], d: usize, len: usize) {
+    head(q, k, v, o, d, len)
+}
+
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {

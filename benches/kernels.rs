@@ -1,0 +1,73 @@
+//! Hot kernels at the bundled model's shapes (SmolLM2-135M: hidden 576, MLP 1536, 9 query and
+//! 3 KV heads of 64, vocab 49152). Random weights: speed does not depend on the values.
+//! `cargo bench --bench kernels`; CI only checks that this compiles (`cargo bench --no-run`).
+
+use candle_core::{DType, Device, Tensor};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use transact::model::config::RopeLayout;
+use transact::model::kv_cache::LayerKv;
+use transact::model::linear::{WeightDtype, convert, linear};
+use transact::model::rope::RopeTables;
+
+const HIDDEN: usize = 576;
+const MLP: usize = 1536;
+const VOCAB: usize = 49152;
+
+fn randn(shape: (usize, usize)) -> Tensor {
+    Tensor::randn(0f32, 0.02, shape, &Device::Cpu).expect("random tensor")
+}
+
+/// Decode: one activation row times each matrix shape, in every weight type.
+fn gemv(c: &mut Criterion) {
+    let mut g = c.benchmark_group("gemv");
+    for (name, n, k) in [("gate_up", MLP, HIDDEN), ("down", HIDDEN, MLP), ("lm_head", VOCAB, HIDDEN)] {
+        let w = randn((n, k));
+        let x = Tensor::randn(0f32, 1.0, (1, 1, k), &Device::Cpu).expect("x");
+        for dt in [WeightDtype::F32, WeightDtype::F16, WeightDtype::Bf16, WeightDtype::Q8_0] {
+            let wd = convert(&w, dt).expect("convert");
+            g.throughput(Throughput::Bytes((wd.elem_count() * wd.dtype().size_in_bytes()) as u64));
+            g.bench_with_input(BenchmarkId::new(name, dt.name()), &wd, |b, wd| b.iter(|| linear(&x, wd).expect("linear")));
+        }
+    }
+    g.finish();
+}
+
+/// Prefill: 512 rows through candle's GEMM (the path `linear` takes for more than 4 rows).
+fn gemm(c: &mut Criterion) {
+    let mut g = c.benchmark_group("gemm_512");
+    for (name, n, k) in [("gate_up", MLP, HIDDEN), ("down", HIDDEN, MLP)] {
+        let w = randn((n, k));
+        let x = Tensor::randn(0f32, 1.0, (1, 512, k), &Device::Cpu).expect("x");
+        g.throughput(Throughput::Elements((2 * 512 * n * k) as u64));
+        g.bench_function(name, |b| b.iter(|| linear(&x, &w).expect("linear")));
+    }
+    g.finish();
+}
+
+/// Decode attention of one token (9 query heads over 3 KV heads) at several contexts.
+fn attention(c: &mut Criterion) {
+    let mut g = c.benchmark_group("decode_attention");
+    for ctx in [256, 1024, 2048] {
+        let mut kv = LayerKv::new(1, 3, 64);
+        let k = Tensor::randn(0f32, 1.0, (1, 3, ctx + 1, 64), &Device::Cpu).expect("k");
+        kv.append(&k, &k, 0).expect("append");
+        let q: Vec<f32> = (0..9 * 64).map(|i| (i % 17) as f32 * 0.01).collect();
+        g.bench_with_input(BenchmarkId::from_parameter(ctx), &ctx, |b, &ctx| b.iter(|| kv.attend(&q, 3, 1, ctx)));
+    }
+    g.finish();
+}
+
+/// RMSNorm and RoPE over a 512-token prefill block.
+fn norm_rope(c: &mut Criterion) {
+    let x = Tensor::randn(0f32, 1.0, (1, 512, HIDDEN), &Device::Cpu).expect("x");
+    let w = Tensor::ones(HIDDEN, DType::F32, &Device::Cpu).expect("w");
+    c.bench_function("rms_norm_512", |b| b.iter(|| candle_nn::ops::rms_norm(&x, &w, 1e-5).expect("norm")));
+    let q = Tensor::randn(0f32, 1.0, (1, 9, 512, 64), &Device::Cpu).expect("q");
+    let tables = RopeTables::new(64, 100000.0, 0, 512, &Device::Cpu).expect("tables");
+    for layout in [RopeLayout::Adjacent, RopeLayout::HalfSplit] {
+        c.bench_function(&format!("rope_512_{layout:?}"), |b| b.iter(|| tables.apply(&q, layout).expect("rope")));
+    }
+}
+
+criterion_group!(benches, gemv, gemm, attention, norm_rope);
+criterion_main!(benches);
