@@ -22,7 +22,7 @@ pub struct ChannelStats {
 }
 
 impl ChannelStats {
-    fn zeros(n: usize) -> Self {
+    pub(crate) fn zeros(n: usize) -> Self {
         Self { sum_sq: vec![0.0; n], sum: vec![0.0; n], sum_abs: vec![0.0; n] }
     }
 
@@ -41,7 +41,7 @@ impl ChannelStats {
         self.sum_sq.iter().zip(&self.sum).map(|(q, s)| ((q - s * s / n) / (n - 1.0).max(1.0)).max(0.0)).collect()
     }
 
-    fn add(&mut self, x: &Tensor) -> candle_core::Result<()> {
+    pub(crate) fn add(&mut self, x: &Tensor) -> candle_core::Result<()> {
         let d = x.dim(candle_core::D::Minus1)?;
         let x = x.reshape(((), d))?.to_dtype(DType::F64)?;
         for (acc, v) in [

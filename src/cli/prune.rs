@@ -61,6 +61,12 @@ pub struct PruneArgs {
     /// Continue an interrupted run after its last finished shot (same model, target, options).
     #[arg(long)]
     resume: bool,
+    /// For checkpoints larger than memory: read a Hugging Face safetensors directory one decoder
+    /// layer at a time (peak memory ≈ one layer in f32 plus the hidden states) and write the
+    /// sliced tensors one at a time. One shot, whole heads, HF output; use --dtype f16 to keep
+    /// an f16 checkpoint's size.
+    #[arg(long)]
+    stream: bool,
     /// Round the MLP width to a multiple of this (e.g. 64 for kernel-friendly shapes).
     #[arg(long, default_value_t = 1)]
     mlp_multiple: usize,
@@ -106,6 +112,7 @@ pub fn run(a: PruneArgs) -> Result<()> {
         },
         stats: a.stats,
         resume: a.resume,
+        stream: a.stream,
     };
     let r = job.run()?;
     let (b, f) = (&r.before, &r.after);

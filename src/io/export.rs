@@ -7,8 +7,9 @@ use candle_core::Tensor;
 
 use super::load::LoadedModel;
 use super::{atomic, gguf_export, hf_dir, safetensors};
-use crate::model::config::RopeLayout;
+use crate::model::config::{ModelConfig, RopeLayout};
 use crate::model::rope::permute_rows;
+use crate::model::tokenizer::Tokenizer;
 use crate::model::weights::TensorRole;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -19,14 +20,17 @@ pub enum ExportFormat {
     Gguf,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ExportDtype {
-    F32,
-    F16,
-    Bf16,
-    /// 8-bit blocks of 32 (GGUF only); norms stay f32.
-    #[value(name = "q8_0")]
-    Q8_0,
+/// The file types an export can write are the types the forward can run in.
+pub use crate::model::linear::WeightDtype as ExportDtype;
+
+/// The safetensors dtype and `torch_dtype` name of an HF export in `dtype`.
+pub fn hf_dtype(dtype: ExportDtype) -> Result<(::safetensors::Dtype, &'static str)> {
+    Ok(match dtype {
+        ExportDtype::F32 => (::safetensors::Dtype::F32, "float32"),
+        ExportDtype::F16 => (::safetensors::Dtype::F16, "float16"),
+        ExportDtype::Bf16 => (::safetensors::Dtype::BF16, "bfloat16"),
+        ExportDtype::Q8_0 => bail!("q8_0 is a GGUF block type; for a Hugging Face directory use f32, f16 or bf16"),
+    })
 }
 
 /// The weight of `role` with Q/K rows in the pair layout `to`.
@@ -58,27 +62,26 @@ pub fn export_hf(lm: &LoadedModel, out: &Path, dtype: ExportDtype, force: bool) 
 /// Writes the HF files of `lm` into the existing directory `dir`; a head-dim-pruned model goes
 /// into transact's own variant (see [`hf_dir::NATIVE_MODEL_TYPE`]).
 pub fn write_hf(lm: &LoadedModel, dir: &Path, dtype: ExportDtype) -> Result<()> {
-    let (st_dtype, torch_dtype) = match dtype {
-        ExportDtype::F32 => (::safetensors::Dtype::F32, "float32"),
-        ExportDtype::F16 => (::safetensors::Dtype::F16, "float16"),
-        ExportDtype::Bf16 => (::safetensors::Dtype::BF16, "bfloat16"),
-        ExportDtype::Q8_0 => bail!("q8_0 is a GGUF block type; for a Hugging Face directory use f32, f16 or bf16"),
-    };
+    let (st_dtype, torch_dtype) = hf_dtype(dtype)?;
     let cfg = &lm.model.config;
-    let meta = &lm.tokenizer.meta;
-    let config = hf_dir::config_json(cfg, meta, torch_dtype, true)?;
-    let tok = |id: Option<u32>| id.and_then(|i| lm.tokenizer.token(i));
-    let tokenizer_config = hf_dir::tokenizer_config_json(meta, tok);
-    let tokenizer_json = lm.tokenizer.to_json()?;
     let mut tensors = Vec::new();
     for role in TensorRole::all(cfg) {
         let t = weight_in_layout(lm, role, RopeLayout::HalfSplit)?;
         tensors.push((role.hf_name(), safetensors::LazyView::new(t, st_dtype)?));
     }
     safetensors::write(&dir.join("model.safetensors"), tensors)?;
+    write_hf_metadata(cfg, &lm.tokenizer, torch_dtype, dir)
+}
+
+/// The HF directory's JSON files and tokenizer, for `cfg` with weights in `torch_dtype`.
+pub fn write_hf_metadata(cfg: &ModelConfig, tokenizer: &Tokenizer, torch_dtype: &str, dir: &Path) -> Result<()> {
+    let meta = &tokenizer.meta;
+    let config = hf_dir::config_json(cfg, meta, torch_dtype, true)?;
+    let tok = |id: Option<u32>| id.and_then(|i| tokenizer.token(i));
+    let tokenizer_config = hf_dir::tokenizer_config_json(meta, tok);
     let json = |v: &serde_json::Value| serde_json::to_string_pretty(v).expect("JSON values serialize");
     std::fs::write(dir.join("config.json"), json(&config))?;
-    std::fs::write(dir.join("tokenizer.json"), &tokenizer_json)?;
+    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_json()?)?;
     std::fs::write(dir.join("tokenizer_config.json"), json(&tokenizer_config))?;
     std::fs::write(dir.join("generation_config.json"), json(&hf_dir::generation_config_json(meta)))?;
     Ok(())

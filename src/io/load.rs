@@ -87,10 +87,10 @@ pub fn model_sha256(path: &Path) -> Result<String> {
     };
     let mut h = Sha256::new();
     for f in files {
-        let file = std::fs::File::open(&f)?;
-        // SAFETY: read-only mapping of a file we do not modify.
-        let map = unsafe { memmap2::Mmap::map(&file)? };
-        h.update(&map[..]);
+        // Read, not mapped: mapped pages would count toward resident memory for the whole
+        // checkpoint, which `prune --stream` must stay far below.
+        let mut file = std::fs::File::open(&f)?;
+        std::io::copy(&mut file, &mut h)?;
     }
     Ok(format!("{:x}", h.finalize()))
 }

@@ -56,6 +56,11 @@ impl SafetensorsFiles {
         Ok(Self { dir: dir.to_path_buf(), files, index })
     }
 
+    /// The file that holds `name`.
+    pub fn file_of(&self, name: &str) -> Option<&Path> {
+        self.index.get(name).map(|&i| self.files[i].0.as_path())
+    }
+
     /// Loads `name` as f32 after checking its dtype and shape.
     pub fn load_f32(&self, name: &str, expected: &[usize], device: &Device) -> Result<Tensor> {
         let &i = self

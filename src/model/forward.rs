@@ -102,7 +102,7 @@ impl Model {
         tokens: &Tensor,
         cache: Option<&mut KvCache>,
         logits: Logits,
-        mut observer: Option<&mut dyn Observer>,
+        observer: Option<&mut dyn Observer>,
     ) -> Result<Tensor> {
         let (b, t) = tokens.dims2()?;
         let start = cache.as_ref().map_or(0, |c| c.len);
@@ -114,29 +114,9 @@ impl Model {
                 cfg.max_position
             );
         }
-        let mut x = self
-            .weights
-            .embed
-            .index_select(&tokens.flatten_all()?, 0)?
-            .reshape((b, t, cfg.hidden_size))?;
-        // One RoPE table per distinct head dim (pruned models may differ between layers).
-        let mut tables: Vec<(usize, RopeTables)> = Vec::new();
+        let x = self.weights.embed.index_select(&tokens.flatten_all()?, 0)?.reshape((b, t, cfg.hidden_size))?;
         let mut cache = cache;
-        for (l, shape) in cfg.layers.iter().enumerate() {
-            if !tables.iter().any(|(d, _)| *d == shape.head_dim) {
-                tables.push((
-                    shape.head_dim,
-                    RopeTables::new(shape.head_dim, cfg.rope_theta, start, t, &self.device)?,
-                ));
-            }
-            let rope = &tables.iter().find(|(d, _)| *d == shape.head_dim).unwrap().1;
-            let slot = cache.as_deref_mut().map(|c| &mut c.layers[l]);
-            let w = &self.weights.layers[l];
-            let xb = rms_norm(&x, &w.attn_norm, cfg.rms_eps as f32)?;
-            x = (x + self.attention(l, &xb, rope, slot, observer.as_deref_mut())?)?;
-            let xb = rms_norm(&x, &w.mlp_norm, cfg.rms_eps as f32)?;
-            x = (x + self.mlp(l, &xb, observer.as_deref_mut())?)?;
-        }
+        let mut x = self.run_layers(x, start, cache.as_deref_mut(), observer)?;
         if let Some(c) = cache {
             c.len += t;
         }
@@ -148,6 +128,38 @@ impl Model {
             return Ok(x);
         }
         linear(&x, self.weights.lm_head.as_ref().unwrap_or(&self.weights.embed))
+    }
+
+    /// Runs the decoder layers on hidden states `x` `[b, t, hidden]` from scratch: no embedding,
+    /// no final norm, no cache. Streaming calibration feeds a one-layer model at a time.
+    pub fn forward_layers(&self, x: &Tensor, observer: Option<&mut dyn Observer>) -> Result<Tensor> {
+        self.run_layers(x.clone(), 0, None, observer)
+    }
+
+    fn run_layers(
+        &self,
+        mut x: Tensor,
+        start: usize,
+        mut cache: Option<&mut KvCache>,
+        mut observer: Option<&mut dyn Observer>,
+    ) -> Result<Tensor> {
+        let cfg = &self.config;
+        let t = x.dim(1)?;
+        // One RoPE table per distinct head dim (pruned models may differ between layers).
+        let mut tables: Vec<(usize, RopeTables)> = Vec::new();
+        for (l, shape) in cfg.layers.iter().enumerate() {
+            if !tables.iter().any(|(d, _)| *d == shape.head_dim) {
+                tables.push((shape.head_dim, RopeTables::new(shape.head_dim, cfg.rope_theta, start, t, &self.device)?));
+            }
+            let rope = &tables.iter().find(|(d, _)| *d == shape.head_dim).unwrap().1;
+            let slot = cache.as_deref_mut().map(|c| &mut c.layers[l]);
+            let w = &self.weights.layers[l];
+            let xb = rms_norm(&x, &w.attn_norm, cfg.rms_eps as f32)?;
+            x = (x + self.attention(l, &xb, rope, slot, observer.as_deref_mut())?)?;
+            let xb = rms_norm(&x, &w.mlp_norm, cfg.rms_eps as f32)?;
+            x = (x + self.mlp(l, &xb, observer.as_deref_mut())?)?;
+        }
+        Ok(x)
     }
 
     /// The same model with Q/K rows in the RoPE pair layout `to` (identical outputs).

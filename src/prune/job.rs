@@ -11,7 +11,11 @@ use super::pipeline::{self, PruneOptions, PruneRun};
 use super::plan::{AttnUnit, TargetSpec, resolve};
 use super::report::{Input, PruneReport, RATIO_SPLIT, Seconds, Target};
 use crate::calib::stats::Stats;
-use crate::io::export::{ExportDtype, write_hf};
+use super::stream;
+use crate::bench::roof::peak_rss;
+use crate::calib::data::prepare;
+use crate::io::export::{ExportDtype, hf_dtype, write_hf, write_hf_metadata};
+use crate::model::tokenizer::Tokenizer;
 use crate::io::gguf_export::write_gguf;
 use crate::io::load::{LoadedModel, load_model, model_sha256};
 use crate::io::{atomic, hf_dir};
@@ -38,6 +42,8 @@ pub struct PruneJob {
     pub options: PruneOptions,
     pub stats: Option<PathBuf>,
     pub resume: bool,
+    /// Layer-by-layer over the memory-mapped checkpoint (see [`super::stream`]).
+    pub stream: bool,
 }
 
 impl PruneJob {
@@ -67,6 +73,27 @@ impl PruneJob {
         if o.calib_batch == 0 {
             bail!("--calib-batch must be at least 1");
         }
+        if self.stream {
+            let why = if !self.model.is_dir() {
+                Some("reads a Hugging Face safetensors directory (convert a GGUF with `transact convert M DIR --to hf --dtype f16`)")
+            } else if o.shots != 1 {
+                Some("runs one shot (--shots 1)")
+            } else if o.recover_cmd.is_some() || self.resume {
+                Some("has no recovery or resume")
+            } else if self.stats.is_some() {
+                Some("collects its statistics while streaming (drop --stats)")
+            } else if o.attn_unit != AttnUnit::Head {
+                Some("prunes whole heads (--attn-unit head)")
+            } else if self.format != OutFormat::Hf {
+                Some("writes a Hugging Face directory (--format hf)")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                bail!("--stream {why}");
+            }
+            hf_dtype(self.dtype)?;
+        }
         Ok(())
     }
 
@@ -79,6 +106,9 @@ impl PruneJob {
     pub fn run(&self) -> Result<PruneReport> {
         let t0 = Instant::now();
         self.check_options()?;
+        if self.stream {
+            return self.run_stream(t0);
+        }
         let dense = load_model(&self.model, &self.device)?;
         let target = resolve(&dense.model.config, self.target, self.options.units(), self.options.mlp_multiple)?;
         // The output must be representable before hours of work.
@@ -128,10 +158,7 @@ impl PruneJob {
             attn_unit: self.options.attn_unit,
             options: self.options.clone(),
             target: Target {
-                spec: match self.target {
-                    TargetSpec::Ratio(r) => format!("ratio {r}"),
-                    TargetSpec::Widths { mha, mlp } => format!("mha_width {mha:?}, mlp_width {mlp:?}"),
-                },
+                spec: target_spec(self.target),
                 widths: target,
                 split: RATIO_SPLIT,
             },
@@ -148,17 +175,88 @@ impl PruneJob {
                 total: 0.0,
             },
             shots,
+            peak_rss_bytes: None,
         };
         let (format, dtype) = (self.format, self.dtype);
         atomic::write_dir(&self.out, self.force, |dir| {
             write_outputs(&pruned, dir, format, dtype)?;
             report.seconds.export = t_export.elapsed().as_secs_f64();
             report.seconds.total = t0.elapsed().as_secs_f64();
+            report.peak_rss_bytes = peak_rss();
             std::fs::write(dir.join("prune_report.json"), serde_json::to_string_pretty(&report)?)?;
             Ok(())
         })?;
         let _ = std::fs::remove_dir_all(&work_dir);
         Ok(report)
+    }
+
+    /// `--stream`: calibrate, choose and slice one layer at a time (checked by `check_options`).
+    fn run_stream(&self, t0: Instant) -> Result<PruneReport> {
+        let o = &self.options;
+        let read = hf_dir::read_config(&self.model)?;
+        let cfg = read.config;
+        let tokenizer = Tokenizer::from_hf_dir(&self.model, read.bos, read.eos)?;
+        let target = resolve(&cfg, self.target, o.units(), o.mlp_multiple)?;
+        let (st_dtype, torch_dtype) = hf_dtype(self.dtype)?;
+        hf_dir::config_json(&cfg, &tokenizer.meta, torch_dtype, false)?;
+        let sha = model_sha256(&self.model)?;
+        let data = prepare(&tokenizer, &o.calib)?;
+        let t1 = Instant::now();
+        let choice = stream::calibrate_and_choose(&self.model, &cfg, &data, o, target, &self.device)?;
+        let seconds_calibrate = t1.elapsed().as_secs_f64();
+        let pruned = stream::pruned_config(&cfg, &choice.keeps);
+        let s = pruned.layers[0];
+        let shot = pipeline::ShotRecord {
+            shot: 1,
+            widths: target,
+            n_heads: s.n_heads,
+            n_kv_heads: s.n_kv_heads,
+            calibration_tokens: choice.tokens,
+            calibration_data_sha256: Some(data.data_sha256.clone()),
+            calibration_seed: Some(data.spec.seed),
+            kept: choice
+                .keeps
+                .iter()
+                .map(|k| pipeline::Kept { q_heads: k.q_heads.clone(), kv_heads: k.kv_heads.clone(), mlp: k.mlp.clone(), head_dims: None })
+                .collect(),
+            scores: choice.scores,
+            seconds_calibrate,
+            seconds_prune: 0.0,
+            seconds_recover: 0.0,
+        };
+        let (before, after) = (ModelStats::new(&cfg, 2048), ModelStats::new(&pruned, 2048));
+        let mut report = PruneReport {
+            input: Input { path: self.model.display().to_string(), sha256: sha },
+            attn_unit: o.attn_unit,
+            options: o.clone(),
+            target: Target { spec: target_spec(self.target), widths: target, split: RATIO_SPLIT },
+            stats_file: None,
+            removed_non_embedding: 1.0 - after.params_non_embedding as f64 / before.params_non_embedding as f64,
+            before,
+            after,
+            outputs: vec!["config.json + model.safetensors (Hugging Face), written layer by layer".to_string()],
+            seconds: Seconds { calibrate: seconds_calibrate, prune: 0.0, recover: 0.0, export: 0.0, total: 0.0 },
+            shots: vec![shot],
+            peak_rss_bytes: None,
+        };
+        let t2 = Instant::now();
+        atomic::write_dir(&self.out, self.force, |dir| {
+            stream::write_sliced(&self.model, &cfg, &choice.keeps, st_dtype, dir)?;
+            write_hf_metadata(&pruned, &tokenizer, torch_dtype, dir)?;
+            report.seconds.export = t2.elapsed().as_secs_f64();
+            report.seconds.total = t0.elapsed().as_secs_f64();
+            report.peak_rss_bytes = peak_rss();
+            std::fs::write(dir.join("prune_report.json"), serde_json::to_string_pretty(&report)?)?;
+            Ok(())
+        })?;
+        Ok(report)
+    }
+}
+
+fn target_spec(t: TargetSpec) -> String {
+    match t {
+        TargetSpec::Ratio(r) => format!("ratio {r}"),
+        TargetSpec::Widths { mha, mlp } => format!("mha_width {mha:?}, mlp_width {mlp:?}"),
     }
 }
 

@@ -6,3 +6,4 @@ pub mod plan;
 pub mod report;
 pub mod slice;
 pub mod scorer;
+pub mod stream;

@@ -61,7 +61,7 @@ pub struct Summary {
     pub kept_min: f64,
 }
 
-fn summary(all: &[f64], kept: &[usize]) -> Summary {
+pub(crate) fn summary(all: &[f64], kept: &[usize]) -> Summary {
     let n = all.len().max(1) as f64;
     Summary {
         min: all.iter().copied().fold(f64::INFINITY, f64::min),

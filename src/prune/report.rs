@@ -46,6 +46,8 @@ pub struct PruneReport {
     pub removed_non_embedding: f64,
     pub outputs: Vec<String>,
     pub seconds: Seconds,
+    /// Peak resident memory of the process (Linux `VmHWM`), in bytes.
+    pub peak_rss_bytes: Option<u64>,
 }
 
 pub const RATIO_SPLIT: &str = "attention loses the same fraction as the whole, rounded up to whole units; \

@@ -7,4 +7,5 @@ mod eval;
 mod export;
 mod forward;
 mod prune;
+mod stream;
 mod tokenizer;

@@ -170,7 +170,7 @@ fn transact_scorer_beats_random() {
     assert!(pt < pr, "transact {pt} should beat random {pr}");
 }
 
-fn job(out: &Path, shots: usize, stats: Option<std::path::PathBuf>, recover: Option<String>) -> PruneJob {
+pub fn job(out: &Path, shots: usize, stats: Option<std::path::PathBuf>, recover: Option<String>) -> PruneJob {
     PruneJob {
         model: gguf_path(),
         device: Device::Cpu,
@@ -194,6 +194,7 @@ fn job(out: &Path, shots: usize, stats: Option<std::path::PathBuf>, recover: Opt
         },
         stats,
         resume: false,
+        stream: false,
     }
 }
 
