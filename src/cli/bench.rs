@@ -83,11 +83,37 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
     }
     print_table(&results);
+    let speedups = if a.vs.is_some() { speedups(&results, a.dtype.len()) } else { Vec::new() };
     if let Some(j) = &a.json {
-        let v = json!({"roofs": roofs, "loadavg": load.trim(), "models": results});
+        let v = json!({"roofs": roofs, "loadavg": load.trim(), "models": results, "speedups_vs_first_model": speedups});
         atomic::write_file(j, true, |tmp| Ok(std::fs::write(tmp, serde_json::to_string_pretty(&v)?)?))?;
     }
     Ok(())
+}
+
+/// The second model against the first in each dtype: decode speedup next to the ideal one (the
+/// ratio of bytes read per token, which bounds a bandwidth-bound decode), and prefill speedup.
+fn speedups(results: &[serde_json::Value], n_dtypes: usize) -> Vec<serde_json::Value> {
+    let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+    let mut out = Vec::new();
+    for (a, b) in results[..n_dtypes].iter().zip(&results[n_dtypes..]) {
+        for (i, c) in DECODE_AT.iter().enumerate() {
+            let (da, db) = (&a["decode"][i], &b["decode"][i]);
+            let got = f(&db["tokens_per_s"]) / f(&da["tokens_per_s"]);
+            let ideal = f(&da["bytes_per_token"]) / f(&db["bytes_per_token"]);
+            println!(
+                "{} decode @{c}: {got:.2}x faster, ideal {ideal:.2}x by bytes read ({:.0}% of ideal)",
+                b["label"].as_str().unwrap_or(""),
+                100.0 * got / ideal
+            );
+            out.push(json!({"dtype": a["dtype"], "decode_context": c, "speedup": got, "ideal": ideal, "fraction_of_ideal": got / ideal}));
+        }
+        for (i, n) in PREFILL.iter().enumerate() {
+            let got = f(&b["prefill"][i]["tokens_per_s"]) / f(&a["prefill"][i]["tokens_per_s"]);
+            out.push(json!({"dtype": a["dtype"], "prefill_tokens": n, "speedup": got}));
+        }
+    }
+    out
 }
 
 /// One column per measured (model, dtype); ratios are against the first column.
