@@ -114,8 +114,13 @@ impl Model {
                 cfg.max_position
             );
         }
+        let mut cache = match cache {
+            Some(c) if observer.is_none() && self.can_decode_step(b, t) && c.layers.iter().flatten().all(|kv| kv.batch() == b) => {
+                return self.decode_step(&tokens.flatten_all()?.to_vec1::<u32>()?, c, logits);
+            }
+            other => other,
+        };
         let x = self.weights.embed.index_select(&tokens.flatten_all()?, 0)?.reshape((b, t, cfg.hidden_size))?;
-        let mut cache = cache;
         let mut x = self.run_layers(x, start, cache.as_deref_mut(), observer)?;
         if let Some(c) = cache {
             c.len += t;

@@ -25,11 +25,25 @@ impl LayerKv {
         Self { k: Vec::new(), v: Vec::new(), b, heads, d, cap: 0 }
     }
 
+    /// Sequences in the batch.
+    pub fn batch(&self) -> usize {
+        self.b
+    }
+
     /// Writes `k`, `v` (`[b, heads, t, d]`) at positions `len .. len + t`.
     pub fn append(&mut self, k: &Tensor, v: &Tensor, len: usize) -> Result<()> {
         let (b, heads, t, d) = k.dims4()?;
         if (b, heads, d) != (self.b, self.heads, self.d) {
             candle_core::bail!("KV cache holds [{}, {}, _, {}], got {:?}", self.b, self.heads, self.d, k.dims());
+        }
+        self.append_slice(&k.flatten_all()?.to_vec1::<f32>()?, &v.flatten_all()?.to_vec1::<f32>()?, t, len)
+    }
+
+    /// [`LayerKv::append`] of row-major `[b, heads, t, d]` data.
+    pub fn append_slice(&mut self, k: &[f32], v: &[f32], t: usize, len: usize) -> Result<()> {
+        let (b, heads, d) = (self.b, self.heads, self.d);
+        if k.len() != b * heads * t * d || v.len() != k.len() {
+            candle_core::bail!("KV cache holds [{b}, {heads}, _, {d}], got {} values for {t} positions", k.len());
         }
         if len + t > self.cap {
             // Doubling keeps appends amortised O(t).
@@ -44,7 +58,6 @@ impl LayerKv {
             self.cap = cap;
         }
         for (buf, new) in [(&mut self.k, k), (&mut self.v, v)] {
-            let new = new.flatten_all()?.to_vec1::<f32>()?;
             for bh in 0..b * heads {
                 buf[(bh * self.cap + len) * d..][..t * d].copy_from_slice(&new[bh * t * d..][..t * d]);
             }

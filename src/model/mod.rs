@@ -1,6 +1,7 @@
 //! The in-memory LLaMA model: config with per-layer shapes, f32 weights, forward pass.
 
 pub mod config;
+mod decode;
 pub mod forward;
 pub mod gemv;
 pub mod generate;

@@ -15,7 +15,7 @@ use transact::RopeLayout;
 use transact::prune::scorer::{self, LayerInput, ScorerKind, Site};
 use transact::prune::slice::{mask, slice};
 
-use crate::common::{assert_close, gguf_path, max_diff, model, path_str, real_tokens, run_cli, scratch};
+use crate::common::{assert_close, cached_logits, gguf_path, max_diff, model, path_str, real_tokens, run_cli, scratch};
 
 fn small_calib() -> CalibSpec {
     CalibSpec { source: "mix".into(), samples: 8, seq_len: 64, seed: 0 }
@@ -99,7 +99,10 @@ fn head_dim_pruning_keeps_rope_pairs_in_both_layouts() {
         }
         let sliced = slice(&m, &k).unwrap();
         assert_eq!(sliced.config.layers[0].head_dim, 32);
-        assert_close(&format!("head-dim {layout:?}"), &mask(&m, &k).unwrap().logits(&ids).unwrap(), &sliced.logits(&ids).unwrap());
+        let full = sliced.logits(&ids).unwrap();
+        assert_close(&format!("head-dim {layout:?}"), &mask(&m, &k).unwrap().logits(&ids).unwrap(), &full);
+        // Decoding token by token applies each group's own frequencies too.
+        assert_close(&format!("head-dim {layout:?} decode"), &full, &cached_logits(&sliced, &ids, 100));
         // A second shot on the sliced model (16 dims) still matches its own mask.
         let k2 = keeps_for(&sliced, ScorerKind::Magnitude, Widths { mha: 144, mlp: 1000 }, u);
         assert_close("head-dim twice", &mask(&sliced, &k2).unwrap().logits(&ids).unwrap(), &slice(&sliced, &k2).unwrap().logits(&ids).unwrap());

@@ -1,0 +1,136 @@
+//! One decode step (one new token per sequence) on plain slices.
+//!
+//! A decode step reads every weight once, so its floor is memory bandwidth; what the general
+//! forward adds on top is ~25 small tensor ops per layer (allocation, dispatch, layout copies),
+//! a fixed ~2.5 ms per token that dominated small weight types and pruned models
+//! (`bench/NOTES.md`). Here each layer is the GEMVs plus a handful of loops over `Vec<f32>`;
+//! the arithmetic is the general forward's (same RMSNorm, rotation, scale and softmax order).
+
+use candle_core::{DType, Device, Result, Storage, Tensor, bail};
+
+use super::config::RopeLayout;
+use super::forward::{KvCache, Logits, Model};
+use super::gemv::{self, WeightData};
+use super::kv_cache::LayerKv;
+
+/// Runs `f` on the raw data of `ws` (contiguous CPU tensors of a supported type).
+fn with_weights<R>(ws: &[&Tensor], f: impl FnOnce(&[(WeightData, usize)]) -> R) -> Result<R> {
+    let guards: Vec<_> = ws.iter().map(|w| w.storage_and_layout()).collect();
+    let mut data = Vec::with_capacity(ws.len());
+    for (w, (storage, layout)) in ws.iter().zip(&guards) {
+        let (Storage::Cpu(cpu), Some((lo, hi))) = (&**storage, layout.contiguous_offsets()) else {
+            bail!("decode: weights must be contiguous CPU tensors");
+        };
+        let d = match w.dtype() {
+            DType::F32 => WeightData::F32(&cpu.as_slice::<f32>()?[lo..hi]),
+            DType::F16 => WeightData::F16(&cpu.as_slice::<half::f16>()?[lo..hi]),
+            DType::BF16 => WeightData::BF16(&cpu.as_slice::<half::bf16>()?[lo..hi]),
+            DType::U8 => WeightData::Q8_0(&cpu.as_slice::<u8>()?[lo..hi]),
+            d => bail!("decode: weights of type {d:?} are not supported"),
+        };
+        data.push((d, w.dim(0)?));
+    }
+    Ok(f(&data))
+}
+
+fn gemv_many(x: &[f32], m: usize, k: usize, ws: &[&Tensor]) -> Result<Vec<Vec<f32>>> {
+    with_weights(ws, |data| gemv::gemv_many(x, m, k, data))
+}
+
+/// candle's RMSNorm, row by row: `x / sqrt(mean(x²) + eps) · w`.
+fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
+    let n = w.len();
+    let mut out = Vec::with_capacity(x.len());
+    for row in x.chunks_exact(n) {
+        let m = (row.iter().map(|v| v * v).sum::<f32>() / n as f32 + eps).sqrt();
+        out.extend(row.iter().zip(w).map(|(v, a)| v / m * a));
+    }
+    out
+}
+
+/// Rotates every head of `x` (`[rows, heads, d]`, heads of group g use `tables[g]`) at one
+/// position; `tables[g]` holds (cos, sin) per pair.
+fn rope(x: &mut [f32], d: usize, heads_per_table: usize, tables: &[Vec<(f32, f32)>], layout: RopeLayout) {
+    let per_row = tables.len() * heads_per_table * d;
+    for row in x.chunks_exact_mut(per_row) {
+        for (h, head) in row.chunks_exact_mut(d).enumerate() {
+            let cs = &tables[h / heads_per_table];
+            for (i, &(c, s)) in cs.iter().enumerate() {
+                let (a, b) = match layout {
+                    RopeLayout::Adjacent => (2 * i, 2 * i + 1),
+                    RopeLayout::HalfSplit => (i, i + d / 2),
+                };
+                let (x0, x1) = (head[a], head[b]);
+                head[a] = x0 * c - x1 * s;
+                head[b] = x0 * s + x1 * c;
+            }
+        }
+    }
+}
+
+fn silu_mul(gate: &[f32], up: &[f32]) -> Vec<f32> {
+    gate.iter().zip(up).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect()
+}
+
+impl Model {
+    /// Whether [`Model::decode_step`] can run `b` sequences of `t` new tokens.
+    pub(crate) fn can_decode_step(&self, b: usize, t: usize) -> bool {
+        t == 1 && b <= gemv::MAX_ROWS && matches!(self.device, Device::Cpu)
+    }
+
+    /// Logits `[b, 1, vocab]` (or the final hidden states) for one new token per sequence,
+    /// appending its keys and values to `cache`.
+    pub(crate) fn decode_step(&self, tokens: &[u32], cache: &mut KvCache, logits: Logits) -> Result<Tensor> {
+        let cfg = &self.config;
+        let (m, hidden, pos) = (tokens.len(), cfg.hidden_size, cache.len);
+        let eps = cfg.rms_eps as f32;
+        let mut shared: Option<(usize, Vec<(f32, f32)>)> = None;
+        let mut x = Vec::with_capacity(m * hidden);
+        for &tok in tokens {
+            x.extend(self.weights.embed.get(tok as usize)?.to_vec1::<f32>()?);
+        }
+        for (l, s) in cfg.layers.iter().enumerate() {
+            let w = &self.weights.layers[l];
+            let (hq, hkv, d, g) = (s.n_heads, s.n_kv_heads, s.head_dim, s.group_size());
+            let xb = rms_norm(&x, &w.attn_norm.to_vec1::<f32>()?, eps);
+            let [mut q, mut k, v]: [Vec<f32>; 3] =
+                gemv_many(&xb, m, hidden, &[&w.q, &w.k, &w.v])?.try_into().expect("three outputs");
+            // Angles in f64, as in `RopeTables`; one table per KV group only when head-dim
+            // pruning gave groups their own frequencies.
+            let angles = |f: Vec<f64>| f.iter().map(|f| ((pos as f64 * f).cos() as f32, (pos as f64 * f).sin() as f32)).collect();
+            let tables: Vec<Vec<(f32, f32)>> = match cfg.rope_inv_freq {
+                Some(_) => (0..hkv).map(|grp| angles(cfg.inv_freq(l, grp))).collect(),
+                None => {
+                    if shared.as_ref().is_none_or(|(hd, _)| *hd != d) {
+                        shared = Some((d, angles(cfg.inv_freq(l, 0))));
+                    }
+                    vec![shared.as_ref().map(|(_, t)| t.clone()).unwrap_or_default()]
+                }
+            };
+            let per_table = if tables.len() == 1 { (hq, hkv) } else { (g, 1) };
+            rope(&mut q, d, per_table.0, &tables, cfg.rope_layout);
+            rope(&mut k, d, per_table.1, &tables, cfg.rope_layout);
+            let scale = (1.0 / (d as f64).sqrt()) as f32;
+            q.iter_mut().for_each(|v| *v *= scale);
+            // `[b, heads · d]` rows are `[b, heads, 1, d]`: the cache's and attention's layout.
+            let slot = cache.layers[l].get_or_insert_with(|| LayerKv::new(m, hkv, d));
+            slot.append_slice(&k, &v, 1, pos)?;
+            let y = slot.attend(&q, g, 1, pos);
+            let o = gemv_many(&y, m, hq * d, &[&w.o])?.remove(0);
+            x.iter_mut().zip(&o).for_each(|(x, o)| *x += o);
+            let xb = rms_norm(&x, &w.mlp_norm.to_vec1::<f32>()?, eps);
+            let [gate, up]: [Vec<f32>; 2] = gemv_many(&xb, m, hidden, &[&w.gate, &w.up])?.try_into().expect("two outputs");
+            let h = silu_mul(&gate, &up);
+            let down = gemv_many(&h, m, s.mlp_width, &[&w.down])?.remove(0);
+            x.iter_mut().zip(&down).for_each(|(x, o)| *x += o);
+        }
+        cache.len += 1;
+        let x = rms_norm(&x, &self.weights.final_norm.to_vec1::<f32>()?, eps);
+        if logits == Logits::None {
+            return Tensor::from_vec(x, (m, 1, hidden), &self.device);
+        }
+        let head = self.weights.lm_head.as_ref().unwrap_or(&self.weights.embed);
+        let y = gemv_many(&x, m, hidden, &[head])?.remove(0);
+        Tensor::from_vec(y, (m, 1, head.dim(0)?), &self.device)
+    }
+}
