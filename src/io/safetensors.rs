@@ -115,16 +115,29 @@ impl safetensors::View for LazyView {
             .flatten_all()
             .and_then(|t| t.to_vec1())
             .expect("LazyView holds a CPU f32 tensor");
-        let bytes: Vec<u8> = match self.dtype {
-            Dtype::F16 => v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect(),
-            Dtype::BF16 => v.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect(),
-            _ => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        };
-        Cow::Owned(bytes)
+        Cow::Owned(encode(&v, self.dtype))
     }
 
     fn data_len(&self) -> usize {
         self.shape.iter().product::<usize>() * (self.dtype.bitsize() / 8)
+    }
+}
+
+/// Little-endian bytes of `v` in `dtype` (F32, F16 or BF16).
+pub(crate) fn encode(v: &[f32], dtype: Dtype) -> Vec<u8> {
+    match dtype {
+        Dtype::F16 => v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect(),
+        Dtype::BF16 => v.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect(),
+        _ => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    }
+}
+
+/// The values of little-endian `bytes` in `dtype` (F32, F16 or BF16).
+pub(crate) fn decode(bytes: &[u8], dtype: Dtype) -> Vec<f32> {
+    match dtype {
+        Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        Dtype::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        _ => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
     }
 }
 

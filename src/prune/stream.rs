@@ -21,7 +21,7 @@ use super::scorer::{self, LayerInput, Site};
 use crate::calib::data::CalibData;
 use crate::calib::stats::{ChannelStats, LayerStats};
 use crate::eval::metrics::progress_bar;
-use crate::io::safetensors::SafetensorsFiles;
+use crate::io::safetensors::{SafetensorsFiles, decode, encode};
 use crate::model::config::{LayerShape, ModelConfig};
 use crate::model::forward::{Model, Observer};
 use crate::model::weights::{LayerWeights, TensorRole, Weights};
@@ -150,22 +150,6 @@ fn dtype_size(d: Dtype) -> usize {
     d.bitsize() / 8
 }
 
-fn to_f32(bytes: &[u8], d: Dtype) -> Vec<f32> {
-    match d {
-        Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        Dtype::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        _ => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-    }
-}
-
-fn from_f32(v: &[f32], d: Dtype) -> Vec<u8> {
-    match d {
-        Dtype::F16 => v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect(),
-        Dtype::BF16 => v.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect(),
-        _ => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-    }
-}
-
 impl SlicedView {
     fn read(&self) -> Result<Vec<u8>> {
         let f = std::fs::File::open(&self.file).with_context(|| format!("{}: cannot open", self.file.display()))?;
@@ -189,7 +173,7 @@ impl SlicedView {
                 Some(c) => c.iter().for_each(|&j| out.extend_from_slice(&row[j * es..(j + 1) * es])),
             }
         }
-        Ok(if t.dtype() == self.dtype { out } else { from_f32(&to_f32(&out, t.dtype()), self.dtype) })
+        Ok(if t.dtype() == self.dtype { out } else { encode(&decode(&out, t.dtype()), self.dtype) })
     }
 }
 
