@@ -6,35 +6,17 @@
 //! (`bench/NOTES.md`). Here each layer is the GEMVs plus a handful of loops over `Vec<f32>`;
 //! the arithmetic is the general forward's (same RMSNorm, rotation, scale and softmax order).
 
-use candle_core::{DType, Device, Result, Storage, Tensor, bail};
+use candle_core::{Device, Result, Tensor};
 
 use super::config::RopeLayout;
 use super::forward::{KvCache, Logits, Model};
-use super::gemv::{self, WeightData};
+use super::gemv;
+use super::linear::with_weight_data;
 use super::kv_cache::LayerKv;
 
-/// Runs `f` on the raw data of `ws` (contiguous CPU tensors of a supported type).
-fn with_weights<R>(ws: &[&Tensor], f: impl FnOnce(&[(WeightData, usize)]) -> R) -> Result<R> {
-    let guards: Vec<_> = ws.iter().map(|w| w.storage_and_layout()).collect();
-    let mut data = Vec::with_capacity(ws.len());
-    for (w, (storage, layout)) in ws.iter().zip(&guards) {
-        let (Storage::Cpu(cpu), Some((lo, hi))) = (&**storage, layout.contiguous_offsets()) else {
-            bail!("decode: weights must be contiguous CPU tensors");
-        };
-        let d = match w.dtype() {
-            DType::F32 => WeightData::F32(&cpu.as_slice::<f32>()?[lo..hi]),
-            DType::F16 => WeightData::F16(&cpu.as_slice::<half::f16>()?[lo..hi]),
-            DType::BF16 => WeightData::BF16(&cpu.as_slice::<half::bf16>()?[lo..hi]),
-            DType::U8 => WeightData::Q8_0(&cpu.as_slice::<u8>()?[lo..hi]),
-            d => bail!("decode: weights of type {d:?} are not supported"),
-        };
-        data.push((d, w.dim(0)?));
-    }
-    Ok(f(&data))
-}
-
 fn gemv_many(x: &[f32], m: usize, k: usize, ws: &[&Tensor]) -> Result<Vec<Vec<f32>>> {
-    with_weights(ws, |data| gemv::gemv_many(x, m, k, data))
+    with_weight_data(ws, |data| gemv::gemv_many(x, m, k, data))?
+        .ok_or_else(|| candle_core::Error::Msg("decode: weights must be contiguous CPU tensors".into()))
 }
 
 /// candle's RMSNorm, row by row: `x / sqrt(mean(x²) + eps) · w`.

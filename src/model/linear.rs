@@ -74,6 +74,25 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     Ok(linear_many(x, &[w])?.remove(0))
 }
 
+/// Runs `f` on the raw data and row count of each of `ws`; `None` when one of them is not a
+/// contiguous CPU tensor (the caller falls back to candle).
+pub(crate) fn with_weight_data<R>(ws: &[&Tensor], f: impl FnOnce(&[(WeightData, usize)]) -> R) -> Result<Option<R>> {
+    let guards: Vec<_> = ws.iter().map(|w| w.storage_and_layout()).collect();
+    let mut data = Vec::with_capacity(ws.len());
+    for (w, (storage, layout)) in ws.iter().zip(&guards) {
+        let (Storage::Cpu(cpu), Some((lo, hi))) = (&**storage, layout.contiguous_offsets()) else { return Ok(None) };
+        let d = match w.dtype() {
+            DType::F32 => WeightData::F32(&cpu.as_slice::<f32>()?[lo..hi]),
+            DType::F16 => WeightData::F16(&cpu.as_slice::<half::f16>()?[lo..hi]),
+            DType::BF16 => WeightData::BF16(&cpu.as_slice::<half::bf16>()?[lo..hi]),
+            DType::U8 => WeightData::Q8_0(&cpu.as_slice::<u8>()?[lo..hi]),
+            d => bail!("linear: weights of type {d:?} are not supported"),
+        };
+        data.push((d, w.dim(0)?));
+    }
+    Ok(Some(f(&data)))
+}
+
 /// [`linear`] of several weights applied to the same `x` (one parallel region when decoding).
 pub fn linear_many(x: &Tensor, ws: &[&Tensor]) -> Result<Vec<Tensor>> {
     let (b, t, n_in) = x.dims3()?;
@@ -83,28 +102,10 @@ pub fn linear_many(x: &Tensor, ws: &[&Tensor]) -> Result<Vec<Tensor>> {
         }
     }
     if b * t <= gemv::MAX_ROWS && matches!(x.device(), Device::Cpu) {
-        let guards: Vec<_> = ws.iter().map(|w| w.storage_and_layout()).collect();
-        let mut data = Vec::with_capacity(ws.len());
-        for (w, (storage, layout)) in ws.iter().zip(&guards) {
-            let (Storage::Cpu(cpu), Some((lo, hi))) = (&**storage, layout.contiguous_offsets()) else { break };
-            data.push((
-                match w.dtype() {
-                    DType::F32 => WeightData::F32(&cpu.as_slice::<f32>()?[lo..hi]),
-                    DType::F16 => WeightData::F16(&cpu.as_slice::<half::f16>()?[lo..hi]),
-                    DType::BF16 => WeightData::BF16(&cpu.as_slice::<half::bf16>()?[lo..hi]),
-                    DType::U8 => WeightData::Q8_0(&cpu.as_slice::<u8>()?[lo..hi]),
-                    d => bail!("linear: weights of type {d:?} are not supported"),
-                },
-                w.dim(0)?,
-            ));
-        }
-        if data.len() == ws.len() {
-            let xs = x.flatten_all()?.to_vec1::<f32>()?;
-            return gemv::gemv_many(&xs, b * t, n_in, &data)
-                .into_iter()
-                .zip(&data)
-                .map(|(y, (_, out))| Tensor::from_vec(y, (b, t, *out), x.device()))
-                .collect();
+        let xs = x.flatten_all()?.to_vec1::<f32>()?;
+        let ys = with_weight_data(ws, |data| gemv::gemv_many(&xs, b * t, n_in, data))?;
+        if let Some(ys) = ys {
+            return ys.into_iter().zip(ws).map(|(y, w)| Tensor::from_vec(y, (b, t, w.dim(0)?), x.device())).collect();
         }
     }
     let x2 = x.reshape((b * t, n_in))?;

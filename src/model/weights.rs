@@ -107,6 +107,24 @@ pub struct LayerWeights {
     pub down: Tensor,
 }
 
+impl LayerWeights {
+    /// Layer `l`'s weights, asking `load` for each of its roles in [`TensorRole::all`] order.
+    pub fn from_roles<E>(l: usize, mut load: impl FnMut(TensorRole) -> Result<Tensor, E>) -> Result<Self, E> {
+        use TensorRole::*;
+        Ok(Self {
+            attn_norm: load(AttnNorm(l))?,
+            q: load(Q(l))?,
+            k: load(K(l))?,
+            v: load(V(l))?,
+            o: load(O(l))?,
+            mlp_norm: load(MlpNorm(l))?,
+            gate: load(Gate(l))?,
+            up: load(Up(l))?,
+            down: load(Down(l))?,
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Weights {
     pub embed: Tensor,
@@ -126,17 +144,7 @@ impl Weights {
         let embed = load(Embed)?;
         let mut layers = Vec::with_capacity(cfg.n_layers());
         for l in 0..cfg.n_layers() {
-            layers.push(LayerWeights {
-                attn_norm: load(AttnNorm(l))?,
-                q: load(Q(l))?,
-                k: load(K(l))?,
-                v: load(V(l))?,
-                o: load(O(l))?,
-                mlp_norm: load(MlpNorm(l))?,
-                gate: load(Gate(l))?,
-                up: load(Up(l))?,
-                down: load(Down(l))?,
-            });
+            layers.push(LayerWeights::from_roles(l, &mut load)?);
         }
         let final_norm = load(FinalNorm)?;
         let lm_head = if cfg.tied_embeddings { None } else { Some(load(LmHead)?) };

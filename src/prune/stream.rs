@@ -34,20 +34,8 @@ fn head_rows(heads: &[usize], d: usize) -> Vec<usize> {
 /// Layer `l` as f32, through a mapping that is dropped on return so its pages leave this
 /// process's resident set.
 fn load_layer(src: &Path, cfg: &ModelConfig, l: usize, device: &Device) -> Result<LayerWeights> {
-    use TensorRole::*;
     let files = SafetensorsFiles::open_dir(src)?;
-    let get = |role: TensorRole| files.load_f32(&role.hf_name(), &role.shape(cfg), device);
-    Ok(LayerWeights {
-        attn_norm: get(AttnNorm(l))?,
-        q: get(Q(l))?,
-        k: get(K(l))?,
-        v: get(V(l))?,
-        o: get(O(l))?,
-        mlp_norm: get(MlpNorm(l))?,
-        gate: get(Gate(l))?,
-        up: get(Up(l))?,
-        down: get(Down(l))?,
-    })
+    LayerWeights::from_roles(l, |role| files.load_f32(&role.hf_name(), &role.shape(cfg), device))
 }
 
 /// Statistics of the single layer being streamed.
