@@ -4,7 +4,8 @@
 //!
 //! Weight rows are split across rayon's threads; each row is read from memory once for all (at
 //! most [`MAX_ROWS`]) activation rows. Inner loops use AVX2/FMA/F16C when the CPU has them
-//! (detected at run time; plain builds target SSE2) and a portable loop otherwise.
+//! (detected at run time; plain builds target SSE2) and a portable loop otherwise; Q8_0 uses
+//! AVX-512 VNNI's byte dot product where the CPU has it.
 
 use half::{bf16, f16};
 use rayon::prelude::*;
@@ -112,23 +113,32 @@ enum Simd {
     Portable,
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    /// AVX2 plus AVX-512 VNNI on 256-bit registers (used by Q8_0).
+    #[cfg(target_arch = "x86_64")]
+    Vnni,
 }
 
 impl Simd {
     fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
-            return Simd::Avx2;
+            let vnni = is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vnni");
+            return if vnni { Simd::Vnni } else { Simd::Avx2 };
         }
         Simd::Portable
     }
 }
 
 fn row_dot(simd: Simd, w: WeightData, r: usize, k: usize, x: &Act) -> f32 {
-    match simd {
+    match (simd, w) {
         #[cfg(target_arch = "x86_64")]
-        Simd::Avx2 => unsafe { avx2::row_dot(w, r, k, x) },
-        Simd::Portable => portable_row_dot(w, r, k, x),
+        (Simd::Vnni, WeightData::Q8_0(a)) => unsafe { avx2::q8_row_dot_vnni(a, r, k, x) },
+        #[cfg(target_arch = "x86_64")]
+        (Simd::Avx2 | Simd::Vnni, _) => unsafe { avx2::row_dot(w, r, k, x) },
+        (Simd::Portable, _) => portable_row_dot(w, r, k, x),
     }
 }
 
@@ -166,6 +176,37 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     use super::{Act, Q8_BLOCK, Q8_BYTES, WeightData};
+
+    /// Row `r` of Q8_0 bytes `w` times the Q8 activations: `$dot(qw, qx)` gives a block's eight
+    /// partial integer sums. Four accumulators, named so they stay in registers: with one, each
+    /// block waited on the previous block's FMA (and an indexed array went through the stack).
+    macro_rules! q8_blocks {
+        ($w:expr, $r:expr, $k:expr, $act:expr, |$qw:ident, $qx:ident| $dot:expr) => {{
+            let nb = $k / Q8_BLOCK;
+            let row = &$w[$r * nb * Q8_BYTES..($r + 1) * nb * Q8_BYTES];
+            let (q, d) = (&$act.q[..nb * Q8_BLOCK], &$act.d[..nb]);
+            let block = |b: usize, acc: __m256| {
+                let blk = &row[b * Q8_BYTES..(b + 1) * Q8_BYTES];
+                let $qw = unsafe { _mm256_loadu_si256(blk[2..].as_ptr() as *const __m256i) };
+                let $qx = unsafe { _mm256_loadu_si256(q[b * Q8_BLOCK..].as_ptr() as *const __m256i) };
+                _mm256_fmadd_ps(_mm256_cvtepi32_ps($dot), _mm256_set1_ps(f16_scale(blk) * d[b]), acc)
+            };
+            let (mut a0, mut a1, mut a2, mut a3) = (_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps());
+            let mut b = 0;
+            while b + 4 <= nb {
+                a0 = block(b, a0);
+                a1 = block(b + 1, a1);
+                a2 = block(b + 2, a2);
+                a3 = block(b + 3, a3);
+                b += 4;
+            }
+            while b < nb {
+                a0 = block(b, a0);
+                b += 1;
+            }
+            hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)))
+        }};
+    }
 
     /// # Safety
     /// The CPU must support AVX2, FMA and F16C; `w` must hold row `r` of `k` columns and
@@ -217,22 +258,32 @@ mod avx2 {
                 });
                 s + (i..k).map(|j| a[r * k + j].to_f32() * x[j]).sum::<f32>()
             }
-            WeightData::Q8_0(a) => {
-                let nb = k / Q8_BLOCK;
-                let row = &a[r * nb * Q8_BYTES..(r + 1) * nb * Q8_BYTES];
-                let mut acc = _mm256_setzero_ps();
-                for (b, blk) in row.chunks_exact(Q8_BYTES).enumerate() {
-                    let qw = unsafe { _mm256_loadu_si256(blk[2..].as_ptr() as *const __m256i) };
-                    let qx = unsafe { _mm256_loadu_si256(act.q.as_ptr().add(b * Q8_BLOCK) as *const __m256i) };
-                    // maddubs multiplies unsigned by signed bytes: move w's sign onto x.
-                    let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(qw, qw), _mm256_sign_epi8(qx, qw));
-                    let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
-                    let d = half::f16::from_le_bytes([blk[0], blk[1]]).to_f32() * act.d[b];
-                    acc = _mm256_fmadd_ps(sums, _mm256_set1_ps(d), acc);
-                }
-                hsum(acc)
-            }
+            WeightData::Q8_0(a) => q8_blocks!(a, r, k, act, |qw, qx| {
+                // maddubs multiplies unsigned by signed bytes: move w's sign onto x.
+                let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(qw, qw), _mm256_sign_epi8(qx, qw));
+                _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))
+            }),
         }
+    }
+
+    /// Row `r` of a Q8_0 matrix times Q8 activations, with VNNI's unsigned × signed byte dot
+    /// (one instruction where AVX2 needs two multiply-adds).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA, F16C, AVX-512 F/VL/BW and VNNI; `w` must hold row `r`
+    /// of `k` columns (a multiple of 32) and `act` its Q8 form.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
+    pub unsafe fn q8_row_dot_vnni(w: &[u8], r: usize, k: usize, act: &Act) -> f32 {
+        // |w| as unsigned times x carrying w's sign.
+        q8_blocks!(w, r, k, act, |qw, qx| _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_abs_epi8(qw), _mm256_sign_epi8(qx, qw)))
+    }
+
+    /// A Q8_0 block's f16 scale (its first two bytes) as f32, inline: `half`'s conversion is a
+    /// call with a run-time feature check, once per 32 weights.
+    #[target_feature(enable = "f16c")]
+    fn f16_scale(blk: &[u8]) -> f32 {
+        let bits = u16::from_le_bytes([blk[0], blk[1]]) as i32;
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits)))
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -304,14 +355,23 @@ mod tests {
             let got = gemv(&xq, m, kq, WeightData::Q8_0(&q), n);
             assert!(got.iter().zip(&want).zip(&scale).all(|((g, w), s)| (g - w).abs() <= 1e-2 * s));
             let (qx, dx) = quantize_q8(&xq);
-            let portable: Vec<f32> = (0..m)
-                .flat_map(|j| (0..n).map(move |r| (j, r)))
-                .map(|(j, r)| {
-                    let act = Act { f: &xq[j * kq..(j + 1) * kq], q: &qx[j * kq..(j + 1) * kq], d: &dx[j * kq / Q8_BLOCK..(j + 1) * kq / Q8_BLOCK] };
-                    portable_row_dot(WeightData::Q8_0(&q), r, kq, &act)
-                })
-                .collect();
+            // Every kernel this CPU can run (the dispatch above took the best one) agrees with
+            // the portable loop on the same quantized activations.
+            let by = |simd: Simd| -> Vec<f32> {
+                (0..m)
+                    .flat_map(|j| (0..n).map(move |r| (j, r)))
+                    .map(|(j, r)| {
+                        let act = Act { f: &xq[j * kq..(j + 1) * kq], q: &qx[j * kq..(j + 1) * kq], d: &dx[j * kq / Q8_BLOCK..(j + 1) * kq / Q8_BLOCK] };
+                        row_dot(simd, WeightData::Q8_0(&q), r, kq, &act)
+                    })
+                    .collect()
+            };
+            let portable = by(Simd::Portable);
             assert!(close(&portable, &got));
+            #[cfg(target_arch = "x86_64")]
+            if matches!(Simd::detect(), Simd::Vnni) {
+                assert!(close(&by(Simd::Avx2), &portable));
+            }
         }
     }
 }

@@ -81,65 +81,14 @@ impl LayerKv {
     pub fn attend(&self, q: &[f32], g: usize, t: usize, len: usize) -> Vec<f32> {
         let d = self.d;
         let mut out = vec![0f32; self.b * self.heads * g * t * d];
-        #[cfg(target_arch = "x86_64")]
-        let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
         // One task per query head: (batch, kv head) = idx / g.
         out.par_chunks_mut(t * d).enumerate().for_each(|(idx, o)| {
             let base = (idx / g) * self.cap * d;
             let (k, v) = (&self.k[base..base + (len + t) * d], &self.v[base..base + (len + t) * d]);
-            let q = &q[idx * t * d..(idx + 1) * t * d];
-            #[cfg(target_arch = "x86_64")]
-            if avx2 {
-                return unsafe { head_avx2(q, k, v, o, d, len) };
-            }
-            head(q, k, v, o, d, len);
+            super::attend::head(&q[idx * t * d..(idx + 1) * t * d], k, v, o, d, len);
         });
         out
     }
-}
-
-/// One query head's `t` queries (`q`, `o`: `[t, d]`) at positions `len ..` over keys and
-/// values `[len + t, d]`. Inlined into [`head_avx2`] so the loops compile with AVX2.
-#[inline(always)]
-fn head(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], d: usize, len: usize) {
-    let mut scores = Vec::with_capacity(k.len() / d);
-    for (ti, (qv, ov)) in q.chunks_exact(d).zip(o.chunks_exact_mut(d)).enumerate() {
-        let n = len + ti + 1;
-        scores.clear();
-        scores.extend(k.chunks_exact(d).take(n).map(|kj| dot(qv, kj)));
-        let max = scores.iter().fold(f32::NEG_INFINITY, |a, &s| a.max(s));
-        let mut sum = 0f32;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
-        }
-        for (p, vj) in scores.iter().zip(v.chunks_exact(d)) {
-            let p = p / sum;
-            for (o, v) in ov.iter_mut().zip(vj) {
-                *o += p * v;
-            }
-        }
-    }
-}
-
-/// # Safety
-/// The CPU must support AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn head_avx2(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], d: usize, len: usize) {
-    head(q, k, v, o, d, len)
-}
-
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let tail = a.len() / 8 * 8;
-    acc.iter().sum::<f32>() + a[tail..].iter().zip(&b[tail..]).map(|(x, y)| x * y).sum::<f32>()
 }
 
 /// Per-layer keys and values of the tokens seen so far.
