@@ -50,10 +50,6 @@ fn rope(x: &mut [f32], d: usize, heads_per_table: usize, tables: &[Vec<(f32, f32
     }
 }
 
-fn silu_mul(gate: &[f32], up: &[f32]) -> Vec<f32> {
-    gate.iter().zip(up).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect()
-}
-
 impl Model {
     /// Whether [`Model::decode_step`] can run `b` sequences of `t` new tokens.
     pub(crate) fn can_decode_step(&self, b: usize, t: usize) -> bool {
@@ -102,7 +98,7 @@ impl Model {
             x.iter_mut().zip(&o).for_each(|(x, o)| *x += o);
             let xb = rms_norm(&x, &w.mlp_norm.to_vec1::<f32>()?, eps);
             let [gate, up]: [Vec<f32>; 2] = gemv_many(&xb, m, hidden, &[&w.gate, &w.up])?.try_into().expect("two outputs");
-            let h = silu_mul(&gate, &up);
+            let h = super::vmath::silu_mul(&gate, &up);
             let down = gemv_many(&h, m, s.mlp_width, &[&w.down])?.remove(0);
             x.iter_mut().zip(&down).for_each(|(x, o)| *x += o);
         }

@@ -10,6 +10,7 @@ use super::config::ModelConfig;
 use super::kv_cache::{LayerKv, append_and_attend};
 use super::linear::{WeightDtype, convert, linear, linear_many};
 use super::rope::RopeTables;
+use super::vmath;
 use super::weights::Weights;
 
 /// Which positions get logits.
@@ -69,12 +70,18 @@ fn attend(q: &Tensor, k: &Tensor, v: &Tensor, start: usize) -> Result<Tensor> {
         } else {
             (k.narrow(2, 0, keys)?.contiguous()?, v.narrow(2, 0, keys)?.contiguous()?)
         };
-        let mut att = qc.reshape((b, hkv, g * c, d))?.matmul(&kc.t()?)?;
-        if c > 1 {
-            let mask = causal_mask(c, start + c0, q.device())?;
-            att = att.reshape((b, hkv, g, c, keys))?.broadcast_add(&mask)?.reshape((b, hkv, g * c, keys))?;
-        }
-        blocks.push(softmax_last_dim(&att)?.matmul(&vc)?.reshape((b, hkv, g, c, d))?);
+        let att = qc.reshape((b, hkv, g * c, d))?.matmul(&kc.t()?)?;
+        // Row r is query r % c of the block, at absolute position start + c0 + r % c.
+        let first = start + c0 + 1;
+        let p = match vmath::with_cpu_f32(&[&att], |x| vmath::causal_softmax(x[0], keys, |r| first + r % c)) {
+            Some(p) => Tensor::from_vec(p, att.shape(), att.device())?,
+            None if c > 1 => {
+                let mask = causal_mask(c, start + c0, q.device())?;
+                softmax_last_dim(&att.reshape((b, hkv, g, c, keys))?.broadcast_add(&mask)?.reshape((b, hkv, g * c, keys))?)?
+            }
+            None => softmax_last_dim(&att)?,
+        };
+        blocks.push(p.matmul(&vc)?.reshape((b, hkv, g, c, d))?);
     }
     if blocks.len() == 1 { Ok(blocks.pop().unwrap()) } else { Tensor::cat(&blocks, 3) }
 }

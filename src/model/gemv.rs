@@ -98,13 +98,27 @@ fn quantize_q8(x: &[f32]) -> (Vec<i8>, Vec<f32>) {
     (q, d)
 }
 
-/// Row `r` of a Q8_0 matrix with `k` columns, as f32 (prefill multiplies dequantized weights).
-pub fn dequantize_q8_0(data: &[u8], n: usize, k: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(n * k);
-    for b in data.chunks_exact(Q8_BYTES) {
-        let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
-        out.extend(b[2..].iter().map(|&q| d * q as i8 as f32));
-    }
+/// A whole `[n, k]` matrix as f32 (prefill multiplies widened weights), in parallel over
+/// blocks of rows: candle's conversion runs on one thread and cost a tenth of a prefill.
+pub fn widen(w: WeightData, n: usize, k: usize) -> Vec<f32> {
+    use half::slice::HalfFloatSliceExt;
+    const ROWS: usize = 32;
+    let mut out = vec![0f32; n * k];
+    out.par_chunks_mut(ROWS * k).enumerate().for_each(|(c, o)| {
+        let (lo, hi) = (c * ROWS * k, c * ROWS * k + o.len());
+        match w {
+            WeightData::F32(a) => o.copy_from_slice(&a[lo..hi]),
+            WeightData::F16(a) => a[lo..hi].convert_to_f32_slice(o),
+            WeightData::BF16(a) => a[lo..hi].convert_to_f32_slice(o),
+            WeightData::Q8_0(a) => {
+                let bytes = &a[lo / Q8_BLOCK * Q8_BYTES..hi / Q8_BLOCK * Q8_BYTES];
+                for (b, o) in bytes.chunks_exact(Q8_BYTES).zip(o.chunks_exact_mut(Q8_BLOCK)) {
+                    let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
+                    o.iter_mut().zip(&b[2..]).for_each(|(o, &q)| *o = d * q as i8 as f32);
+                }
+            }
+        }
+    });
     out
 }
 
@@ -330,6 +344,7 @@ mod tests {
             ];
             for (data, want) in cases {
                 assert!(close(&gemv(&x, m, k, data, n), &want));
+                assert!(close(&reference(&x, m, k, &widen(data, n, k), n), &want));
                 let portable: Vec<f32> = (0..m)
                     .flat_map(|j| (0..n).map(move |r| (j, r)))
                     .map(|(j, r)| portable_row_dot(data, r, k, &Act { f: &x[j * k..(j + 1) * k], q: &[], d: &[] }))
@@ -347,7 +362,7 @@ mod tests {
                     q.extend(blk.iter().map(|v| (v / d).round() as i8 as u8));
                 }
             }
-            let deq = dequantize_q8_0(&q, n, kq);
+            let deq = widen(WeightData::Q8_0(&q), n, kq);
             let xq: Vec<f32> = (0..m).flat_map(|j| x[j * k..j * k + kq].to_vec()).collect();
             // Activations are quantized too: agreement to ~1% of the dot's magnitude.
             let want = reference(&xq, m, kq, &deq, n);

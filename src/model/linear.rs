@@ -58,14 +58,18 @@ fn in_features(w: &Tensor) -> Result<usize> {
 
 /// `w` as an f32 tensor (Q8_0 dequantized).
 pub fn to_f32(w: &Tensor) -> Result<Tensor> {
+    let (n, k) = (w.dim(0)?, in_features(w)?);
     match w.dtype() {
         DType::F32 => Ok(w.clone()),
-        DType::U8 => {
-            let (n, k) = (w.dim(0)?, in_features(w)?);
-            let bytes = w.flatten_all()?.to_vec1::<u8>()?;
-            Tensor::from_vec(gemv::dequantize_q8_0(&bytes, n, k), (n, k), w.device())
-        }
-        _ => w.to_dtype(DType::F32),
+        _ => match with_weight_data(&[w], |d| gemv::widen(d[0].0, n, k))? {
+            Some(f) => Tensor::from_vec(f, (n, k), w.device()),
+            // Not a contiguous CPU tensor.
+            None if w.dtype() == DType::U8 => {
+                let bytes = w.flatten_all()?.to_vec1::<u8>()?;
+                Tensor::from_vec(gemv::widen(WeightData::Q8_0(&bytes), n, k), (n, k), w.device())
+            }
+            None => w.to_dtype(DType::F32),
+        },
     }
 }
 

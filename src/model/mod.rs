@@ -10,4 +10,5 @@ pub mod kv_cache;
 pub mod linear;
 pub mod rope;
 pub mod tokenizer;
+mod vmath;
 pub mod weights;
