@@ -1,0 +1,166 @@
+//! Prefill with bf16 weights on CPUs with AVX-512 BF16: `vdpbf16ps` multiplies pairs of bf16
+//! and accumulates in f32, twice the multiply-adds per instruction of f32 FMA. Widening the
+//! weights to f32 for candle's GEMM instead capped bf16 prefill at the f32 rate, where
+//! llama.cpp, which multiplies in bf16, was 1.2–1.5× faster (`bench/NOTES.md`).
+//!
+//! As in llama.cpp, the activations are rounded to bf16 (nearest even); sums stay f32. The
+//! weights are re-laid per panel of 32 output rows so one 64-byte load holds a pair of columns
+//! for 16 rows, and an 8 × 32 block of outputs lives in 16 registers while `k` runs.
+
+use half::bf16;
+use rayon::prelude::*;
+
+/// Output rows (activations) and columns (weight rows) per register block.
+const MR: usize = 8;
+const NR: usize = 32;
+
+/// Whether this CPU runs [`gemm_many`].
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// `y[m, n] = bf16(x)[m, k] · W[n, k]ᵀ` for each `(W, n)` of `ws`; the activations are
+/// converted once for all of them. Call only where [`available`] holds.
+pub fn gemm_many(x: &[f32], m: usize, k: usize, ws: &[(&[bf16], usize)]) -> Vec<Vec<f32>> {
+    assert!(available(), "gemm_bf16 needs AVX-512 BF16");
+    assert_eq!(x.len(), m * k);
+    let kp = k.div_ceil(2);
+    let mp = m.next_multiple_of(MR);
+    // Activations as bf16 pairs, one u32 per pair: row i's pair p is what the kernel broadcasts.
+    let mut a = vec![0u32; mp * kp];
+    a.par_chunks_mut(kp).zip(x.par_chunks(k)).for_each(|(row, x)| {
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            avx512::to_pairs(x, row)
+        }
+    });
+    ws.iter().map(|&(w, n)| gemm(&a, m, kp, k, w, n)).collect()
+}
+
+fn gemm(a: &[u32], m: usize, kp: usize, k: usize, w: &[bf16], n: usize) -> Vec<f32> {
+    assert_eq!(w.len(), n * k);
+    let mut y = vec![0f32; m * n];
+    let out = Out(y.as_mut_ptr());
+    // One task per panel of NR weight rows, packed into a per-thread buffer.
+    (0..n.div_ceil(NR)).into_par_iter().for_each_init(
+        || vec![0u32; kp * NR],
+        |panel, j| {
+            pack(w, k, j * NR, n, panel);
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                avx512::panel(a, m, kp, panel, &out, n, j * NR)
+            }
+        },
+    );
+    y
+}
+
+/// `y`'s data, shared by the panel tasks: each writes only its own columns.
+struct Out(*mut f32);
+unsafe impl Sync for Out {}
+
+/// Weight rows `j0 .. j0 + NR` as `[kp][NR]` pairs (rows past `n` and the odd column as 0).
+fn pack(w: &[bf16], k: usize, j0: usize, n: usize, panel: &mut [u32]) {
+    panel.fill(0);
+    for c in 0..NR.min(n - j0) {
+        let row = &w[(j0 + c) * k..(j0 + c + 1) * k];
+        for (p, pair) in row.chunks(2).enumerate() {
+            let lo = pair[0].to_bits() as u32;
+            let hi = pair.get(1).map_or(0, |v| v.to_bits() as u32);
+            panel[p * NR + c] = lo | hi << 16;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{MR, NR, Out};
+
+    /// `x` rounded to bf16 (nearest even) as pairs; an odd last element pairs with 0.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F, BW and BF16.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub unsafe fn to_pairs(x: &[f32], out: &mut [u32]) {
+        let mut i = 0;
+        while i + 32 <= x.len() {
+            let v = unsafe { _mm512_cvtne2ps_pbh(_mm512_loadu_ps(x.as_ptr().add(i + 16)), _mm512_loadu_ps(x.as_ptr().add(i))) };
+            unsafe { _mm512_storeu_si512(out.as_mut_ptr().add(i / 2) as *mut __m512i, std::mem::transmute::<__m512bh, __m512i>(v)) };
+            i += 32;
+        }
+        for (p, pair) in x[i..].chunks(2).enumerate() {
+            let lo = half::bf16::from_f32(pair[0]).to_bits() as u32;
+            let hi = pair.get(1).map_or(0, |&v| half::bf16::from_f32(v).to_bits() as u32);
+            out[i / 2 + p] = lo | hi << 16;
+        }
+    }
+
+    /// Columns `j0 .. j0 + NR` (those below `n`) of all `m` rows of `y` `[m, n]`, from one
+    /// packed panel.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F, BW and BF16; `a` holds `m` rounded up to [`MR`] rows of
+    /// `kp` pairs, `panel` `kp × NR` pairs, `y` `m × n` values of which no other thread writes
+    /// these columns.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub unsafe fn panel(a: &[u32], m: usize, kp: usize, panel: &[u32], y: &Out, n: usize, j0: usize) {
+        let cols = NR.min(n - j0);
+        // Lanes of the two output vectors that fall inside `n`.
+        let mask = |h: usize| (((1u64 << cols.saturating_sub(16 * h).min(16)) - 1) & 0xffff) as __mmask16;
+        let (m0, m1) = (mask(0), mask(1));
+        for i0 in (0..m).step_by(MR) {
+            let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+            let rows: [&[u32]; MR] = std::array::from_fn(|r| &a[(i0 + r) * kp..(i0 + r + 1) * kp]);
+            for p in 0..kp {
+                let w: [__m512bh; 2] = unsafe {
+                    let wp = panel.as_ptr().add(p * NR) as *const __m512i;
+                    [std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(wp)), std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(wp.add(1)))]
+                };
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let x = unsafe { std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(rows[r][p] as i32)) };
+                    acc[0] = _mm512_dpbf16_ps(acc[0], x, w[0]);
+                    acc[1] = _mm512_dpbf16_ps(acc[1], x, w[1]);
+                }
+            }
+            for (r, acc) in acc.iter().enumerate().take(m - i0) {
+                unsafe {
+                    let o = y.0.add((i0 + r) * n + j0);
+                    _mm512_mask_storeu_ps(o, m0, acc[0]);
+                    _mm512_mask_storeu_ps(o.add(16), m1, acc[1]);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_a_reference_on_bf16_rounded_inputs() {
+        if !available() {
+            eprintln!("this CPU has no AVX-512 BF16: the bf16 GEMM is not used here and not tested");
+            return;
+        }
+        // m = 11 (one full block and a tail), n = 45 (a panel and a partial one), odd k.
+        let (m, n, k) = (11, 45, 77);
+        let w: Vec<bf16> = (0..n * k).map(|i| bf16::from_f32(((i * 7919) % 1000) as f32 / 500.0 - 1.0)).collect();
+        let x: Vec<f32> = (0..m * k).map(|i| ((i * 104729) % 997) as f32 / 498.0 - 1.0).collect();
+        let got = gemm_many(&x, m, k, &[(&w, n)]).remove(0);
+        for i in 0..m {
+            for j in 0..n {
+                let want: f64 = (0..k).map(|c| bf16::from_f32(x[i * k + c]).to_f64() * w[j * k + c].to_f64()).sum();
+                let g = got[i * n + j] as f64;
+                assert!((g - want).abs() <= 1e-4 * (1.0 + want.abs()), "y[{i}, {j}] = {g}, want {want}");
+            }
+        }
+    }
+}
