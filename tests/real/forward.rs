@@ -89,3 +89,23 @@ fn kv_cache_matches_full_forward() {
         incremental.argmax(D::Minus1).unwrap().to_vec1::<u32>().unwrap()
     );
 }
+
+#[test]
+fn every_weight_type_stays_close_to_f32() {
+    use transact::model::linear::WeightDtype;
+    // 64 prefilled tokens take the GEMM paths (native bf16 where the CPU has it), the next 16
+    // the decode step's GEMV and attention kernels.
+    let lm = model();
+    let ids = real_tokens(80);
+    let want = crate::common::cached_logits(&lm.model, &ids, 64);
+    let top = |t: &Tensor| t.argmax(D::Minus1).unwrap().to_vec1::<u32>().unwrap();
+    // Bounds ~2× the drift `transact bench` measures on 128 tokens.
+    for (dtype, max_drift, min_agree) in [(WeightDtype::F16, 0.3, 78), (WeightDtype::Bf16, 0.8, 76), (WeightDtype::Q8_0, 3.0, 72)] {
+        let got = crate::common::cached_logits(&lm.model.with_weight_dtype(dtype).unwrap(), &ids, 64);
+        let drift = (&got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let agree = top(&got).iter().zip(top(&want)).filter(|(a, b)| **a == *b).count();
+        println!("{}: max |Δlogit| {drift:.3}, argmax agrees {agree}/80", dtype.name());
+        assert!(drift <= max_drift, "{}: max |Δlogit| {drift} > {max_drift}", dtype.name());
+        assert!(agree >= min_agree, "{}: argmax agrees on {agree}/80", dtype.name());
+    }
+}
