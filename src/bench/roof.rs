@@ -41,7 +41,11 @@ fn stream_sum(c: &[f32]) -> f32 {
 }
 
 fn bandwidth() -> f64 {
-    let buf = vec![1.0f32; 128 << 20];
+    // In huge pages, as the weights it is compared with (`model::arena`): advised before the
+    // first write, which is when pages are chosen.
+    let mut buf = vec![0f32; 128 << 20];
+    crate::model::arena::advise_huge_pages(&buf);
+    buf.fill(1.0);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunk = buf.len().div_ceil(threads);
     let mut best = 0f64;

@@ -1,5 +1,6 @@
 //! The in-memory LLaMA model: config with per-layer shapes, f32 weights, forward pass.
 
+pub mod arena;
 mod attend;
 pub mod config;
 mod decode;
