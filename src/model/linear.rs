@@ -3,12 +3,13 @@
 //!
 //! A Q8_0 matrix `[n, k]` is kept as a `u8` tensor `[n, k/32 · 34]`: the GGUF block layout, so
 //! decode reads 8.5 bits per weight. Few activation rows (decode) go through [`gemv`]; more
-//! rows (prefill, scoring) multiply bf16 weights natively where the CPU has AVX-512 BF16
-//! ([`gemm_bf16`]) and otherwise widen the weights to f32 for candle's multi-threaded GEMM.
+//! rows (prefill, scoring) multiply bf16 and Q8_0 weights in their own type where the CPU has
+//! the AVX-512 instructions for it ([`gemm`]) and otherwise widen the weights to f32 for
+//! candle's multi-threaded GEMM.
 
 use candle_core::{DType, Device, Result, Storage, Tensor, bail};
 
-use super::gemm_bf16;
+use super::gemm;
 use super::gemv::{self, Q8_BLOCK, Q8_BYTES, WeightData};
 
 /// The type the forward keeps its weight matrices in.
@@ -114,14 +115,9 @@ pub fn linear_many(x: &Tensor, ws: &[&Tensor]) -> Result<Vec<Tensor>> {
             return ys.into_iter().zip(ws).map(|(y, w)| Tensor::from_vec(y, (b, t, w.dim(0)?), x.device())).collect();
         }
     }
-    if ws.iter().all(|w| w.dtype() == DType::BF16) && matches!(x.device(), Device::Cpu) && gemm_bf16::available() {
+    if matches!(x.device(), Device::Cpu) && ws.iter().all(|w| matches!(w.dtype(), DType::BF16 | DType::U8)) {
         let xs = x.flatten_all()?.to_vec1::<f32>()?;
-        let ys = with_weight_data(ws, |data| {
-            let bf: Vec<(&[half::bf16], usize)> =
-                data.iter().filter_map(|(d, n)| if let WeightData::BF16(w) = d { Some((*w, *n)) } else { None }).collect();
-            gemm_bf16::gemm_many(&xs, b * t, n_in, &bf)
-        })?;
-        if let Some(ys) = ys {
+        if let Some(Some(ys)) = with_weight_data(ws, |data| gemm::gemm_many(&xs, b * t, n_in, data))? {
             return ys.into_iter().zip(ws).map(|(y, w)| Tensor::from_vec(y, (b, t, w.dim(0)?), x.device())).collect();
         }
     }

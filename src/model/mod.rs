@@ -5,7 +5,7 @@ mod attend;
 pub mod config;
 mod decode;
 pub mod forward;
-mod gemm_bf16;
+mod gemm;
 pub mod gemv;
 pub mod generate;
 pub mod kv_cache;

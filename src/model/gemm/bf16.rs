@@ -1,18 +1,15 @@
-//! Prefill with bf16 weights on CPUs with AVX-512 BF16: `vdpbf16ps` multiplies pairs of bf16
-//! and accumulates in f32, twice the multiply-adds per instruction of f32 FMA. Widening the
-//! weights to f32 for candle's GEMM instead capped bf16 prefill at the f32 rate, where
-//! llama.cpp, which multiplies in bf16, was 1.2–1.5× faster (`bench/NOTES.md`).
-//!
-//! As in llama.cpp, the activations are rounded to bf16 (nearest even); sums stay f32. The
-//! weights are re-laid per panel of 32 output rows so one 64-byte load holds a pair of columns
-//! for 16 rows, and an 8 × 32 block of outputs lives in 16 registers while `k` runs.
+//! bf16 weights with AVX-512 BF16: `vdpbf16ps` multiplies pairs of bf16 and accumulates in
+//! f32, twice the multiply-adds per instruction of f32 FMA. As in llama.cpp, the activations
+//! are rounded to bf16 (nearest even); sums stay f32. A panel holds `k/2` pairs × 32 columns;
+//! 8 activation rows × 32 columns of sums live in 16 registers.
 
 use half::bf16;
 use rayon::prelude::*;
 
-/// Output rows (activations) and columns (weight rows) per register block.
+use super::{NR, Out, by_panels};
+
+/// Activation rows per register block.
 const MR: usize = 8;
-const NR: usize = 32;
 
 /// Whether this CPU runs [`gemm_many`].
 pub fn available() -> bool {
@@ -44,25 +41,13 @@ pub fn gemm_many(x: &[f32], m: usize, k: usize, ws: &[(&[bf16], usize)]) -> Vec<
 
 fn gemm(a: &[u32], m: usize, kp: usize, k: usize, w: &[bf16], n: usize) -> Vec<f32> {
     assert_eq!(w.len(), n * k);
-    let mut y = vec![0f32; m * n];
-    let out = Out(y.as_mut_ptr());
-    // One task per panel of NR weight rows, packed into a per-thread buffer.
-    (0..n.div_ceil(NR)).into_par_iter().for_each_init(
-        || vec![0u32; kp * NR],
-        |panel, j| {
-            pack(w, k, j * NR, n, panel);
-            #[cfg(target_arch = "x86_64")]
-            unsafe {
-                avx512::panel(a, m, kp, panel, &out, n, j * NR)
-            }
-        },
-    );
-    y
+    by_panels(m, n, kp * NR, |j0, panel| pack(w, k, j0, n, panel), |panel, out, j0| {
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            avx512::panel(a, m, kp, panel, out, n, j0)
+        }
+    })
 }
-
-/// `y`'s data, shared by the panel tasks: each writes only its own columns.
-struct Out(*mut f32);
-unsafe impl Sync for Out {}
 
 /// Weight rows `j0 .. j0 + NR` as `[kp][NR]` pairs (rows past `n` and the odd column as 0).
 fn pack(w: &[bf16], k: usize, j0: usize, n: usize, panel: &mut [u32]) {
@@ -81,6 +66,7 @@ fn pack(w: &[bf16], k: usize, j0: usize, n: usize, panel: &mut [u32]) {
 mod avx512 {
     use std::arch::x86_64::*;
 
+    use super::super::store_masks;
     use super::{MR, NR, Out};
 
     /// `x` rounded to bf16 (nearest even) as pairs; an odd last element pairs with 0.
@@ -111,10 +97,7 @@ mod avx512 {
     /// these columns.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     pub unsafe fn panel(a: &[u32], m: usize, kp: usize, panel: &[u32], y: &Out, n: usize, j0: usize) {
-        let cols = NR.min(n - j0);
-        // Lanes of the two output vectors that fall inside `n`.
-        let mask = |h: usize| (((1u64 << cols.saturating_sub(16 * h).min(16)) - 1) & 0xffff) as __mmask16;
-        let (m0, m1) = (mask(0), mask(1));
+        let [m0, m1] = store_masks(n, j0);
         for i0 in (0..m).step_by(MR) {
             let mut acc = [[_mm512_setzero_ps(); 2]; MR];
             let rows: [&[u32]; MR] = std::array::from_fn(|r| &a[(i0 + r) * kp..(i0 + r + 1) * kp]);

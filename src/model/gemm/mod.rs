@@ -1,0 +1,64 @@
+//! Prefill GEMMs that multiply weights in the type they are kept in, on CPUs with the AVX-512
+//! extensions for it: bf16 pairs (`vdpbf16ps`) and Q8_0 bytes (VNNI `vpdpbusd`). Elsewhere,
+//! and for f16, [`super::linear`] widens the weights to f32 for candle's GEMM, which caps every
+//! small type at the f32 rate; llama.cpp multiplies in the small type (`bench/NOTES.md`).
+//!
+//! Both kernels follow one plan. The weights are re-laid one panel of [`NR`] output columns at
+//! a time into a per-thread buffer, so one 64-byte load holds 16 columns' next few `k` values;
+//! a few activation rows × `NR` columns of sums stay in registers while `k` runs; the panels
+//! are spread over rayon's threads, each writing only its own columns of `y`.
+
+mod bf16;
+mod q8_0;
+
+use rayon::prelude::*;
+
+use super::gemv::WeightData;
+
+/// Output columns (weight rows) per panel: two 16-lane registers.
+const NR: usize = 32;
+
+/// `y[m, n] = x[m, k] · W[n, k]ᵀ` for each `(W, n)` of `ws`, when all are bf16 or all Q8_0
+/// and this CPU has the instructions for them; `None` otherwise (the caller widens).
+pub fn gemm_many(x: &[f32], m: usize, k: usize, ws: &[(WeightData, usize)]) -> Option<Vec<Vec<f32>>> {
+    let bf: Option<Vec<_>> = ws.iter().map(|(w, n)| if let WeightData::BF16(w) = w { Some((*w, *n)) } else { None }).collect();
+    if let Some(bf) = bf.filter(|_| bf16::available()) {
+        return Some(bf16::gemm_many(x, m, k, &bf));
+    }
+    let q8: Option<Vec<_>> = ws.iter().map(|(w, n)| if let WeightData::Q8_0(w) = w { Some((*w, *n)) } else { None }).collect();
+    if let Some(q8) = q8.filter(|_| q8_0::available()) {
+        return Some(q8_0::gemm_many(x, m, k, &q8));
+    }
+    None
+}
+
+/// `y`'s data, shared by the panel tasks: each writes only its own columns.
+struct Out(*mut f32);
+unsafe impl Sync for Out {}
+
+/// `y[m, n]` from one task per panel: `pack(j0, buf)` lays weight rows `j0 .. j0 + NR` into a
+/// per-thread buffer of `panel_len` elements, then `kernel(buf, out, j0)` writes those columns.
+fn by_panels<P: Copy + Default + Send>(
+    m: usize,
+    n: usize,
+    panel_len: usize,
+    pack: impl Fn(usize, &mut [P]) + Sync,
+    kernel: impl Fn(&[P], &Out, usize) + Sync,
+) -> Vec<f32> {
+    let mut y = vec![0f32; m * n];
+    let out = Out(y.as_mut_ptr());
+    (0..n.div_ceil(NR)).into_par_iter().for_each_init(
+        || vec![P::default(); panel_len],
+        |buf, j| {
+            pack(j * NR, buf);
+            kernel(buf, &out, j * NR);
+        },
+    );
+    y
+}
+
+/// Lanes of the two 16-lane output registers that fall inside `n` for the panel at `j0`.
+fn store_masks(n: usize, j0: usize) -> [u16; 2] {
+    let cols = NR.min(n - j0);
+    std::array::from_fn(|h| (((1u32 << cols.saturating_sub(16 * h).min(16)) - 1) & 0xffff) as u16)
+}

@@ -1,0 +1,172 @@
+//! Q8_0 weights with AVX-512 VNNI: `vpdpbusd` adds four byte products into each of 16 i32
+//! lanes, 64 multiply-adds per instruction. As in llama.cpp, the activations are quantized to
+//! Q8 blocks of 32 (scale max|x|/127) like the decode GEMV's.
+//!
+//! `vpdpbusd` multiplies unsigned by signed bytes, so the activations are stored as `q + 128`
+//! and each block's sum is corrected by `128 · Σ w`, computed when the panel is packed. A
+//! panel block (32 `k` × 32 columns) holds the bytes as `[8 quads][32 columns][4]`, then the
+//! columns' scales and corrections.
+
+use half::f16;
+use rayon::prelude::*;
+
+use super::super::gemv::{Q8_BLOCK, Q8_BYTES};
+use super::{NR, Out, by_panels};
+
+/// Activation rows per register block: 4 rows × 2 registers of i32 block sums and of f32
+/// totals, with the loads, fit the 32 registers.
+const MR: usize = 4;
+/// Bytes of one packed block: 32 × 32 weights, 32 f32 scales, 32 i32 corrections.
+const BLOCK: usize = Q8_BLOCK * NR + 2 * 4 * NR;
+
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// `y[m, n] = q8(x)[m, k] · W[n, k]ᵀ` for Q8_0 matrices `ws` (`k` a multiple of 32); the
+/// activations are quantized once for all of them. Call only where [`available`] holds.
+pub fn gemm_many(x: &[f32], m: usize, k: usize, ws: &[(&[u8], usize)]) -> Vec<Vec<f32>> {
+    assert!(available(), "the Q8_0 GEMM needs AVX-512 VNNI");
+    assert!(x.len() == m * k && k % Q8_BLOCK == 0);
+    let nb = k / Q8_BLOCK;
+    let mp = m.next_multiple_of(MR);
+    // Padding rows hold q = 0 (stored 128) with scale 0.
+    let mut xu = vec![128u8; mp * k];
+    let mut xd = vec![0f32; mp * nb];
+    xu.par_chunks_mut(k).zip(xd.par_chunks_mut(nb)).zip(x.par_chunks(k)).for_each(|((u, d), x)| {
+        for ((u, d), x) in u.chunks_exact_mut(Q8_BLOCK).zip(d.iter_mut()).zip(x.chunks_exact(Q8_BLOCK)) {
+            let s = x.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
+            let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
+            u.iter_mut().zip(x).for_each(|(u, v)| *u = ((v * inv).round() as i32 + 128) as u8);
+            *d = s;
+        }
+    });
+    ws.iter()
+        .map(|&(w, n)| {
+            assert_eq!(w.len(), n * nb * Q8_BYTES);
+            by_panels(m, n, nb * BLOCK, |j0, panel| pack(w, nb, j0, n, panel), |panel, out, j0| {
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    avx512::panel(&xu, &xd, m, k, panel, out, n, j0)
+                }
+            })
+        })
+        .collect()
+}
+
+/// Weight rows `j0 .. j0 + NR` as packed blocks (rows past `n` as zeros).
+fn pack(w: &[u8], nb: usize, j0: usize, n: usize, panel: &mut [u8]) {
+    panel.fill(0);
+    for c in 0..NR.min(n - j0) {
+        let row = &w[(j0 + c) * nb * Q8_BYTES..(j0 + c + 1) * nb * Q8_BYTES];
+        for (b, src) in row.chunks_exact(Q8_BYTES).enumerate() {
+            let dst = &mut panel[b * BLOCK..(b + 1) * BLOCK];
+            let q = &src[2..];
+            for quad in 0..Q8_BLOCK / 4 {
+                dst[(quad * NR + c) * 4..][..4].copy_from_slice(&q[quad * 4..quad * 4 + 4]);
+            }
+            let scale = f16::from_le_bytes([src[0], src[1]]).to_f32();
+            let corr: i32 = 128 * q.iter().map(|&v| v as i8 as i32).sum::<i32>();
+            dst[Q8_BLOCK * NR + 4 * c..][..4].copy_from_slice(&scale.to_le_bytes());
+            dst[Q8_BLOCK * NR + 4 * NR + 4 * c..][..4].copy_from_slice(&corr.to_le_bytes());
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::super::store_masks;
+    use super::{BLOCK, MR, NR, Out, Q8_BLOCK};
+
+    /// Columns `j0 .. j0 + NR` (those below `n`) of all `m` rows of `y` `[m, n]`, from one
+    /// packed panel.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F, BW and VNNI; `xu` holds `m` rounded up to [`MR`] rows of
+    /// `k` offset bytes and `xd` their block scales, `panel` `k / 32` packed blocks, `y` `m × n`
+    /// values of which no other thread writes these columns.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn panel(xu: &[u8], xd: &[f32], m: usize, k: usize, panel: &[u8], y: &Out, n: usize, j0: usize) {
+        let nb = k / Q8_BLOCK;
+        let [m0, m1] = store_masks(n, j0);
+        for i0 in (0..m).step_by(MR) {
+            let mut total = [[_mm512_setzero_ps(); 2]; MR];
+            for b in 0..nb {
+                let blk = &panel[b * BLOCK..(b + 1) * BLOCK];
+                let mut sums = [[_mm512_setzero_si512(); 2]; MR];
+                let xp = xu[i0 * k + b * Q8_BLOCK..(i0 + MR - 1) * k + (b + 1) * Q8_BLOCK].as_ptr();
+                for quad in 0..Q8_BLOCK / 4 {
+                    let w = unsafe {
+                        let p = blk.as_ptr().add(quad * NR * 4) as *const __m512i;
+                        [_mm512_loadu_si512(p), _mm512_loadu_si512(p.add(1))]
+                    };
+                    for (r, s) in sums.iter_mut().enumerate() {
+                        // Four activation bytes, broadcast to every lane.
+                        let x = _mm512_set1_epi32(unsafe { (xp.add(r * k + quad * 4) as *const i32).read_unaligned() });
+                        s[0] = _mm512_dpbusd_epi32(s[0], x, w[0]);
+                        s[1] = _mm512_dpbusd_epi32(s[1], x, w[1]);
+                    }
+                }
+                let (scale, corr) = unsafe {
+                    let p = blk.as_ptr().add(Q8_BLOCK * NR);
+                    let c = p.add(4 * NR) as *const __m512i;
+                    (
+                        [_mm512_loadu_ps(p as *const f32), _mm512_loadu_ps((p as *const f32).add(16))],
+                        [_mm512_loadu_si512(c), _mm512_loadu_si512(c.add(1))],
+                    )
+                };
+                for (r, (t, s)) in total.iter_mut().zip(&sums).enumerate() {
+                    let d = _mm512_set1_ps(xd[(i0 + r) * nb + b]);
+                    for h in 0..2 {
+                        let exact = _mm512_cvtepi32_ps(_mm512_sub_epi32(s[h], corr[h]));
+                        t[h] = _mm512_fmadd_ps(exact, _mm512_mul_ps(scale[h], d), t[h]);
+                    }
+                }
+            }
+            for (r, t) in total.iter().enumerate().take(m - i0) {
+                unsafe {
+                    let o = y.0.add((i0 + r) * n + j0);
+                    _mm512_mask_storeu_ps(o, m0, t[0]);
+                    _mm512_mask_storeu_ps(o.add(16), m1, t[1]);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_the_decode_gemv_on_the_same_quantized_inputs() {
+        if !available() {
+            eprintln!("this CPU has no AVX-512 VNNI: the Q8_0 GEMM is not used here and not tested");
+            return;
+        }
+        // m = 6 (a block of 4 and a tail), n = 45 (a panel and a partial one), 3 blocks of k.
+        let (m, n, k) = (6, 45, 96);
+        let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+        let wt = candle_core::Tensor::from_vec(w, (n, k), &candle_core::Device::Cpu).unwrap();
+        let q = crate::model::linear::convert(&wt, crate::model::linear::WeightDtype::Q8_0).unwrap();
+        let q = q.flatten_all().unwrap().to_vec1::<u8>().unwrap();
+        let x: Vec<f32> = (0..m * k).map(|i| ((i * 104729) % 997) as f32 / 498.0 - 1.0).collect();
+        let got = gemm_many(&x, m, k, &[(&q, n)]).remove(0);
+        // The GEMV quantizes the activations the same way; rows one at a time.
+        for i in 0..m {
+            let want = crate::model::gemv::gemv(&x[i * k..(i + 1) * k], 1, k, crate::model::gemv::WeightData::Q8_0(&q), n);
+            for j in 0..n {
+                let (g, w) = (got[i * n + j], want[j]);
+                assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "y[{i}, {j}] = {g}, GEMV {w}");
+            }
+        }
+    }
+}
