@@ -32,14 +32,18 @@ fn gemv(c: &mut Criterion) {
     g.finish();
 }
 
-/// Prefill: 512 rows through candle's GEMM (the path `linear` takes for more than 4 rows).
+/// Prefill: 512 rows (the path `linear` takes for more than 4 rows: candle's f32 GEMM, after
+/// widening f16; bf16 and Q8_0 in their own type where the CPU has AVX-512 BF16 / VNNI).
 fn gemm(c: &mut Criterion) {
     let mut g = c.benchmark_group("gemm_512");
     for (name, n, k) in [("gate_up", MLP, HIDDEN), ("down", HIDDEN, MLP)] {
         let w = randn((n, k));
         let x = Tensor::randn(0f32, 1.0, (1, 512, k), &Device::Cpu).expect("x");
         g.throughput(Throughput::Elements((2 * 512 * n * k) as u64));
-        g.bench_function(name, |b| b.iter(|| linear(&x, &w).expect("linear")));
+        for dt in [WeightDtype::F32, WeightDtype::F16, WeightDtype::Bf16, WeightDtype::Q8_0] {
+            let wd = convert(&w, dt).expect("convert");
+            g.bench_with_input(BenchmarkId::new(name, dt.name()), &wd, |b, wd| b.iter(|| linear(&x, wd).expect("linear")));
+        }
     }
     g.finish();
 }

@@ -108,16 +108,16 @@ pub fn linear_many(x: &Tensor, ws: &[&Tensor]) -> Result<Vec<Tensor>> {
             bail!("linear: input has {n_in} features, weight {:?} expects {}", w.dims(), in_features(w)?);
         }
     }
-    if b * t <= gemv::MAX_ROWS && matches!(x.device(), Device::Cpu) {
+    // On the CPU: few rows through the GEMV; more through a GEMM in the weights' own type
+    // where there is one for it. Everything else widens to f32 for candle's GEMM.
+    let rows = b * t;
+    let own_type = ws.iter().all(|w| matches!(w.dtype(), DType::BF16 | DType::U8));
+    if matches!(x.device(), Device::Cpu) && (rows <= gemv::MAX_ROWS || own_type) {
         let xs = x.flatten_all()?.to_vec1::<f32>()?;
-        let ys = with_weight_data(ws, |data| gemv::gemv_many(&xs, b * t, n_in, data))?;
-        if let Some(ys) = ys {
-            return ys.into_iter().zip(ws).map(|(y, w)| Tensor::from_vec(y, (b, t, w.dim(0)?), x.device())).collect();
-        }
-    }
-    if matches!(x.device(), Device::Cpu) && ws.iter().all(|w| matches!(w.dtype(), DType::BF16 | DType::U8)) {
-        let xs = x.flatten_all()?.to_vec1::<f32>()?;
-        if let Some(Some(ys)) = with_weight_data(ws, |data| gemm::gemm_many(&xs, b * t, n_in, data))? {
+        let ys = with_weight_data(ws, |data| {
+            if rows <= gemv::MAX_ROWS { Some(gemv::gemv_many(&xs, rows, n_in, data)) } else { gemm::gemm_many(&xs, rows, n_in, data) }
+        })?;
+        if let Some(Some(ys)) = ys {
             return ys.into_iter().zip(ws).map(|(y, w)| Tensor::from_vec(y, (b, t, w.dim(0)?), x.device())).collect();
         }
     }
