@@ -10,7 +10,7 @@
 /// values `[len + t, d]`: query `i` sees keys `0 ..= len + i`.
 pub fn head(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], d: usize, len: usize) {
     #[cfg(target_arch = "x86_64")]
-    if d % 8 == 0 && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+    if d % 8 == 0 && super::vmath::avx2() {
         return unsafe { avx2::head(q, k, v, o, d, len) };
     }
     portable(q, k, v, o, d, len)

@@ -73,7 +73,7 @@ fn attend(q: &Tensor, k: &Tensor, v: &Tensor, start: usize) -> Result<Tensor> {
         let att = qc.reshape((b, hkv, g * c, d))?.matmul(&kc.t()?)?;
         // Row r is query r % c of the block, at absolute position start + c0 + r % c.
         let first = start + c0 + 1;
-        let p = match vmath::with_cpu_f32(&[&att], |x| vmath::causal_softmax(x[0], keys, |r| first + r % c)) {
+        let p = match vmath::with_cpu_f32(&[&att], |x| vmath::causal_softmax(x[0], keys, |r| first + r % c))? {
             Some(p) => Tensor::from_vec(p, att.shape(), att.device())?,
             None if c > 1 => {
                 let mask = causal_mask(c, start + c0, q.device())?;

@@ -90,12 +90,18 @@ fn quantize_q8(x: &[f32]) -> (Vec<i8>, Vec<f32>) {
     let mut q = Vec::with_capacity(x.len());
     let mut d = Vec::with_capacity(x.len() / Q8_BLOCK);
     for blk in x.chunks_exact(Q8_BLOCK) {
-        let s = blk.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
-        let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
-        q.extend(blk.iter().map(|v| (v * inv).round() as i8));
+        let (s, values) = q8_block(blk);
+        q.extend(values);
         d.push(s);
     }
     (q, d)
+}
+
+/// One block of 32 activations under the Q8_0 rule: its scale and its values.
+pub(crate) fn q8_block(x: &[f32]) -> (f32, impl Iterator<Item = i8> + '_) {
+    let s = x.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
+    let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
+    (s, x.iter().map(move |v| (v * inv).round() as i8))
 }
 
 /// A whole `[n, k]` matrix as f32 (prefill multiplies widened weights), in parallel over
@@ -190,6 +196,7 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     use super::{Act, Q8_BLOCK, Q8_BYTES, WeightData};
+    use crate::model::vmath::avx2::hsum;
 
     /// Row `r` of Q8_0 bytes `w` times the Q8 activations: `$dot(qw, qx)` gives a block's eight
     /// partial integer sums. Four accumulators, named so they stay in registers: with one, each
@@ -298,13 +305,6 @@ mod avx2 {
     fn f16_scale(blk: &[u8]) -> f32 {
         let bits = u16::from_le_bytes([blk[0], blk[1]]) as i32;
         _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits)))
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
     }
 }
 

@@ -4,7 +4,10 @@
 //! candle's versions call libm's `expf` once per element on one thread (softmax also
 //! exponentiates the masked half of each score block): 8% of a prefill profile.
 
-use candle_core::{Storage, Tensor};
+use candle_core::{Result, Tensor};
+
+use super::gemv::WeightData;
+use super::linear::with_weight_data;
 use rayon::prelude::*;
 
 /// Elements per parallel task: enough work to pay for a task, small enough to spread.
@@ -53,20 +56,19 @@ fn softmax(x: &[f32], o: &mut [f32]) {
     o.iter_mut().for_each(|o| *o /= sum);
 }
 
+/// Whether the CPU runs the AVX2/FMA kernels here and in [`super::attend`].
 #[cfg(target_arch = "x86_64")]
-fn avx2() -> bool {
+pub(crate) fn avx2() -> bool {
     is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
 }
 
 /// `f` over the data of `ts`, when each is a contiguous f32 tensor on the CPU.
-pub fn with_cpu_f32<R>(ts: &[&Tensor], f: impl FnOnce(&[&[f32]]) -> R) -> Option<R> {
-    let guards: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
-    let mut data = Vec::with_capacity(ts.len());
-    for (storage, layout) in &guards {
-        let (Storage::Cpu(cpu), Some((lo, hi))) = (&**storage, layout.contiguous_offsets()) else { return None };
-        data.push(&cpu.as_slice::<f32>().ok()?[lo..hi]);
-    }
-    Some(f(&data))
+pub fn with_cpu_f32<R>(ts: &[&Tensor], f: impl FnOnce(&[&[f32]]) -> R) -> Result<Option<R>> {
+    let r = with_weight_data(ts, |data| {
+        let fs: Option<Vec<&[f32]>> = data.iter().map(|(d, _)| if let WeightData::F32(x) = d { Some(*x) } else { None }).collect();
+        fs.map(|fs| f(&fs))
+    })?;
+    Ok(r.flatten())
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -66,6 +66,7 @@ fn pack(w: &[bf16], k: usize, j0: usize, n: usize, panel: &mut [u32]) {
 mod avx512 {
     use std::arch::x86_64::*;
 
+    use super::super::avx512::store_rows;
     use super::super::store_masks;
     use super::{MR, NR, Out};
 
@@ -97,7 +98,7 @@ mod avx512 {
     /// these columns.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     pub unsafe fn panel(a: &[u32], m: usize, kp: usize, panel: &[u32], y: &Out, n: usize, j0: usize) {
-        let [m0, m1] = store_masks(n, j0);
+        let masks = store_masks(n, j0);
         for i0 in (0..m).step_by(MR) {
             let mut acc = [[_mm512_setzero_ps(); 2]; MR];
             let rows: [&[u32]; MR] = std::array::from_fn(|r| &a[(i0 + r) * kp..(i0 + r + 1) * kp]);
@@ -112,13 +113,7 @@ mod avx512 {
                     acc[1] = _mm512_dpbf16_ps(acc[1], x, w[1]);
                 }
             }
-            for (r, acc) in acc.iter().enumerate().take(m - i0) {
-                unsafe {
-                    let o = y.0.add((i0 + r) * n + j0);
-                    _mm512_mask_storeu_ps(o, m0, acc[0]);
-                    _mm512_mask_storeu_ps(o.add(16), m1, acc[1]);
-                }
-            }
+            unsafe { store_rows(y, &acc, m - i0, i0, n, j0, masks) };
         }
     }
 }

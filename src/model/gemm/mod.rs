@@ -62,3 +62,27 @@ fn store_masks(n: usize, j0: usize) -> [u16; 2] {
     let cols = NR.min(n - j0);
     std::array::from_fn(|h| (((1u32 << cols.saturating_sub(16 * h).min(16)) - 1) & 0xffff) as u16)
 }
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::Out;
+
+    /// Writes the sums of rows `i0 ..` (at most `rows`) into `y` `[_, n]` at columns `j0 ..`,
+    /// the lanes of `masks` only.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F; `y` must hold those rows and no other thread write
+    /// these columns.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn store_rows(y: &Out, sums: &[[__m512; 2]], rows: usize, i0: usize, n: usize, j0: usize, masks: [u16; 2]) {
+        for (r, s) in sums.iter().enumerate().take(rows) {
+            unsafe {
+                let o = y.0.add((i0 + r) * n + j0);
+                _mm512_mask_storeu_ps(o, masks[0], s[0]);
+                _mm512_mask_storeu_ps(o.add(16), masks[1], s[1]);
+            }
+        }
+    }
+}

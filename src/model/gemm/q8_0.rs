@@ -10,7 +10,7 @@
 use half::f16;
 use rayon::prelude::*;
 
-use super::super::gemv::{Q8_BLOCK, Q8_BYTES};
+use super::super::gemv::{Q8_BLOCK, Q8_BYTES, q8_block};
 use super::{NR, Out, by_panels};
 
 /// Activation rows per register block: 4 rows × 2 registers of i32 block sums and of f32
@@ -40,9 +40,8 @@ pub fn gemm_many(x: &[f32], m: usize, k: usize, ws: &[(&[u8], usize)]) -> Vec<Ve
     let mut xd = vec![0f32; mp * nb];
     xu.par_chunks_mut(k).zip(xd.par_chunks_mut(nb)).zip(x.par_chunks(k)).for_each(|((u, d), x)| {
         for ((u, d), x) in u.chunks_exact_mut(Q8_BLOCK).zip(d.iter_mut()).zip(x.chunks_exact(Q8_BLOCK)) {
-            let s = x.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
-            let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
-            u.iter_mut().zip(x).for_each(|(u, v)| *u = ((v * inv).round() as i32 + 128) as u8);
+            let (s, values) = q8_block(x);
+            u.iter_mut().zip(values).for_each(|(u, q)| *u = (q as i32 + 128) as u8);
             *d = s;
         }
     });
@@ -82,6 +81,7 @@ fn pack(w: &[u8], nb: usize, j0: usize, n: usize, panel: &mut [u8]) {
 mod avx512 {
     use std::arch::x86_64::*;
 
+    use super::super::avx512::store_rows;
     use super::super::store_masks;
     use super::{BLOCK, MR, NR, Out, Q8_BLOCK};
 
@@ -96,7 +96,7 @@ mod avx512 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub unsafe fn panel(xu: &[u8], xd: &[f32], m: usize, k: usize, panel: &[u8], y: &Out, n: usize, j0: usize) {
         let nb = k / Q8_BLOCK;
-        let [m0, m1] = store_masks(n, j0);
+        let masks = store_masks(n, j0);
         for i0 in (0..m).step_by(MR) {
             let mut total = [[_mm512_setzero_ps(); 2]; MR];
             for b in 0..nb {
@@ -131,13 +131,7 @@ mod avx512 {
                     }
                 }
             }
-            for (r, t) in total.iter().enumerate().take(m - i0) {
-                unsafe {
-                    let o = y.0.add((i0 + r) * n + j0);
-                    _mm512_mask_storeu_ps(o, m0, t[0]);
-                    _mm512_mask_storeu_ps(o.add(16), m1, t[1]);
-                }
-            }
+            unsafe { store_rows(y, &total, m - i0, i0, n, j0, masks) };
         }
     }
 }
