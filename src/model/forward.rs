@@ -272,7 +272,10 @@ impl Model {
         let w = &self.weights.layers[l];
         // The transitional activation the MLP salience scores: silu(gate x) ⊙ up x.
         let [gate, up]: [Tensor; 2] = linear_many(xb, &[&w.gate, &w.up])?.try_into().expect("two outputs");
-        let h = (candle_nn::ops::silu(&gate)? * up)?;
+        let h = match vmath::with_cpu_f32(&[&gate, &up], |x| vmath::silu_mul(x[0], x[1]))? {
+            Some(h) => Tensor::from_vec(h, gate.shape(), gate.device())?,
+            None => (candle_nn::ops::silu(&gate)? * up)?,
+        };
         if let Some(o) = observer {
             o.mlp_inner(l, &h)?;
         }
