@@ -1,5 +1,7 @@
 //! This machine's two roofs, measured in the same run as the model: f32 matrix-multiply rate
-//! (what prefill can reach) and memory read bandwidth (what decode can reach).
+//! (what prefill can reach) and memory read bandwidth (what decode can reach). On a GPU both
+//! are the device's: a larger product (a small one measures launch latency) and a copy in
+//! device memory.
 
 use std::time::Instant;
 
@@ -8,14 +10,16 @@ use candle_core::{Device, Tensor};
 
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct Roofs {
-    /// Best f32 GEMM rate of [512×2048]·[2048×2048] through candle, in GFLOP/s.
+    /// Best f32 GEMM rate through candle, in GFLOP/s: [512×2048]·[2048×2048] on the CPU,
+    /// [4096×4096]·[4096×4096] on a GPU.
     pub gemm_gflops: f64,
-    /// Best read bandwidth summing a 512 MiB buffer on every core, in GB/s.
+    /// Best bandwidth in GB/s: on the CPU reading a 512 MiB buffer on every core, on a GPU
+    /// copying 1 GiB in device memory (bytes read plus written).
     pub bandwidth_gbs: f64,
 }
 
 fn gemm(device: &Device) -> Result<f64> {
-    let (m, k, n) = (512, 2048, 2048);
+    let (m, k, n) = if device.is_cpu() { (512, 2048, 2048) } else { (4096, 4096, 4096) };
     let a = Tensor::randn(0f32, 1.0, (m, k), device)?;
     let b = Tensor::randn(0f32, 1.0, (k, n), device)?;
     let mut best = 0f64;
@@ -61,8 +65,23 @@ fn bandwidth() -> f64 {
     best
 }
 
+fn device_bandwidth(device: &Device) -> Result<f64> {
+    let src = Tensor::zeros(256 << 20, candle_core::DType::F32, device)?;
+    let mut best = 0f64;
+    for _ in 0..8 {
+        device.synchronize()?;
+        let t = Instant::now();
+        let copy = src.copy()?;
+        device.synchronize()?;
+        best = best.max((2 * 4 * src.elem_count()) as f64 / t.elapsed().as_secs_f64() / 1e9);
+        drop(copy);
+    }
+    Ok(best)
+}
+
 pub fn measure(device: &Device) -> Result<Roofs> {
-    Ok(Roofs { gemm_gflops: gemm(device)?, bandwidth_gbs: bandwidth() })
+    let bandwidth_gbs = if device.is_cpu() { bandwidth() } else { device_bandwidth(device)? };
+    Ok(Roofs { gemm_gflops: gemm(device)?, bandwidth_gbs })
 }
 
 /// Peak resident memory of this process so far (Linux `VmHWM`), in bytes.

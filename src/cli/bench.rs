@@ -1,6 +1,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
+use candle_core::Device;
 use clap::Args;
 use serde_json::json;
 use transact::Model;
@@ -71,12 +72,20 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let mut results = Vec::new();
     for path in std::iter::once(&a.model).chain(a.vs.as_ref()) {
         let lm = super::load(path)?;
+        // On a GPU, parity with the CPU forward (the reference every test checks).
+        let cpu = match lm.model.device {
+            Device::Cpu => None,
+            _ => Some(transact::load_model(path, &Device::Cpu)?),
+        };
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         for &dt in &a.dtype {
             let m = lm.model.with_weight_dtype(dt)?;
             let m = if dt == WeightDtype::F32 { &lm.model } else { &m };
             eprintln!("measuring {name} in {}", dt.name());
             let mut r = bench_one(m, &lm.model, format!("{name} {}", dt.name()), &roofs, a.repeats)?;
+            if let Some(cpu) = &cpu {
+                r["drift_vs_cpu"] = json!(drift(m, &cpu.model, &prompt(DRIFT_TOKENS))?);
+            }
             r["model"] = json!(path.display().to_string());
             r["dtype"] = json!(dt);
             results.push(r);
@@ -140,21 +149,15 @@ fn print_table(results: &[serde_json::Value]) {
     };
     speed_rows("prefill", "", &PREFILL, "gemm_roof_fraction");
     speed_rows("decode", "@", &DECODE_AT, "bandwidth_roof_fraction");
-    if results.iter().any(|r| !r["drift_vs_f32"].is_null()) {
-        line(
-            "max |Δlogit| vs f32",
-            results.iter().map(|r| if r["drift_vs_f32"].is_null() { "-".into() } else { format!("{:.3}", f(&r["drift_vs_f32"]["max_abs"])) }).collect(),
-        );
-        line(
-            "argmax agrees vs f32",
-            results
-                .iter()
-                .map(|r| {
-                    let d = &r["drift_vs_f32"];
-                    if d.is_null() { "-".into() } else { format!("{}/{}", d["top1_agree"], d["positions"]) }
-                })
-                .collect(),
-        );
+    for (key, what) in [("drift_vs_f32", "f32"), ("drift_vs_cpu", "CPU f32")] {
+        if results.iter().all(|r| r[key].is_null()) {
+            continue;
+        }
+        let cells = |cell: &dyn Fn(&serde_json::Value) -> String| -> Vec<String> {
+            results.iter().map(|r| if r[key].is_null() { "-".into() } else { cell(&r[key]) }).collect()
+        };
+        line(&format!("max |Δlogit| vs {what}"), cells(&|d| format!("{:.3}", f(&d["max_abs"]))));
+        line(&format!("argmax agrees vs {what}"), cells(&|d| format!("{}/{}", d["top1_agree"], d["positions"])));
     }
     println!("(x: ratio to the first column; %: fraction of the GEMM roof for prefill, of the bandwidth roof for decode)");
     println!("peak RSS {:.0} MB (all models, this process)", peak_rss().unwrap_or(0) as f64 / 1e6);

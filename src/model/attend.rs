@@ -1,40 +1,60 @@
 //! One query head's attention over cached keys and values: the decode (and short-block) kernel
-//! behind [`super::kv_cache::LayerKv::attend`].
+//! behind [`super::kv_cache::HostKv::attend`].
 //!
 //! At context 1024 the plain loops cost ~20 ns per key (each score was one chain of dependent
 //! FMAs, then a libm `exp` per key), a fifth of a q8_0 decode step. The AVX2 kernel scores eight
 //! keys at once in independent chains, takes `exp` as a vector polynomial, and keeps the
-//! output rows in registers while it accumulates the values (`bench/NOTES.md`).
+//! output rows in registers while it accumulates the values (`bench/NOTES.md`). It returns the
+//! softmax unnormalised ([`partial`]), so decode can split a head's keys across threads and
+//! merge the pieces ([`combine`]).
 
 /// `t` queries (`q`, `o`: `[t, d]`, `q` already scaled) at positions `len ..` over keys and
 /// values `[len + t, d]`: query `i` sees keys `0 ..= len + i`.
 pub fn head(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], d: usize, len: usize) {
-    #[cfg(target_arch = "x86_64")]
-    if d % 8 == 0 && super::vmath::avx2() {
-        return unsafe { avx2::head(q, k, v, o, d, len) };
+    for (ti, (qv, ov)) in q.chunks_exact(d).zip(o.chunks_exact_mut(d)).enumerate() {
+        let (_, sum) = partial(qv, k, v, ov, d, len + ti + 1);
+        ov.iter_mut().for_each(|o| *o /= sum);
     }
-    portable(q, k, v, o, d, len)
 }
 
-fn portable(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], d: usize, len: usize) {
-    let mut scores = Vec::with_capacity(k.len() / d);
-    for (ti, (qv, ov)) in q.chunks_exact(d).zip(o.chunks_exact_mut(d)).enumerate() {
-        let n = len + ti + 1;
-        scores.clear();
-        scores.extend(k.chunks_exact(d).take(n).map(|kj| dot(qv, kj)));
-        let max = scores.iter().fold(f32::NEG_INFINITY, |a, &s| a.max(s));
-        let mut sum = 0f32;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
-        }
-        for (p, vj) in scores.iter().zip(v.chunks_exact(d)) {
-            let p = p / sum;
-            for (o, v) in ov.iter_mut().zip(vj) {
-                *o += p * v;
-            }
-        }
+/// One query (`q`: `[d]`, scaled) over the first `n` keys and values, without the softmax's
+/// division: writes `o = Σ_j e^(s_j − m) v_j` and returns `(m, Σ_j e^(s_j − m))` with `m` the
+/// largest score. Partials over disjoint key ranges combine exactly ([`combine`]), which lets
+/// decode split one head's keys across threads.
+pub fn partial(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], d: usize, n: usize) -> (f32, f32) {
+    #[cfg(target_arch = "x86_64")]
+    if d.is_multiple_of(8) && super::vmath::avx2() {
+        return unsafe { avx2::partial(q, &k[..n * d], &v[..n * d], o, d) };
     }
+    portable(q, &k[..n * d], &v[..n * d], o, d)
+}
+
+/// Merges [`partial`] results `(m, sum, o)` of one query over disjoint key ranges into the
+/// normalised attention output `out`.
+pub fn combine<'a>(parts: impl Iterator<Item = (f32, f32, &'a [f32])> + Clone, out: &mut [f32]) {
+    let m = parts.clone().fold(f32::NEG_INFINITY, |a, (m, _, _)| a.max(m));
+    out.fill(0.0);
+    let mut sum = 0f32;
+    for (pm, ps, po) in parts {
+        // An empty range has m = -inf and weight 0.
+        let w = if ps > 0.0 { (pm - m).exp() } else { 0.0 };
+        sum += w * ps;
+        out.iter_mut().zip(po).for_each(|(o, p)| *o += w * p);
+    }
+    out.iter_mut().for_each(|o| *o /= sum);
+}
+
+fn portable(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], d: usize) -> (f32, f32) {
+    let scores: Vec<f32> = k.chunks_exact(d).map(|kj| dot(q, kj)).collect();
+    let max = scores.iter().fold(f32::NEG_INFINITY, |a, &s| a.max(s));
+    o.fill(0.0);
+    let mut sum = 0f32;
+    for (s, vj) in scores.iter().zip(v.chunks_exact(d)) {
+        let p = (s - max).exp();
+        sum += p;
+        o.iter_mut().zip(vj).for_each(|(o, v)| *o += p * v);
+    }
+    (max, sum)
 }
 
 /// Eight partial sums, so the compiler can vectorise without reassociating one chain.
@@ -55,70 +75,65 @@ mod avx2 {
 
     use crate::model::vmath::avx2::{exp, hsum};
 
-    /// [`super::head`] for `d` a multiple of 8.
+    /// [`super::partial`] over all of `k`, `v` (`[n, d]`) for `d` a multiple of 8.
     ///
     /// # Safety
     /// The CPU must support AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn head(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], d: usize, len: usize) {
-        debug_assert!(d % 8 == 0);
-        let mut scores = Vec::with_capacity(k.len() / d + 8);
-        for (ti, (qv, ov)) in q.chunks_exact(d).zip(o.chunks_exact_mut(d)).enumerate() {
-            let n = len + ti + 1;
-            scores.clear();
-            scores.resize(n.next_multiple_of(8), f32::NEG_INFINITY);
-            let (k, v) = (&k[..n * d], &v[..n * d]);
-            let qp = qv.as_ptr();
-            // Scores, eight keys per pass: eight independent FMA chains share each load of q.
-            let mut j = 0;
-            while j + 8 <= n {
-                let kp = k[j * d..].as_ptr();
-                let mut acc = [_mm256_setzero_ps(); 8];
-                for c in (0..d).step_by(8) {
-                    let x = unsafe { _mm256_loadu_ps(qp.add(c)) };
-                    for (r, a) in acc.iter_mut().enumerate() {
-                        *a = _mm256_fmadd_ps(x, unsafe { _mm256_loadu_ps(kp.add(r * d + c)) }, *a);
-                    }
+    pub unsafe fn partial(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], d: usize) -> (f32, f32) {
+        debug_assert!(d.is_multiple_of(8));
+        let n = k.len() / d;
+        let mut scores = vec![f32::NEG_INFINITY; n.next_multiple_of(8)];
+        let qp = q.as_ptr();
+        // Scores, eight keys per pass: eight independent FMA chains share each load of q.
+        let mut j = 0;
+        while j + 8 <= n {
+            let kp = k[j * d..].as_ptr();
+            let mut acc = [_mm256_setzero_ps(); 8];
+            for c in (0..d).step_by(8) {
+                let x = unsafe { _mm256_loadu_ps(qp.add(c)) };
+                for (r, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(x, unsafe { _mm256_loadu_ps(kp.add(r * d + c)) }, *a);
                 }
-                unsafe { _mm256_storeu_ps(scores[j..].as_mut_ptr(), hsum8(acc)) };
-                j += 8;
             }
-            for (jj, kj) in k.chunks_exact(d).enumerate().skip(j) {
-                let mut a = _mm256_setzero_ps();
-                for c in (0..d).step_by(8) {
-                    a = _mm256_fmadd_ps(unsafe { _mm256_loadu_ps(qp.add(c)) }, unsafe { _mm256_loadu_ps(kj.as_ptr().add(c)) }, a);
-                }
-                scores[jj] = hsum(a);
-            }
-            // Softmax numerators. The padding (-inf) gives e^-87 ≈ 1.6e-38, below what the sum resolves,
-            // and the values loop reads only the first n.
-            let max = scores[..n].iter().fold(f32::NEG_INFINITY, |a, &s| a.max(s));
-            let mut sum = _mm256_setzero_ps();
-            for s in scores.chunks_exact_mut(8) {
-                let e = exp(_mm256_sub_ps(unsafe { _mm256_loadu_ps(s.as_ptr()) }, _mm256_set1_ps(max)));
-                sum = _mm256_add_ps(sum, e);
-                unsafe { _mm256_storeu_ps(s.as_mut_ptr(), e) };
-            }
-            let inv = 1.0 / hsum(sum);
-            // o = Σ p_j v_j / Σ p_j, 64 columns at a time in eight registers.
-            let p = &scores[..n];
-            let mut c = 0;
-            while c + 64 <= d {
-                weighted_sum::<8>(p, v, d, c, ov, inv);
-                c += 64;
-            }
-            while c < d {
-                weighted_sum::<1>(p, v, d, c, ov, inv);
-                c += 8;
-            }
+            unsafe { _mm256_storeu_ps(scores[j..].as_mut_ptr(), hsum8(acc)) };
+            j += 8;
         }
+        for (jj, kj) in k.chunks_exact(d).enumerate().skip(j) {
+            let mut a = _mm256_setzero_ps();
+            for c in (0..d).step_by(8) {
+                a = _mm256_fmadd_ps(unsafe { _mm256_loadu_ps(qp.add(c)) }, unsafe { _mm256_loadu_ps(kj.as_ptr().add(c)) }, a);
+            }
+            scores[jj] = hsum(a);
+        }
+        // Softmax numerators. The padding (-inf) gives e^-87 ≈ 1.6e-38, below what the sum
+        // resolves, and the values loop reads only the first n.
+        let max = scores[..n].iter().fold(f32::NEG_INFINITY, |a, &s| a.max(s));
+        let mut sum = _mm256_setzero_ps();
+        for s in scores.chunks_exact_mut(8) {
+            let e = exp(_mm256_sub_ps(unsafe { _mm256_loadu_ps(s.as_ptr()) }, _mm256_set1_ps(max)));
+            sum = _mm256_add_ps(sum, e);
+            unsafe { _mm256_storeu_ps(s.as_mut_ptr(), e) };
+        }
+        // o = Σ p_j v_j, 64 columns at a time in eight registers.
+        let p = &scores[..n];
+        let mut c = 0;
+        while c + 64 <= d {
+            weighted_sum::<8>(p, v, d, c, o);
+            c += 64;
+        }
+        while c < d {
+            weighted_sum::<1>(p, v, d, c, o);
+            c += 8;
+        }
+        (max, hsum(sum))
     }
 
-    /// Columns `c .. c + 8W` of `o = inv · Σ_j p_j v_j` (`v`: rows of `d`); a constant W so
+    /// Columns `c .. c + 8W` of `o = Σ_j p_j v_j` (`v`: rows of `d`); a constant W so
     /// the accumulators unroll into registers.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    fn weighted_sum<const W: usize>(p: &[f32], v: &[f32], d: usize, c: usize, o: &mut [f32], inv: f32) {
+    fn weighted_sum<const W: usize>(p: &[f32], v: &[f32], d: usize, c: usize, o: &mut [f32]) {
         let mut acc = [_mm256_setzero_ps(); W];
         for (j, &pj) in p.iter().enumerate() {
             let pj = _mm256_set1_ps(pj);
@@ -129,7 +144,7 @@ mod avx2 {
         }
         let o = &mut o[c..c + 8 * W];
         for (r, a) in acc.iter().enumerate() {
-            unsafe { _mm256_storeu_ps(o.as_mut_ptr().add(8 * r), _mm256_mul_ps(*a, _mm256_set1_ps(inv))) };
+            unsafe { _mm256_storeu_ps(o.as_mut_ptr().add(8 * r), *a) };
         }
     }
 
@@ -150,21 +165,49 @@ mod avx2 {
 mod tests {
     use super::*;
 
+    /// Softmax attention of one query over `k`, `v` in f64.
+    fn reference(q: &[f32], k: &[f32], v: &[f32], d: usize) -> Vec<f32> {
+        let s: Vec<f64> = k.chunks_exact(d).map(|kj| q.iter().zip(kj).map(|(a, b)| *a as f64 * *b as f64).sum()).collect();
+        let m = s.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+        let p: Vec<f64> = s.iter().map(|s| (s - m).exp()).collect();
+        let sum: f64 = p.iter().sum();
+        (0..d).map(|c| (p.iter().zip(v.chunks_exact(d)).map(|(p, vj)| p * vj[c] as f64).sum::<f64>() / sum) as f32).collect()
+    }
+
+    fn close(got: &[f32], want: &[f32]) -> bool {
+        got.iter().zip(want).all(|(g, w)| (g - w).abs() <= 1e-5 * (1.0 + w.abs()))
+    }
+
     #[test]
-    fn kernel_matches_the_portable_loops() {
+    fn kernels_match_a_reference() {
         // 19 keys: two blocks of eight and a tail; t = 3 queries see 17, 18 and 19 keys;
-        // d = 72 takes one 64-wide and one 8-wide pass over the values.
+        // d = 72 takes one 64-wide and one 8-wide pass over the values, d = 6 the portable loop.
         for d in [64, 72, 6] {
             let (len, t) = (16, 3);
             let val = |i: usize, m: usize| ((i * m) % 1009) as f32 / 504.0 - 1.0;
             let q: Vec<f32> = (0..t * d).map(|i| val(i, 7)).collect();
             let k: Vec<f32> = (0..(len + t) * d).map(|i| val(i, 13)).collect();
             let v: Vec<f32> = (0..(len + t) * d).map(|i| val(i, 31)).collect();
-            let mut want = vec![0f32; t * d];
-            portable(&q, &k, &v, &mut want, d, len);
             let mut got = vec![0f32; t * d];
             head(&q, &k, &v, &mut got, d, len);
-            assert!(got.iter().zip(&want).all(|(g, w)| (g - w).abs() <= 1e-5 * (1.0 + w.abs())), "d = {d}");
+            for ti in 0..t {
+                let n = len + ti + 1;
+                let want = reference(&q[ti * d..][..d], &k[..n * d], &v[..n * d], d);
+                assert!(close(&got[ti * d..][..d], &want), "d = {d}, query {ti}");
+            }
+            // The last query's keys split into ranges of 5 (and an empty one), then combined.
+            let qv = &q[(t - 1) * d..];
+            let n = len + t;
+            let mut parts = Vec::new();
+            for j0 in (0..n).step_by(5).chain([n]) {
+                let j1 = (j0 + 5).min(n);
+                let mut o = vec![0f32; d];
+                let (m, sum) = if j1 > j0 { partial(qv, &k[j0 * d..], &v[j0 * d..], &mut o, d, j1 - j0) } else { (f32::NEG_INFINITY, 0.0) };
+                parts.push((m, sum, o));
+            }
+            let mut split = vec![0f32; d];
+            combine(parts.iter().map(|(m, s, o)| (*m, *s, o.as_slice())), &mut split);
+            assert!(close(&split, &reference(qv, &k, &v, d)), "d = {d}, split");
         }
     }
 }

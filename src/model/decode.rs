@@ -12,7 +12,7 @@ use super::config::RopeLayout;
 use super::forward::{KvCache, Logits, Model};
 use super::gemv;
 use super::linear::with_weight_data;
-use super::kv_cache::LayerKv;
+use super::kv_cache::{HostKv, LayerKv};
 
 fn gemv_many(x: &[f32], m: usize, k: usize, ws: &[&Tensor]) -> Result<Vec<Vec<f32>>> {
     with_weight_data(ws, |data| gemv::gemv_many(x, m, k, data))?
@@ -91,7 +91,10 @@ impl Model {
             let scale = (1.0 / (d as f64).sqrt()) as f32;
             q.iter_mut().for_each(|v| *v *= scale);
             // `[b, heads · d]` rows are `[b, heads, 1, d]`: the cache's and attention's layout.
-            let slot = cache.layers[l].get_or_insert_with(|| LayerKv::new(m, hkv, d));
+            let slot = match cache.layers[l].get_or_insert_with(|| LayerKv::Host(HostKv::new(m, hkv, d))) {
+                LayerKv::Host(h) => h,
+                LayerKv::Tensors(..) => candle_core::bail!("decode step: the cache keeps tensors, not host buffers"),
+            };
             slot.append_slice(&k, &v, 1, pos)?;
             let y = slot.attend(&q, g, 1, pos);
             let o = gemv_many(&y, m, hq * d, &[&w.o])?.remove(0);

@@ -7,7 +7,7 @@ use candle_core::{D, DType, Device, Result, Tensor};
 use candle_nn::ops::{rms_norm, softmax_last_dim};
 
 use super::config::ModelConfig;
-use super::kv_cache::{LayerKv, append_and_attend};
+use super::kv_cache::{KvStorage, LayerKv, append_and_attend};
 use super::linear::{WeightDtype, convert, linear, linear_many};
 use super::rope::RopeTables;
 use super::vmath;
@@ -122,7 +122,7 @@ impl Model {
             );
         }
         let mut cache = match cache {
-            Some(c) if observer.is_none() && self.can_decode_step(b, t) && c.layers.iter().flatten().all(|kv| kv.batch() == b) => {
+            Some(c) if observer.is_none() && self.can_decode_step(b, t) && c.is_host(b) => {
                 return self.decode_step(&tokens.flatten_all()?.to_vec1::<u32>()?, c, logits);
             }
             other => other,
@@ -164,7 +164,7 @@ impl Model {
                 tables.push((shape.head_dim, RopeTables::new(shape.head_dim, cfg.rope_theta, start, t, &self.device)?));
             }
             let rope = &tables.iter().find(|(d, _)| *d == shape.head_dim).unwrap().1;
-            let slot = cache.as_deref_mut().map(|c| &mut c.layers[l]);
+            let slot = cache.as_deref_mut().map(|c| (c.storage(), &mut c.layers[l]));
             let w = &self.weights.layers[l];
             let xb = rms_norm(&x, &w.attn_norm, cfg.rms_eps as f32)?;
             x = (x + self.attention(l, &xb, rope, slot, observer.as_deref_mut())?)?;
@@ -194,6 +194,9 @@ impl Model {
     /// The matrices are copied into one buffer in huge pages ([`super::arena`]), which decode
     /// reads ~30% faster on this machine; so an f32 model is copied too.
     pub fn with_weight_dtype(&self, dtype: WeightDtype) -> Result<Model> {
+        if dtype == WeightDtype::Q8_0 && !matches!(self.device, Device::Cpu) {
+            candle_core::bail!("q8_0 weights run on the CPU only; on {:?} use f32, f16 or bf16", self.device);
+        }
         let mut m = self.clone();
         let head = self.weights.lm_head.as_ref().unwrap_or(&self.weights.embed);
         let mut all = vec![convert(head, dtype)?];
@@ -223,7 +226,7 @@ impl Model {
         l: usize,
         xb: &Tensor,
         rope: &RopeTables,
-        slot: Option<&mut Option<LayerKv>>,
+        slot: Option<(KvStorage, &mut Option<LayerKv>)>,
         observer: Option<&mut (dyn Observer + '_)>,
     ) -> Result<Tensor> {
         let s = self.config.layers[l];
@@ -252,9 +255,9 @@ impl Model {
         let q = (q * (1.0 / (d as f64).sqrt()))?.reshape((b, hkv, g, t, d))?;
         let y = match slot {
             None => attend(&q, &k, &v, rope.start)?,
-            Some(slot) => {
+            Some((storage, slot)) => {
                 let direct = t <= super::gemv::MAX_ROWS && matches!(self.device, Device::Cpu);
-                match append_and_attend(slot, &q, &k, &v, rope.start, direct)? {
+                match append_and_attend(slot, storage, &q, &k, &v, rope.start, direct)? {
                     Ok(y) => y,
                     Err((k, v)) => attend(&q, &k, &v, rope.start)?,
                 }

@@ -122,5 +122,15 @@ pub fn linear_many(x: &Tensor, ws: &[&Tensor]) -> Result<Vec<Tensor>> {
         }
     }
     let x2 = x.reshape((b * t, n_in))?;
-    ws.iter().map(|w| x2.matmul(&to_f32(w)?.t()?)?.reshape((b, t, w.dim(0)?))).collect()
+    ws.iter()
+        .map(|w| {
+            let y = match (x.device(), w.dtype()) {
+                (Device::Cpu, _) | (_, DType::F32) => x2.matmul(&to_f32(w)?.t()?)?,
+                // On a GPU, 16-bit weights multiply in their own type (cuBLAS), as PyTorch does.
+                (_, DType::F16 | DType::BF16) => x2.to_dtype(w.dtype())?.matmul(&w.t()?)?.to_dtype(DType::F32)?,
+                (dev, _) => bail!("linear: q8_0 weights run on the CPU only, not on {dev:?}"),
+            };
+            y.reshape((b, t, w.dim(0)?))
+        })
+        .collect()
 }

@@ -75,14 +75,5 @@ pub fn path_str(p: &Path) -> &str {
 /// Logits `[t, vocab]` computed by prefilling `prefill` tokens and then decoding the rest one
 /// token at a time through the KV cache (the decode step's path).
 pub fn cached_logits(m: &transact::Model, ids: &[u32], prefill: usize) -> candle_core::Tensor {
-    use candle_core::Tensor;
-    use transact::{KvCache, Logits};
-    let mut cache = KvCache::new(&m.config);
-    let x = Tensor::new(&ids[..prefill], &m.device).unwrap().unsqueeze(0).unwrap();
-    let mut rows = vec![m.forward(&x, Some(&mut cache), Logits::All).unwrap().squeeze(0).unwrap()];
-    for &id in &ids[prefill..] {
-        let x = Tensor::new(&[id], &m.device).unwrap().unsqueeze(0).unwrap();
-        rows.push(m.forward(&x, Some(&mut cache), Logits::Last).unwrap().squeeze(0).unwrap());
-    }
-    Tensor::cat(&rows, 0).unwrap()
+    transact::bench::cached_logits(m, ids, prefill).unwrap()
 }

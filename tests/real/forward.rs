@@ -1,7 +1,7 @@
 use candle_core::{D, Tensor};
 use transact::eval::perplexity::sequence_nll;
 use transact::model::generate::{Sampler, generate};
-use transact::{KvCache, Logits};
+use transact::{KvCache, KvStorage, Logits};
 
 use crate::common::{assert_close, model, real_tokens};
 
@@ -68,26 +68,60 @@ fn kv_cache_matches_full_forward() {
     let m = &lm.model;
     let ids = real_tokens(256);
     let full = m.logits(&ids).unwrap();
-    // Prefill 100 tokens, then chunks of 7 (mask with an offset), then one token at a time.
-    let mut cache = KvCache::new(&m.config);
-    let mut parts = Vec::new();
-    let mut pos = 0;
-    for len in std::iter::once(100).chain(std::iter::repeat_n(7, 8)).chain(std::iter::repeat(1)) {
-        if pos >= ids.len() {
-            break;
+    // Host buffers (the CPU's decode kernels) and device-style tensors (CUDA's path, run here
+    // on the CPU) must both reproduce the full forward.
+    for storage in [KvStorage::Host, KvStorage::Tensors] {
+        // Prefill 100 tokens, then chunks of 7 (mask with an offset), then one token at a time.
+        let mut cache = KvCache::with_storage(&m.config, storage);
+        let mut parts = Vec::new();
+        let mut pos = 0;
+        for len in std::iter::once(100).chain(std::iter::repeat_n(7, 8)).chain(std::iter::repeat(1)) {
+            if pos >= ids.len() {
+                break;
+            }
+            let end = (pos + len).min(ids.len());
+            let input = Tensor::new(&ids[pos..end], &m.device).unwrap().unsqueeze(0).unwrap();
+            parts.push(m.forward(&input, Some(&mut cache), Logits::All).unwrap().squeeze(0).unwrap());
+            pos = end;
         }
-        let end = (pos + len).min(ids.len());
-        let input = Tensor::new(&ids[pos..end], &m.device).unwrap().unsqueeze(0).unwrap();
-        parts.push(m.forward(&input, Some(&mut cache), Logits::All).unwrap().squeeze(0).unwrap());
-        pos = end;
+        assert_eq!(cache.len(), 256);
+        let incremental = Tensor::cat(&parts, 0).unwrap();
+        assert_close(&format!("KV cache ({storage:?}) vs full forward"), &full, &incremental);
+        assert_eq!(
+            full.argmax(D::Minus1).unwrap().to_vec1::<u32>().unwrap(),
+            incremental.argmax(D::Minus1).unwrap().to_vec1::<u32>().unwrap()
+        );
     }
-    assert_eq!(cache.len(), 256);
-    let incremental = Tensor::cat(&parts, 0).unwrap();
-    assert_close("KV cache vs full forward", &full, &incremental);
-    assert_eq!(
-        full.argmax(D::Minus1).unwrap().to_vec1::<u32>().unwrap(),
-        incremental.argmax(D::Minus1).unwrap().to_vec1::<u32>().unwrap()
-    );
+}
+
+#[test]
+fn expanded_and_cloned_caches_are_independent() {
+    let lm = model();
+    let m = &lm.model;
+    let ids = real_tokens(60);
+    let (prefix, a, b) = (&ids[..40], &ids[40..50], &ids[50..60]);
+    let full = |suffix: &[u32]| {
+        let all: Vec<u32> = prefix.iter().chain(suffix).copied().collect();
+        m.logits(&all).unwrap().narrow(0, prefix.len(), suffix.len()).unwrap()
+    };
+    let input = |t: &[u32]| Tensor::new(t, &m.device).unwrap().unsqueeze(0).unwrap();
+    for storage in [KvStorage::Host, KvStorage::Tensors] {
+        let mut cache = KvCache::with_storage(&m.config, storage);
+        m.forward(&input(prefix), Some(&mut cache), Logits::Last).unwrap();
+        // Two suffixes in one batch after the shared prefix (what the scorer does).
+        let mut two = cache.expand(2).unwrap();
+        let batch = Tensor::cat(&[input(a), input(b)], 0).unwrap();
+        let y = m.forward(&batch, Some(&mut two), Logits::All).unwrap();
+        assert_close(&format!("{storage:?} expanded row 0"), &full(a), &y.get(0).unwrap());
+        assert_close(&format!("{storage:?} expanded row 1"), &full(b), &y.get(1).unwrap());
+        // A clone continued with `a` leaves the original free to continue with `b`.
+        let mut first = cache.try_clone().unwrap();
+        let ya = m.forward(&input(a), Some(&mut first), Logits::All).unwrap().squeeze(0).unwrap();
+        let yb = m.forward(&input(b), Some(&mut cache), Logits::All).unwrap().squeeze(0).unwrap();
+        assert_eq!((first.len(), cache.len()), (50, 50));
+        assert_close(&format!("{storage:?} clone"), &full(a), &ya);
+        assert_close(&format!("{storage:?} original after clone"), &full(b), &yb);
+    }
 }
 
 #[test]
