@@ -36,20 +36,22 @@ const DECODE_TOKENS: usize = 32;
 /// Tokens of the drift check (real text is not needed: all logits are compared).
 const DRIFT_TOKENS: usize = 128;
 
-fn bench_one(m: &Model, f32_model: &Model, label: String, roofs: &Roofs, repeats: usize) -> Result<serde_json::Value> {
+/// Speeds and sizes of one model in one dtype; the roof fractions are added once the run's
+/// roofs are known ([`add_roof_fractions`]).
+fn bench_one(m: &Model, f32_model: &Model, label: String, repeats: usize) -> Result<serde_json::Value> {
     let weights = weight_bytes_per_token(m);
     let mut prefill = Vec::new();
     for &n in &PREFILL {
         let tps = prefill_decode(m, &prompt(n), 0, repeats)?.prefill_tokens_per_s;
         let flops = ModelStats::new(&m.config, n / 2).flops_per_token as f64;
-        prefill.push(json!({"tokens": n, "tokens_per_s": tps, "gemm_roof_fraction": tps * flops / (roofs.gemm_gflops * 1e9)}));
+        prefill.push(json!({"tokens": n, "tokens_per_s": tps, "flops_per_token": flops}));
     }
     let mut decode = Vec::new();
     for &c in &DECODE_AT {
         let tps = decode_at(m, c, DECODE_TOKENS, repeats)?;
         let st = ModelStats::new(&m.config, c);
         let bytes = weights as f64 + (st.kv_bytes_per_token_f32 * c as u64) as f64;
-        decode.push(json!({"context": c, "tokens_per_s": tps, "bytes_per_token": bytes, "bandwidth_roof_fraction": tps * bytes / (roofs.bandwidth_gbs * 1e9)}));
+        decode.push(json!({"context": c, "tokens_per_s": tps, "bytes_per_token": bytes}));
     }
     let drift = if std::ptr::eq(m, f32_model) { None } else { Some(drift(m, f32_model, &prompt(DRIFT_TOKENS))?) };
     let st = ModelStats::new(&m.config, 2048);
@@ -65,10 +67,36 @@ fn bench_one(m: &Model, f32_model: &Model, label: String, roofs: &Roofs, repeats
     }))
 }
 
+/// The median of the roofs probed before and after each measurement. A single probe on a
+/// shared VM reads anywhere from 26 to 57 GB/s; the median tracks what the machine gave during
+/// the run.
+fn median_roofs(probes: &[Roofs]) -> Roofs {
+    let median = |f: fn(&Roofs) -> f64| {
+        let mut v: Vec<f64> = probes.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    };
+    Roofs { gemm_gflops: median(|r| r.gemm_gflops), bandwidth_gbs: median(|r| r.bandwidth_gbs) }
+}
+
+fn add_roof_fractions(results: &mut [serde_json::Value], roofs: &Roofs) {
+    let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+    for r in results {
+        for p in r["prefill"].as_array_mut().into_iter().flatten() {
+            p["gemm_roof_fraction"] = json!(f(&p["tokens_per_s"]) * f(&p["flops_per_token"]) / (roofs.gemm_gflops * 1e9));
+        }
+        for d in r["decode"].as_array_mut().into_iter().flatten() {
+            d["bandwidth_roof_fraction"] = json!(f(&d["tokens_per_s"]) * f(&d["bytes_per_token"]) / (roofs.bandwidth_gbs * 1e9));
+        }
+    }
+}
+
 pub fn run(a: BenchArgs) -> Result<()> {
-    let roofs = measure(&super::device())?;
+    let device = super::device();
+    let mut probes = vec![measure(&device)?];
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    eprintln!("roofs: GEMM {:.1} GFLOP/s, bandwidth {:.1} GB/s; loadavg {}", roofs.gemm_gflops, roofs.bandwidth_gbs, load.trim());
+    eprintln!("roofs: GEMM {:.1} GFLOP/s, bandwidth {:.1} GB/s; loadavg {}", probes[0].gemm_gflops, probes[0].bandwidth_gbs, load.trim());
     let mut results = Vec::new();
     for path in std::iter::once(&a.model).chain(a.vs.as_ref()) {
         let lm = super::load(path)?;
@@ -82,19 +110,30 @@ pub fn run(a: BenchArgs) -> Result<()> {
             let m = lm.model.with_weight_dtype(dt)?;
             let m = if dt == WeightDtype::F32 { &lm.model } else { &m };
             eprintln!("measuring {name} in {}", dt.name());
-            let mut r = bench_one(m, &lm.model, format!("{name} {}", dt.name()), &roofs, a.repeats)?;
+            let mut r = bench_one(m, &lm.model, format!("{name} {}", dt.name()), a.repeats)?;
             if let Some(cpu) = &cpu {
                 r["drift_vs_cpu"] = json!(drift(m, &cpu.model, &prompt(DRIFT_TOKENS))?);
             }
             r["model"] = json!(path.display().to_string());
             r["dtype"] = json!(dt);
             results.push(r);
+            probes.push(measure(&device)?);
         }
     }
+    let roofs = median_roofs(&probes);
+    eprintln!(
+        "roofs, median of {} probes: GEMM {:.1} GFLOP/s, bandwidth {:.1} GB/s (probes ranged {:.1}–{:.1} GB/s)",
+        probes.len(),
+        roofs.gemm_gflops,
+        roofs.bandwidth_gbs,
+        probes.iter().map(|r| r.bandwidth_gbs).fold(f64::INFINITY, f64::min),
+        probes.iter().map(|r| r.bandwidth_gbs).fold(0.0, f64::max)
+    );
+    add_roof_fractions(&mut results, &roofs);
     print_table(&results);
     let speedups = if a.vs.is_some() { speedups(&results, a.dtype.len()) } else { Vec::new() };
     if let Some(j) = &a.json {
-        let v = json!({"roofs": roofs, "loadavg": load.trim(), "models": results, "speedups_vs_first_model": speedups});
+        let v = json!({"roofs": roofs, "roof_probes": probes, "loadavg": load.trim(), "models": results, "speedups_vs_first_model": speedups});
         atomic::write_file(j, true, |tmp| Ok(std::fs::write(tmp, serde_json::to_string_pretty(&v)?)?))?;
     }
     Ok(())
