@@ -6,6 +6,10 @@
 //! backs memory with huge pages where it is asked to (`madvise`, this machine's default), and
 //! only in aligned 2 MiB runs, so the matrices are copied into one aligned buffer rather than
 //! advised one small allocation at a time. Each weight becomes a view into it.
+//!
+//! End to end, f32 decode from the arena and from 4 KiB pages measured the same (1.02× at
+//! context 256, 0.99× at 1024; `examples/huge_pages_ab.rs`). The bandwidth probe allocates
+//! the same way, so the roof it reports is the higher one.
 
 use candle_core::{DType, Device, Result, Tensor, WithDType};
 use half::{bf16, f16};

@@ -191,8 +191,9 @@ impl Model {
     /// The same model with its layer matrices and LM head kept in `dtype`, for inference only
     /// (pruning and export work on f32). The embedding stays f32: a lookup reads one row.
     ///
-    /// The matrices are copied into one buffer in huge pages ([`super::arena`]), which decode
-    /// reads ~30% faster on this machine; so an f32 model is copied too.
+    /// The matrices are copied into one buffer in huge pages ([`super::arena`]), so an f32
+    /// model is copied too. A bare read of huge pages ran ~30% faster on the development VM;
+    /// f32 decode end to end did not move (`examples/huge_pages_ab.rs`, `bench/NOTES.md`).
     pub fn with_weight_dtype(&self, dtype: WeightDtype) -> Result<Model> {
         if dtype == WeightDtype::Q8_0 && !matches!(self.device, Device::Cpu) {
             candle_core::bail!("q8_0 weights run on the CPU only; on {:?} use f32, f16 or bf16", self.device);
