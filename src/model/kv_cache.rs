@@ -35,14 +35,6 @@ pub enum LayerKv {
 }
 
 impl LayerKv {
-    /// Sequences in the batch.
-    pub fn batch(&self) -> usize {
-        match self {
-            LayerKv::Host(h) => h.b,
-            LayerKv::Tensors(_, b) => *b,
-        }
-    }
-
     /// A copy that shares no storage: candle-nn's cache writes its tensors in place, so a
     /// derived clone would let two caches overwrite each other's new positions.
     fn deep_copy(&self, repeat: usize) -> Result<Self> {
@@ -229,9 +221,9 @@ impl KvCache {
 }
 
 /// Appends this layer's new `k`, `v` (`[b, heads, t, d]`) to `slot` (holding `len` positions)
-/// and attends `q` (`[b, heads, g, t, d]`, scaled) over everything cached. Returns `None` when
-/// the block is long enough that the caller's GEMM attention is faster, or the cache keeps
-/// tensors; then it also returns the cached keys and values as tensors.
+/// and attends `q` (`[b, heads, g, t, d]`, scaled) over everything cached. Returns instead
+/// (`Err`) the cached keys and values as tensors when the block is long enough that the
+/// caller's GEMM attention is faster, or when the cache keeps tensors.
 pub(crate) fn append_and_attend(
     slot: &mut Option<LayerKv>,
     storage: KvStorage,
