@@ -86,7 +86,17 @@ pub(crate) struct Act<'a> {
 }
 
 /// `x` in blocks of 32 with scale max|x|/127 (GGML's Q8_0 rule), as values and scales.
+///
+/// Decode quantizes every GEMV's input on the calling thread before the parallel region, and
+/// libm's `roundf` made that a few µs per call; the vector path bought q8_0 decode 4–5% at
+/// context 256 (`bench/NOTES.md`, change 16).
 fn quantize_q8(x: &[f32]) -> (Vec<i8>, Vec<f32>) {
+    #[cfg(target_arch = "x86_64")]
+    if super::vmath::avx2() {
+        let mut q = vec![0i8; x.len() / Q8_BLOCK * Q8_BLOCK];
+        let d = x.chunks_exact(Q8_BLOCK).zip(q.chunks_exact_mut(Q8_BLOCK)).map(|(x, q)| unsafe { avx2::q8_block(x, q) }).collect();
+        return (q, d);
+    }
     let mut q = Vec::with_capacity(x.len());
     let mut d = Vec::with_capacity(x.len() / Q8_BLOCK);
     for blk in x.chunks_exact(Q8_BLOCK) {
@@ -299,6 +309,40 @@ mod avx2 {
         q8_blocks!(w, r, k, act, |qw, qx| _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_abs_epi8(qw), _mm256_sign_epi8(qx, qw)))
     }
 
+    /// [`super::q8_block`] of 32 values into `q`, returning the scale; the same values
+    /// (rounding half away from zero, as `f32::round`).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2; `x` and `q` must hold 32 values.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn q8_block(x: &[f32], q: &mut [i8]) -> f32 {
+        let x = &x[..Q8_BLOCK];
+        let q = &mut q[..Q8_BLOCK];
+        let sign = _mm256_set1_ps(-0.0);
+        let v: [__m256; 4] = std::array::from_fn(|i| unsafe { _mm256_loadu_ps(x.as_ptr().add(8 * i)) });
+        let a = v.map(|v| _mm256_andnot_ps(sign, v));
+        let m = _mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3]));
+        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let max = _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
+        let s = max / 127.0;
+        let inv = _mm256_set1_ps(if s > 0.0 { 1.0 / s } else { 0.0 });
+        let r = v.map(|v| {
+            let y = _mm256_mul_ps(v, inv);
+            // Nearest-even, except that exact halves go away from zero.
+            let t = _mm256_round_ps(y, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+            let away = _mm256_add_ps(t, _mm256_or_ps(_mm256_and_ps(y, sign), _mm256_set1_ps(1.0)));
+            let half = _mm256_cmp_ps(_mm256_andnot_ps(sign, _mm256_sub_ps(y, t)), _mm256_set1_ps(0.5), _CMP_EQ_OQ);
+            let even = _mm256_round_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            _mm256_cvtps_epi32(_mm256_blendv_ps(even, away, half))
+        });
+        // i32 → i8; the packs interleave 128-bit lanes, the permute restores the order.
+        let p = _mm256_packs_epi16(_mm256_packs_epi32(r[0], r[1]), _mm256_packs_epi32(r[2], r[3]));
+        let p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        unsafe { _mm256_storeu_si256(q.as_mut_ptr() as *mut __m256i, p) };
+        s
+    }
+
     /// A Q8_0 block's f16 scale (its first two bytes) as f32, inline: `half`'s conversion is a
     /// call with a run-time feature check, once per 32 weights.
     #[target_feature(enable = "f16c")]
@@ -324,6 +368,21 @@ mod tests {
 
     fn close(a: &[f32], b: &[f32]) -> bool {
         a.iter().zip(b).all(|(a, b)| (a - b).abs() <= 1e-4 * (1.0 + b.abs()))
+    }
+
+    #[test]
+    fn vector_quantization_rounds_as_the_scalar_rule() {
+        // A block with max 127 has scale 1, so these values land on exact halves and their
+        // neighbours; the others are a sweep of ordinary values.
+        let ties = [127.0, -2.5, 2.5, 0.5, -0.5, 1.5, -1.5, 126.5, -126.5, 3.4999998, -3.4999998, 0.49999997, 0.0, -0.0, 64.5, -63.5];
+        let mut x: Vec<f32> = ties.iter().copied().chain((0..16).map(|i| i as f32 * 7.3 - 50.0)).collect();
+        x.extend((0..32 * 20).map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0));
+        x.extend([0.0; 32]);
+        let (q, d) = quantize_q8(&x);
+        for (b, blk) in x.chunks_exact(Q8_BLOCK).enumerate() {
+            let (s, v) = q8_block(blk);
+            assert_eq!((s, v.collect::<Vec<_>>()), (d[b], q[b * Q8_BLOCK..(b + 1) * Q8_BLOCK].to_vec()), "block {b}");
+        }
     }
 
     #[test]
