@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Packs what the GPU run (bench/gpu-check.sh) needs into .gpu/ (ignored): a CUDA build of
-# transact and the bundled model in parts that fit the device tool's 64 MiB per call.
+# transact and the bundled model in two parts that each fit the device tool's 64 MiB per call.
 #
 # The device machine has CUDA 13.0's driver and nvcc but no Rust, so the binary is built here
 # with PyPI's nvcc pinned to 13.0: a newer nvcc writes PTX that the 13.0 driver cannot load.
@@ -33,10 +33,11 @@ nm -u "$TARGET"/release/deps/*.rlib 2>/dev/null | grep -oE " U cu[A-Z][A-Za-z0-9
 gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$CU/lib/libcuda.so" "$TARGET/libcuda-stub.c"
 build --bin transact
 rm -rf .gpu && mkdir -p .gpu/a .gpu/b
-xz -T2 -c "$TARGET/release/transact" > .gpu/b/transact.xz
-# Two halves: each call to the device carries at most 64 MiB.
+# Two calls, each under 64 MiB: the binary with the model's first half (call 1 can already
+# check that the binary finds its libraries and the GPU), then the second half.
+xz -T2 -c "$TARGET/release/transact" > .gpu/a/transact.xz
 half=$(( ($(stat -c %s "$MODEL") + 1) / 2 ))
 head -c "$half" "$MODEL" > .gpu/a/model.part1
 tail -c +"$((half + 1))" "$MODEL" > .gpu/b/model.part2
-sha256sum "$MODEL" | cut -d' ' -f1 > .gpu/b/model.sha256
+sha256sum "$MODEL" | cut -d' ' -f1 > .gpu/a/model.sha256
 du -sh .gpu/a .gpu/b
