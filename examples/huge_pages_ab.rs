@@ -9,7 +9,9 @@ use transact::model::linear::WeightDtype;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let path = args.get(1).map_or("assets/SmolLM2-135M-Instruct.Q4_1.gguf", |s| s.as_str());
+    let path = args
+        .get(1)
+        .map_or("assets/SmolLM2-135M-Instruct.Q4_1.gguf", |s| s.as_str());
     let pairs: usize = args.get(2).map_or(Ok(6), |s| s.parse())?;
     let lm = transact::load_model(path.as_ref(), &candle_core::Device::Cpu)?;
     let arena = lm.model.with_weight_dtype(WeightDtype::F32)?;
@@ -24,7 +26,10 @@ fn main() -> anyhow::Result<()> {
             (v[(v.len() - 1) / 2] + v[v.len() / 2]) / 2.0
         };
         let (s, h) = (median(&mut small), median(&mut huge));
-        println!("f32 decode @{context}: 4 KiB pages {s:.1} tok/s, huge pages {h:.1} tok/s ({:.2}x; medians of {pairs})", h / s);
+        println!(
+            "f32 decode @{context}: 4 KiB pages {s:.1} tok/s, huge pages {h:.1} tok/s ({:.2}x; medians of {pairs})",
+            h / s
+        );
     }
     Ok(())
 }

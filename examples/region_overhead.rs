@@ -5,25 +5,41 @@
 //! `cargo run --release --example region_overhead`
 
 use rayon::prelude::*;
-fn spin(n: usize) -> f32 { let mut a = 1.0f32; for i in 0..n { a = std::hint::black_box(a * 1.0000001 + i as f32 * 1e-9); } a }
+fn spin(n: usize) -> f32 {
+    let mut a = 1.0f32;
+    for i in 0..n {
+        a = std::hint::black_box(a * 1.0000001 + i as f32 * 1e-9);
+    }
+    a
+}
 fn main() {
     rayon::scope(|_| {
         // Work per task calibrated: n iterations.
         let n = 300;
         let t = std::time::Instant::now();
-        for _ in 0..100000 { std::hint::black_box(spin(n)); }
+        for _ in 0..100000 {
+            std::hint::black_box(spin(n));
+        }
         let per_task = t.elapsed().as_secs_f64() / 100000.0;
         for tasks in [4usize, 16, 64] {
             let mut best = f64::MAX;
             for _ in 0..5 {
                 let t = std::time::Instant::now();
                 for _ in 0..5000 {
-                    (0..tasks).into_par_iter().for_each(|_| { std::hint::black_box(spin(n)); });
+                    (0..tasks).into_par_iter().for_each(|_| {
+                        std::hint::black_box(spin(n));
+                    });
                 }
                 best = best.min(t.elapsed().as_secs_f64() / 5000.0);
             }
             let ideal = per_task * tasks as f64 / 2.0;
-            println!("{tasks} tasks of {:.2} us: region {:.2} us, ideal on 2 threads {:.2} us, overhead {:.2} us", per_task * 1e6, best * 1e6, ideal * 1e6, (best - ideal) * 1e6);
+            println!(
+                "{tasks} tasks of {:.2} us: region {:.2} us, ideal on 2 threads {:.2} us, overhead {:.2} us",
+                per_task * 1e6,
+                best * 1e6,
+                ideal * 1e6,
+                (best - ideal) * 1e6
+            );
         }
     });
 }
