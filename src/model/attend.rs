@@ -45,13 +45,10 @@ pub fn combine<'a>(parts: impl Iterator<Item = (f32, f32, &'a [f32])> + Clone, o
 }
 
 fn portable(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], d: usize) -> (f32, f32) {
-    let scores: Vec<f32> = k.chunks_exact(d).map(|kj| dot(q, kj)).collect();
-    let max = scores.iter().fold(f32::NEG_INFINITY, |a, &s| a.max(s));
+    let mut p: Vec<f32> = k.chunks_exact(d).map(|kj| dot(q, kj)).collect();
+    let (max, sum) = super::vmath::exp_minus_max(&mut p);
     o.fill(0.0);
-    let mut sum = 0f32;
-    for (s, vj) in scores.iter().zip(v.chunks_exact(d)) {
-        let p = (s - max).exp();
-        sum += p;
+    for (p, vj) in p.iter().zip(v.chunks_exact(d)) {
         o.iter_mut().zip(vj).for_each(|(o, v)| *o += p * v);
     }
     (max, sum)
@@ -73,7 +70,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use crate::model::vmath::avx2::{exp, hsum};
+    use crate::model::vmath::avx2::{exp_minus_max, hsum};
 
     /// [`super::partial`] over all of `k`, `v` (`[n, d]`) for `d` a multiple of 8.
     ///
@@ -83,7 +80,7 @@ mod avx2 {
     pub unsafe fn partial(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], d: usize) -> (f32, f32) {
         debug_assert!(d.is_multiple_of(8));
         let n = k.len() / d;
-        let mut scores = vec![f32::NEG_INFINITY; n.next_multiple_of(8)];
+        let mut scores = vec![0f32; n];
         let qp = q.as_ptr();
         // Scores, eight keys per pass: eight independent FMA chains share each load of q.
         let mut j = 0;
@@ -106,17 +103,9 @@ mod avx2 {
             }
             scores[jj] = hsum(a);
         }
-        // Softmax numerators. The padding (-inf) gives e^-87 ≈ 1.6e-38, below what the sum
-        // resolves, and the values loop reads only the first n.
-        let max = scores[..n].iter().fold(f32::NEG_INFINITY, |a, &s| a.max(s));
-        let mut sum = _mm256_setzero_ps();
-        for s in scores.chunks_exact_mut(8) {
-            let e = exp(_mm256_sub_ps(unsafe { _mm256_loadu_ps(s.as_ptr()) }, _mm256_set1_ps(max)));
-            sum = _mm256_add_ps(sum, e);
-            unsafe { _mm256_storeu_ps(s.as_mut_ptr(), e) };
-        }
+        let (max, sum) = unsafe { exp_minus_max(&mut scores) };
         // o = Σ p_j v_j, 64 columns at a time in eight registers.
-        let p = &scores[..n];
+        let p = &scores[..];
         let mut c = 0;
         while c + 64 <= d {
             weighted_sum::<8>(p, v, d, c, o);
@@ -126,7 +115,7 @@ mod avx2 {
             weighted_sum::<1>(p, v, d, c, o);
             c += 8;
         }
-        (max, hsum(sum))
+        (max, sum)
     }
 
     /// Columns `c .. c + 8W` of `o = Σ_j p_j v_j` (`v`: rows of `d`); a constant W so

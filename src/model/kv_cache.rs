@@ -39,7 +39,10 @@ impl LayerKv {
     /// derived clone would let two caches overwrite each other's new positions.
     fn deep_copy(&self, repeat: usize) -> Result<Self> {
         Ok(match self {
-            LayerKv::Host(h) => LayerKv::Host(HostKv { k: h.k.repeat(repeat), v: h.v.repeat(repeat), b: h.b * repeat, ..h.clone() }),
+            LayerKv::Host(h) => {
+                let (k, v) = (h.k.repeat(repeat), h.v.repeat(repeat));
+                LayerKv::Host(HostKv { k, v, b: h.b * repeat, heads: h.heads, d: h.d, cap: h.cap })
+            }
             LayerKv::Tensors(kv, b) => {
                 let mut out = candle_nn::kv_cache::KvCache::new(2, TENSOR_GROW);
                 // `append` copies into buffers of its own.

@@ -16,12 +16,15 @@ const CHUNK: usize = 1 << 14;
 /// Softmax of each row of `x` (rows of `keys`), where row `r` sees only its first
 /// `visible(r)` keys (causal attention; the rest become 0).
 pub fn causal_softmax(x: &[f32], keys: usize, visible: impl Fn(usize) -> usize + Sync) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
+    let mut out = x.to_vec();
     let rows_per_task = (CHUNK / keys.max(1)).max(1);
-    out.par_chunks_mut(rows_per_task * keys).zip(x.par_chunks(rows_per_task * keys)).enumerate().for_each(|(c, (o, x))| {
-        for (i, (o, x)) in o.chunks_exact_mut(keys).zip(x.chunks_exact(keys)).enumerate() {
-            let n = visible(c * rows_per_task + i).min(keys);
-            softmax(&x[..n], &mut o[..n]);
+    out.par_chunks_mut(rows_per_task * keys).enumerate().for_each(|(c, o)| {
+        for (i, o) in o.chunks_exact_mut(keys).enumerate() {
+            let (seen, masked) = o.split_at_mut(visible(c * rows_per_task + i).min(keys));
+            let (_, sum) = exp_minus_max(seen);
+            let inv = 1.0 / sum;
+            seen.iter_mut().for_each(|v| *v *= inv);
+            masked.fill(0.0);
         }
     });
     out
@@ -42,18 +45,20 @@ pub fn silu_mul(gate: &[f32], up: &[f32]) -> Vec<f32> {
     out
 }
 
-fn softmax(x: &[f32], o: &mut [f32]) {
+/// Softmax numerators in place: `s_j ← e^(s_j − m)`; returns `(m, Σ_j e^(s_j − m))` with `m`
+/// the largest score. Causal softmax and decode attention share it.
+pub(crate) fn exp_minus_max(s: &mut [f32]) -> (f32, f32) {
     #[cfg(target_arch = "x86_64")]
     if avx2() {
-        return unsafe { avx2::softmax(x, o) };
+        return unsafe { avx2::exp_minus_max(s) };
     }
-    let max = x.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+    let max = s.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
     let mut sum = 0f32;
-    for (o, x) in o.iter_mut().zip(x) {
-        *o = (x - max).exp();
-        sum += *o;
+    for v in s.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
     }
-    o.iter_mut().for_each(|o| *o /= sum);
+    (max, sum)
 }
 
 /// Whether the CPU runs the AVX2/FMA kernels here and in [`super::attend`].
@@ -119,27 +124,25 @@ pub(crate) mod avx2 {
         o[i..].copy_from_slice(&buf[..n]);
     }
 
+    /// [`super::exp_minus_max`].
+    ///
     /// # Safety
     /// The CPU must support AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn softmax(x: &[f32], o: &mut [f32]) {
+    pub unsafe fn exp_minus_max(s: &mut [f32]) -> (f32, f32) {
         let mut m = _mm256_set1_ps(f32::NEG_INFINITY);
-        for i in (0..x.len()).step_by(8) {
-            m = _mm256_max_ps(m, load8(x, i, f32::NEG_INFINITY));
+        for i in (0..s.len()).step_by(8) {
+            m = _mm256_max_ps(m, load8(s, i, f32::NEG_INFINITY));
         }
-        let m = _mm256_set1_ps(hmax(m));
+        let max = hmax(m);
         // Padding lanes give e^-87, far below what the sum resolves.
         let mut sum = _mm256_setzero_ps();
-        for i in (0..x.len()).step_by(8) {
-            let e = exp(_mm256_sub_ps(load8(x, i, f32::NEG_INFINITY), m));
+        for i in (0..s.len()).step_by(8) {
+            let e = exp(_mm256_sub_ps(load8(s, i, f32::NEG_INFINITY), _mm256_set1_ps(max)));
             sum = _mm256_add_ps(sum, e);
-            store8(o, i, e);
+            store8(s, i, e);
         }
-        let inv = _mm256_set1_ps(1.0 / hsum(sum));
-        for i in (0..o.len()).step_by(8) {
-            let v = _mm256_mul_ps(load8(o, i, 0.0), inv);
-            store8(o, i, v);
-        }
+        (max, hsum(sum))
     }
 
     /// # Safety
