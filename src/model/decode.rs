@@ -12,6 +12,7 @@ use super::config::RopeLayout;
 use super::forward::{KvCache, Logits, Model};
 use super::gemv;
 use super::linear::with_weight_data;
+use super::vmath::with_cpu_f32;
 use super::kv_cache::{HostKv, LayerKv};
 
 fn gemv_many(x: &[f32], m: usize, k: usize, ws: &[&Tensor]) -> Result<Vec<Vec<f32>>> {
@@ -19,15 +20,24 @@ fn gemv_many(x: &[f32], m: usize, k: usize, ws: &[&Tensor]) -> Result<Vec<Vec<f3
         .ok_or_else(|| candle_core::Error::Msg("decode: weights must be contiguous CPU tensors".into()))
 }
 
-/// candle's RMSNorm, row by row: `x / sqrt(mean(x²) + eps) · w`.
-fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
-    let n = w.len();
-    let mut out = Vec::with_capacity(x.len());
-    for row in x.chunks_exact(n) {
-        let m = (row.iter().map(|v| v * v).sum::<f32>() / n as f32 + eps).sqrt();
-        out.extend(row.iter().zip(w).map(|(v, a)| v / m * a));
-    }
-    out
+/// candle's RMSNorm, row by row: `x / sqrt(mean(x²) + eps) · w`, reading the norm's weights in
+/// place. The sum of squares runs in eight lanes so it vectorises (one running sum is a chain
+/// of dependent adds); its order differs from candle's only by rounding.
+fn rms_norm(x: &[f32], w: &Tensor, eps: f32) -> Result<Vec<f32>> {
+    let norm = |w: &[f32]| {
+        let n = w.len();
+        let mut out = Vec::with_capacity(x.len());
+        for row in x.chunks_exact(n) {
+            let mut acc = [0f32; 8];
+            for (i, v) in row.iter().enumerate() {
+                acc[i % 8] += v * v;
+            }
+            let m = (acc.iter().sum::<f32>() / n as f32 + eps).sqrt();
+            out.extend(row.iter().zip(w).map(|(v, a)| v / m * a));
+        }
+        out
+    };
+    with_cpu_f32(&[w], |ws| norm(ws[0]))?.ok_or_else(|| candle_core::Error::Msg("decode: norm weights must be f32 on the CPU".into()))
 }
 
 /// Rotates every head of `x` (`[rows, heads, d]`, heads of group g use `tables[g]`) at one
@@ -70,7 +80,7 @@ impl Model {
         for (l, s) in cfg.layers.iter().enumerate() {
             let w = &self.weights.layers[l];
             let (hq, hkv, d, g) = (s.n_heads, s.n_kv_heads, s.head_dim, s.group_size());
-            let xb = rms_norm(&x, &w.attn_norm.to_vec1::<f32>()?, eps);
+            let xb = rms_norm(&x, &w.attn_norm, eps)?;
             let [mut q, mut k, v]: [Vec<f32>; 3] =
                 gemv_many(&xb, m, hidden, &[&w.q, &w.k, &w.v])?.try_into().expect("three outputs");
             // Angles in f64, as in `RopeTables`; one table per KV group only when head-dim
@@ -99,14 +109,14 @@ impl Model {
             let y = slot.attend(&q, g, 1, pos);
             let o = gemv_many(&y, m, hq * d, &[&w.o])?.remove(0);
             x.iter_mut().zip(&o).for_each(|(x, o)| *x += o);
-            let xb = rms_norm(&x, &w.mlp_norm.to_vec1::<f32>()?, eps);
+            let xb = rms_norm(&x, &w.mlp_norm, eps)?;
             let [gate, up]: [Vec<f32>; 2] = gemv_many(&xb, m, hidden, &[&w.gate, &w.up])?.try_into().expect("two outputs");
             let h = super::vmath::silu_mul(&gate, &up);
             let down = gemv_many(&h, m, s.mlp_width, &[&w.down])?.remove(0);
             x.iter_mut().zip(&down).for_each(|(x, o)| *x += o);
         }
         cache.len += 1;
-        let x = rms_norm(&x, &self.weights.final_norm.to_vec1::<f32>()?, eps);
+        let x = rms_norm(&x, &self.weights.final_norm, eps)?;
         if logits == Logits::None {
             return Tensor::from_vec(x, (m, 1, hidden), &self.device);
         }

@@ -88,8 +88,9 @@ impl HostKv {
             candle_core::bail!("KV cache holds [{b}, {heads}, _, {d}], got {} values for {t} positions", k.len());
         }
         if len + t > self.cap {
-            // Doubling keeps appends amortised O(t).
-            let cap = (2 * self.cap).max(len + t).max(64);
+            // Doubling keeps appends amortised O(t); a quarter's headroom lets decode go on
+            // after a prefill without copying the whole cache on its first token.
+            let cap = (2 * self.cap).max((len + t + (len + t) / 4).next_multiple_of(64));
             for buf in [&mut self.k, &mut self.v] {
                 let mut grown = vec![0f32; b * heads * cap * d];
                 for bh in 0..b * heads {
@@ -256,4 +257,35 @@ pub(crate) fn append_and_attend(
     let g = q.dim(2)?;
     let y = kv.attend(&q.flatten_all()?.to_vec1::<f32>()?, g, t, len);
     Ok(Ok(Tensor::from_vec(y, (b, heads, g, t, d), q.device())?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A prefill leaves room, so the decode steps after it write in place instead of copying
+    /// the whole cache into a larger buffer on the first one; appends keep every value.
+    #[test]
+    fn prefill_leaves_headroom_and_appends_keep_values() {
+        let (heads, d) = (2, 8);
+        let mut kv = HostKv::new(1, heads, d);
+        let rows = |t: usize, from: usize| -> Vec<f32> { (0..heads * t * d).map(|i| (from * 1000 + i) as f32).collect() };
+        kv.append_slice(&rows(256, 0), &rows(256, 0), 256, 0).unwrap();
+        let (cap, ptr) = (kv.cap, kv.k.as_ptr());
+        for pos in 256..256 + 32 {
+            kv.append_slice(&rows(1, pos), &rows(1, pos), 1, pos).unwrap();
+        }
+        assert!(cap >= 256 + 32 && kv.cap == cap && kv.k.as_ptr() == ptr, "cap {cap} → {}", kv.cap);
+        // Grow past the capacity: everything written so far survives the copy.
+        let len = 256 + 32;
+        kv.append_slice(&rows(cap, 7), &rows(cap, 7), cap, len).unwrap();
+        let (k, _) = kv.tensors(len + cap, &Device::Cpu).unwrap();
+        let k = k.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for h in 0..heads {
+            let at = |pos: usize, c: usize| k[(h * (len + cap) + pos) * d + c];
+            assert_eq!(at(3, 5), rows(256, 0)[(h * 256 + 3) * d + 5]);
+            assert_eq!(at(270, 1), rows(1, 270)[h * d + 1]);
+            assert_eq!(at(len + 10, 2), rows(cap, 7)[(h * cap + 10) * d + 2]);
+        }
+    }
 }
