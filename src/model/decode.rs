@@ -11,9 +11,9 @@ use candle_core::{Device, Result, Tensor};
 use super::config::RopeLayout;
 use super::forward::{KvCache, Logits, Model};
 use super::gemv;
+use super::kv_cache::{HostKv, LayerKv};
 use super::linear::with_weight_data;
 use super::vmath::with_cpu_f32;
-use super::kv_cache::{HostKv, LayerKv};
 
 fn gemv_many(x: &[f32], m: usize, k: usize, ws: &[&Tensor]) -> Result<Vec<Vec<f32>>> {
     with_weight_data(ws, |data| gemv::gemv_many(x, m, k, data))?
