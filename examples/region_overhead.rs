@@ -5,6 +5,7 @@
 //! `cargo run --release --example region_overhead`
 
 use rayon::prelude::*;
+
 fn spin(n: usize) -> f32 {
     let mut a = 1.0f32;
     for i in 0..n {
@@ -12,6 +13,7 @@ fn spin(n: usize) -> f32 {
     }
     a
 }
+
 fn main() {
     rayon::scope(|_| {
         // Work per task calibrated: n iterations.

@@ -252,6 +252,7 @@ mod avx2 {
     /// # Safety
     /// The CPU must support AVX2, FMA and F16C; `w` must hold row `r` of `k` columns and
     /// `x.len() == k`.
+    #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn row_dot(w: WeightData, r: usize, k: usize, act: &Act) -> f32 {
         let x = act.f;
@@ -313,6 +314,7 @@ mod avx2 {
     /// # Safety
     /// The CPU must support AVX2, FMA, F16C, AVX-512 F/VL/BW and VNNI; `w` must hold row `r`
     /// of `k` columns (a multiple of 32) and `act` its Q8 form.
+    #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
     pub unsafe fn q8_row_dot_vnni(w: &[u8], r: usize, k: usize, act: &Act) -> f32 {
         // |w| as unsigned times x carrying w's sign.
@@ -371,7 +373,7 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
     pub unsafe fn q8_rows_vnni(w: &[u8], r0: usize, k: usize, act: &Act, out: &mut [f32]) {
         for (i, y) in out.iter_mut().enumerate() {
-            *y = q8_blocks!(w, r0 + i, k, act, |qw, qx| _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_abs_epi8(qw), _mm256_sign_epi8(qx, qw)));
+            *y = unsafe { q8_row_dot_vnni(w, r0 + i, k, act) };
         }
     }
 
