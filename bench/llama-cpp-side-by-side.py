@@ -12,10 +12,11 @@ Each --model is LABEL:DTYPE:FILE.gguf, where DTYPE (f32, f16, bf16, q8_0) is the
 transact runs in (`transact bench --dtype`) and should match the file's tensor type. Make the files
 with `transact convert M F.gguf --to gguf --dtype DTYPE`. Both engines use 2 threads, the same
 synthetic prompt, prefill of 512 tokens and decode of 32 tokens after a 256-token context;
-best of --repeats. Writes a Markdown table to stdout and everything to --json.
+best of --repeats, and both keep the KV cache in --kv-dtype (llama.cpp's own default is f16,
+transact's f32). Writes a Markdown table to stdout and everything to --json.
 
   /tmp/llamavenv/bin/python bench/llama-cpp-side-by-side.py \\
-      --transact target/release/transact --model dense-f32:f32:dense-f32.gguf [--model ...]
+      --transact target/release/transact --model dense-f32:f32:dense-f32.gguf [--model ...] [--kv-dtype f16]
 """
 import argparse, json, os, subprocess, sys, tempfile, time
 
@@ -23,6 +24,8 @@ PREFILL = 512
 CONTEXT = 256
 DECODE = 32
 THREADS = 2
+# ggml's type ids for llama.cpp's type_k / type_v.
+GGML_TYPE = {"f32": 0, "f16": 1}
 
 
 def prompt(n):
@@ -30,10 +33,10 @@ def prompt(n):
     return [100 + i % 1000 for i in range(n)]
 
 
-def llama_cpp(path, repeats):
+def llama_cpp(path, repeats, kv):
     from llama_cpp import Llama
     llm = Llama(model_path=path, n_ctx=2048, n_batch=PREFILL, n_ubatch=PREFILL, n_threads=THREADS,
-                n_threads_batch=THREADS, verbose=False)
+                n_threads_batch=THREADS, type_k=GGML_TYPE[kv], type_v=GGML_TYPE[kv], verbose=False)
     best_p = best_d = 0.0
     for _ in range(repeats):
         llm.reset()
@@ -50,10 +53,10 @@ def llama_cpp(path, repeats):
     return best_p, best_d
 
 
-def transact(exe, path, dtype, repeats):
+def transact(exe, path, dtype, repeats, kv):
     with tempfile.TemporaryDirectory() as d:
         out = os.path.join(d, "bench.json")
-        subprocess.run([exe, "bench", path, "--dtype", dtype, "--repeats", str(repeats), "--json", out],
+        subprocess.run([exe, "bench", path, "--dtype", dtype, "--kv-dtype", kv, "--repeats", str(repeats), "--json", out],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         r = json.load(open(out))
     m = r["models"][0]
@@ -69,6 +72,7 @@ def main():
     ap.add_argument("--transact", required=True, help="path to the transact binary (release build)")
     ap.add_argument("--model", action="append", required=True, help="LABEL:DTYPE:FILE.gguf; repeatable")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--kv-dtype", choices=sorted(GGML_TYPE), default="f32", help="KV cache type of both engines")
     ap.add_argument("--json", help="write all numbers here")
     a = ap.parse_args()
     rows = []
@@ -80,13 +84,13 @@ def main():
         if not os.path.isfile(path):
             sys.exit(f"--model {spec!r}: no such file {path}")
         print(f"measuring {label} ...", file=sys.stderr)
-        ours = transact(a.transact, path, dtype, a.repeats)
-        lp, ld = llama_cpp(path, a.repeats)
+        ours = transact(a.transact, path, dtype, a.repeats, a.kv_dtype)
+        lp, ld = llama_cpp(path, a.repeats, a.kv_dtype)
         rows.append({"label": label, "dtype": dtype, "file": path, "transact": ours,
                      "llama_cpp": {"prefill": lp, "decode": ld}})
     load = open("/proc/loadavg").read().strip()
     print(f"threads {THREADS}; prefill {PREFILL} tokens; decode {DECODE} tokens at context {CONTEXT}; "
-          f"best of {a.repeats}; loadavg {load}")
+          f"KV cache {a.kv_dtype}; best of {a.repeats}; loadavg {load}")
     print("| model | dtype | prefill tok/s ours | llama.cpp | ours/llama.cpp | decode tok/s ours | llama.cpp | ours/llama.cpp |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
@@ -95,7 +99,7 @@ def main():
               f"{o['prefill'] / l['prefill']:.2f}x | {o['decode']:.1f} ({100 * o['decode_roof']:.0f}% roof) | {l['decode']:.1f} | "
               f"{o['decode'] / l['decode']:.2f}x |")
     if a.json:
-        json.dump({"loadavg": load, "threads": THREADS, "rows": rows}, open(a.json, "w"), indent=2)
+        json.dump({"loadavg": load, "threads": THREADS, "kv_dtype": a.kv_dtype, "rows": rows}, open(a.json, "w"), indent=2)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@
 use candle_core::{DType, Device, Tensor};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use transact::model::config::RopeLayout;
-use transact::model::kv_cache::HostKv;
+use transact::model::kv_cache::{HostKv, KvDtype};
 use transact::model::linear::{WeightDtype, convert, linear};
 use transact::model::rope::RopeTables;
 
@@ -49,15 +49,17 @@ fn gemm(c: &mut Criterion) {
 }
 
 /// Decode attention of one token (9 query heads over 3 KV heads) at several contexts: one
-/// task per (KV head, range of keys), as the decode step runs it.
+/// task per (KV head, range of keys), as the decode step runs it; keys and values in f32 and f16.
 fn attention(c: &mut Criterion) {
     let mut g = c.benchmark_group("decode_attention");
     for ctx in [256, 1024, 2048] {
-        let mut kv = HostKv::new(1, 3, 64);
-        let k = Tensor::randn(0f32, 1.0, (1, 3, ctx + 1, 64), &Device::Cpu).expect("k");
-        kv.append(&k, &k, 0).expect("append");
-        let q: Vec<f32> = (0..9 * 64).map(|i| (i % 17) as f32 * 0.01).collect();
-        g.bench_with_input(BenchmarkId::from_parameter(ctx), &ctx, |b, &ctx| b.iter(|| kv.attend(&q, 3, 1, ctx)));
+        for dtype in [KvDtype::F32, KvDtype::F16] {
+            let mut kv = HostKv::new(1, 3, 64, dtype);
+            let k = Tensor::randn(0f32, 1.0, (1, 3, ctx + 1, 64), &Device::Cpu).expect("k");
+            kv.append(&k, &k, 0).expect("append");
+            let q: Vec<f32> = (0..9 * 64).map(|i| (i % 17) as f32 * 0.01).collect();
+            g.bench_with_input(BenchmarkId::new(dtype.name(), ctx), &ctx, |b, &ctx| b.iter(|| kv.attend(&q, 3, 1, ctx)));
+        }
     }
     g.finish();
 }

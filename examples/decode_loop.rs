@@ -2,10 +2,11 @@
 //! (`perf record -g ./target/release/examples/decode_loop`): each report prefills once, then
 //! times 40 runs of 32 decode steps from copies of that cache.
 //!
-//! `cargo run --release --example decode_loop -- [MODEL] [DTYPE] [CONTEXT] [SECONDS]`
+//! `cargo run --release --example decode_loop -- [MODEL] [DTYPE] [CONTEXT] [SECONDS] [KV_DTYPE]`
 
 use std::time::Instant;
 
+use transact::KvDtype;
 use transact::bench::decode_at;
 use transact::model::linear::WeightDtype;
 
@@ -17,13 +18,15 @@ fn main() -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?;
     let context: usize = arg(3, "256").parse()?;
     let seconds: f64 = arg(4, "10").parse()?;
+    let kv = <KvDtype as clap::ValueEnum>::from_str(arg(5, "f32"), true).map_err(anyhow::Error::msg)?;
     let lm = transact::load_model(path.as_ref(), &candle_core::Device::Cpu)?;
-    let model = lm.model.with_weight_dtype(dtype)?;
+    let model = lm.model.with_weight_dtype(dtype)?.with_kv_dtype(kv);
     let start = Instant::now();
     while start.elapsed().as_secs_f64() < seconds {
         println!(
-            "{} decode @{context}: best {:.1} tok/s",
+            "{} (KV {}) decode @{context}: best {:.1} tok/s",
             dtype.name(),
+            kv.name(),
             decode_at(&model, context, 32, 40)?
         );
     }

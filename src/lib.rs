@@ -16,7 +16,7 @@ pub mod stats;
 pub use io::load::{LoadedModel, load_model};
 pub use model::config::{LayerShape, ModelConfig, RopeLayout};
 pub use model::forward::{KvCache, Logits, Model};
-pub use model::kv_cache::KvStorage;
+pub use model::kv_cache::{KvDtype, KvStorage};
 
 /// `cpu`, `cuda` or `cuda:N` as a candle device, with an error that says how to get CUDA.
 pub fn device(spec: &str) -> anyhow::Result<candle_core::Device> {

@@ -4,7 +4,7 @@ use anyhow::Result;
 use candle_core::Device;
 use clap::Args;
 use serde_json::json;
-use transact::Model;
+use transact::{KvDtype, Model};
 use transact::bench::roof::{Roofs, measure, peak_rss};
 use transact::bench::{decode_at, drift, prefill_decode, prompt, weight_bytes_per_token};
 use transact::io::atomic;
@@ -22,6 +22,10 @@ pub struct BenchArgs {
     /// entry also reports its logit drift against the same model in f32.
     #[arg(long, value_delimiter = ',', default_value = "f32")]
     dtype: Vec<WeightDtype>,
+    /// KV cache types to run each weight type with, comma-separated (f32, f16). f16 halves the
+    /// cache and the bytes decode attention reads; its logit drift against f32 is reported.
+    #[arg(long, value_delimiter = ',', default_value = "f32")]
+    kv_dtype: Vec<KvDtype>,
     /// Timed repetitions per measurement; the best is reported.
     #[arg(long, default_value_t = 3)]
     repeats: usize,
@@ -36,7 +40,7 @@ const DECODE_TOKENS: usize = 32;
 /// Tokens of the drift check (real text is not needed: all logits are compared).
 const DRIFT_TOKENS: usize = 128;
 
-/// Speeds and sizes of one model in one dtype; the roof fractions are added once the run's
+/// Speeds and sizes of one model in one weight and KV type; the roof fractions are added once the run's
 /// roofs are known ([`add_roof_fractions`]).
 fn bench_one(m: &Model, f32_model: &Model, label: String, repeats: usize) -> Result<serde_json::Value> {
     let weights = weight_bytes_per_token(m);
@@ -46,19 +50,20 @@ fn bench_one(m: &Model, f32_model: &Model, label: String, repeats: usize) -> Res
         let flops = ModelStats::new(&m.config, n / 2).flops_per_token as f64;
         prefill.push(json!({"tokens": n, "tokens_per_s": tps, "flops_per_token": flops}));
     }
+    let st = ModelStats::new(&m.config, 2048);
+    let kv_bytes = st.kv_bytes_per_token_f32 / 4 * m.kv_dtype.size_in_bytes() as u64;
     let mut decode = Vec::new();
     for &c in &DECODE_AT {
         let tps = decode_at(m, c, DECODE_TOKENS, repeats)?;
-        let st = ModelStats::new(&m.config, c);
-        let bytes = weights as f64 + (st.kv_bytes_per_token_f32 * c as u64) as f64;
+        let bytes = weights as f64 + (kv_bytes * c as u64) as f64;
         decode.push(json!({"context": c, "tokens_per_s": tps, "bytes_per_token": bytes}));
     }
     let drift = if std::ptr::eq(m, f32_model) { None } else { Some(drift(m, f32_model, &prompt(DRIFT_TOKENS))?) };
-    let st = ModelStats::new(&m.config, 2048);
     Ok(json!({
         "label": label,
         "weight_bytes_per_token": weights,
-        "kv_bytes_per_token_f32": st.kv_bytes_per_token_f32,
+        "kv_dtype": m.kv_dtype,
+        "kv_bytes_per_token": kv_bytes,
         "params_total": st.params_total,
         "prefill": prefill,
         "decode": decode,
@@ -107,17 +112,25 @@ pub fn run(a: BenchArgs) -> Result<()> {
         };
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         for &dt in &a.dtype {
-            let m = lm.model.with_weight_dtype(dt)?;
-            let m = if dt == WeightDtype::F32 { &lm.model } else { &m };
-            eprintln!("measuring {name} in {}", dt.name());
-            let mut r = bench_one(m, &lm.model, format!("{name} {}", dt.name()), a.repeats)?;
-            if let Some(cpu) = &cpu {
-                r["drift_vs_cpu"] = json!(drift(m, &cpu.model, &prompt(DRIFT_TOKENS))?);
+            let weights = if dt == WeightDtype::F32 { lm.model.clone() } else { lm.model.with_weight_dtype(dt)? };
+            for &kv in &a.kv_dtype {
+                let m = weights.with_kv_dtype(kv);
+                // The reference itself (f32 weights and cache) reports no drift.
+                let m = if (dt, kv) == (WeightDtype::F32, KvDtype::F32) { &lm.model } else { &m };
+                let label = match kv {
+                    KvDtype::F32 => format!("{name} {}", dt.name()),
+                    _ => format!("{name} {} KV {}", dt.name(), kv.name()),
+                };
+                eprintln!("measuring {label}");
+                let mut r = bench_one(m, &lm.model, label, a.repeats)?;
+                if let Some(cpu) = &cpu {
+                    r["drift_vs_cpu"] = json!(drift(m, &cpu.model, &prompt(DRIFT_TOKENS))?);
+                }
+                r["model"] = json!(path.display().to_string());
+                r["dtype"] = json!(dt);
+                results.push(r);
+                probes.push(measure(&device)?);
             }
-            r["model"] = json!(path.display().to_string());
-            r["dtype"] = json!(dt);
-            results.push(r);
-            probes.push(measure(&device)?);
         }
     }
     let roofs = median_roofs(&probes);
@@ -131,7 +144,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     );
     add_roof_fractions(&mut results, &roofs);
     print_table(&results);
-    let speedups = if a.vs.is_some() { speedups(&results, a.dtype.len()) } else { Vec::new() };
+    let speedups = if a.vs.is_some() { speedups(&results, a.dtype.len() * a.kv_dtype.len()) } else { Vec::new() };
     if let Some(j) = &a.json {
         let v = json!({"roofs": roofs, "roof_probes": probes, "loadavg": load.trim(), "models": results, "speedups_vs_first_model": speedups});
         atomic::write_file(j, true, |tmp| Ok(std::fs::write(tmp, serde_json::to_string_pretty(&v)?)?))?;
@@ -139,12 +152,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// The second model against the first in each dtype: decode speedup next to the ideal one (the
+/// The second model against the first in each (weight, KV) type: decode speedup next to the ideal one (the
 /// ratio of bytes read per token, which bounds a bandwidth-bound decode), and prefill speedup.
-fn speedups(results: &[serde_json::Value], n_dtypes: usize) -> Vec<serde_json::Value> {
+fn speedups(results: &[serde_json::Value], per_model: usize) -> Vec<serde_json::Value> {
     let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
     let mut out = Vec::new();
-    for (a, b) in results[..n_dtypes].iter().zip(&results[n_dtypes..]) {
+    for (a, b) in results[..per_model].iter().zip(&results[per_model..]) {
         for (i, c) in DECODE_AT.iter().enumerate() {
             let (da, db) = (&a["decode"][i], &b["decode"][i]);
             let got = f(&db["tokens_per_s"]) / f(&da["tokens_per_s"]);
@@ -154,17 +167,17 @@ fn speedups(results: &[serde_json::Value], n_dtypes: usize) -> Vec<serde_json::V
                 b["label"].as_str().unwrap_or(""),
                 100.0 * got / ideal
             );
-            out.push(json!({"dtype": a["dtype"], "decode_context": c, "speedup": got, "ideal": ideal, "fraction_of_ideal": got / ideal}));
+            out.push(json!({"dtype": a["dtype"], "kv_dtype": a["kv_dtype"], "decode_context": c, "speedup": got, "ideal": ideal, "fraction_of_ideal": got / ideal}));
         }
         for (i, n) in PREFILL.iter().enumerate() {
             let got = f(&b["prefill"][i]["tokens_per_s"]) / f(&a["prefill"][i]["tokens_per_s"]);
-            out.push(json!({"dtype": a["dtype"], "prefill_tokens": n, "speedup": got}));
+            out.push(json!({"dtype": a["dtype"], "kv_dtype": a["kv_dtype"], "prefill_tokens": n, "speedup": got}));
         }
     }
     out
 }
 
-/// One column per measured (model, dtype); ratios are against the first column.
+/// One column per measured (model, weight type, KV type); ratios are against the first column.
 fn print_table(results: &[serde_json::Value]) {
     const W: usize = 22;
     let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
@@ -173,7 +186,7 @@ fn print_table(results: &[serde_json::Value]) {
     };
     line("", results.iter().map(|r| r["label"].as_str().unwrap_or("").chars().rev().take(W).collect::<Vec<_>>().into_iter().rev().collect()).collect());
     line("weights MB read/token", results.iter().map(|r| format!("{:.1}", f(&r["weight_bytes_per_token"]) / 1e6)).collect());
-    line("KV cache bytes/token", results.iter().map(|r| format!("{:.0}", f(&r["kv_bytes_per_token_f32"]))).collect());
+    line("KV cache bytes/token", results.iter().map(|r| format!("{:.0}", f(&r["kv_bytes_per_token"]))).collect());
     let speed_rows = |key: &str, unit: &str, sizes: &[usize], roof_key: &str| {
         for i in 0..sizes.len() {
             let vals: Vec<f64> = results.iter().map(|r| f(&r[key][i]["tokens_per_s"])).collect();

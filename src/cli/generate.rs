@@ -3,7 +3,9 @@ use std::time::Instant;
 
 use anyhow::{Result, anyhow, bail};
 use clap::Args;
+use transact::KvDtype;
 use transact::model::generate::{Sampler, generate};
+use transact::model::linear::WeightDtype;
 
 #[derive(Args)]
 pub struct GenerateArgs {
@@ -24,6 +26,13 @@ pub struct GenerateArgs {
     /// Random seed for sampling.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Weight type to run in (f32, f16, bf16, q8_0); converted at load time. q8_0 decodes
+    /// fastest on the CPU (`transact bench --dtype` measures each and its drift).
+    #[arg(long, default_value = "f32")]
+    dtype: WeightDtype,
+    /// KV cache type (f32, f16): f16 halves the cache's memory at a small logit drift.
+    #[arg(long, default_value = "f32")]
+    kv_dtype: KvDtype,
 }
 
 pub fn run(a: GenerateArgs) -> Result<()> {
@@ -34,7 +43,11 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         bail!("--temperature must be ≥ 0, got {}", a.temperature);
     }
     let lm = super::load(&a.model)?;
-    let model = &lm.model;
+    let converted = match a.dtype {
+        WeightDtype::F32 => lm.model.clone(),
+        dt => lm.model.with_weight_dtype(dt)?,
+    };
+    let model = &converted.with_kv_dtype(a.kv_dtype);
     let tok = &lm.tokenizer;
     let mut ids = tok.encode(&a.prompt)?;
     if tok.meta.add_bos

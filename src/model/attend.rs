@@ -6,11 +6,44 @@
 //! keys at once in independent chains, takes `exp` as a vector polynomial, and keeps the
 //! output rows in registers while it accumulates the values (`bench/NOTES.md`). It returns the
 //! softmax unnormalised ([`partial`]), so decode can split a head's keys across threads and
-//! merge the pieces ([`combine`]).
+//! merge the pieces ([`combine`]). Keys and values are f32 or f16 ([`KvElem`]); f16 is widened
+//! in registers (F16C), so it reads half the bytes and computes in f32 all the same.
+
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+
+/// What a KV cache stores keys and values as.
+pub trait KvElem: Copy + Default + Send + Sync + std::fmt::Debug + 'static {
+    /// Whether this is IEEE half precision (the kernels widen it with F16C).
+    const F16: bool;
+    fn to_f32(self) -> f32;
+    /// `dst ← src`, rounded to this type.
+    fn narrow_from(src: &[f32], dst: &mut [Self]);
+}
+
+impl KvElem for f32 {
+    const F16: bool = false;
+    fn to_f32(self) -> f32 {
+        self
+    }
+    fn narrow_from(src: &[f32], dst: &mut [Self]) {
+        dst.copy_from_slice(src);
+    }
+}
+
+impl KvElem for f16 {
+    const F16: bool = true;
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+    fn narrow_from(src: &[f32], dst: &mut [Self]) {
+        dst.convert_from_f32_slice(src);
+    }
+}
 
 /// `t` queries (`q`, `o`: `[t, d]`, `q` already scaled) at positions `len ..` over keys and
 /// values `[len + t, d]`: query `i` sees keys `0 ..= len + i`.
-pub fn head(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], d: usize, len: usize) {
+pub fn head<T: KvElem>(q: &[f32], k: &[T], v: &[T], o: &mut [f32], d: usize, len: usize) {
     for (ti, (qv, ov)) in q.chunks_exact(d).zip(o.chunks_exact_mut(d)).enumerate() {
         let (_, sum) = partial(qv, k, v, ov, d, len + ti + 1);
         ov.iter_mut().for_each(|o| *o /= sum);
@@ -21,9 +54,9 @@ pub fn head(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], d: usize, len: usize
 /// division: writes `o = Σ_j e^(s_j − m) v_j` and returns `(m, Σ_j e^(s_j − m))` with `m` the
 /// largest score. Partials over disjoint key ranges combine exactly ([`combine`]), which lets
 /// decode split one head's keys across threads.
-pub fn partial(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], d: usize, n: usize) -> (f32, f32) {
+pub fn partial<T: KvElem>(q: &[f32], k: &[T], v: &[T], o: &mut [f32], d: usize, n: usize) -> (f32, f32) {
     #[cfg(target_arch = "x86_64")]
-    if d.is_multiple_of(8) && super::vmath::avx2() {
+    if d.is_multiple_of(8) && super::vmath::avx2() && (!T::F16 || is_x86_feature_detected!("f16c")) {
         return unsafe { avx2::partial(q, &k[..n * d], &v[..n * d], o, d) };
     }
     portable(q, &k[..n * d], &v[..n * d], o, d)
@@ -44,40 +77,48 @@ pub fn combine<'a>(parts: impl Iterator<Item = (f32, f32, &'a [f32])> + Clone, o
     out.iter_mut().for_each(|o| *o /= sum);
 }
 
-fn portable(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], d: usize) -> (f32, f32) {
+fn portable<T: KvElem>(q: &[f32], k: &[T], v: &[T], o: &mut [f32], d: usize) -> (f32, f32) {
     let mut p: Vec<f32> = k.chunks_exact(d).map(|kj| dot(q, kj)).collect();
     let (max, sum) = super::vmath::exp_minus_max(&mut p);
     o.fill(0.0);
     for (p, vj) in p.iter().zip(v.chunks_exact(d)) {
-        o.iter_mut().zip(vj).for_each(|(o, v)| *o += p * v);
+        o.iter_mut().zip(vj).for_each(|(o, v)| *o += p * v.to_f32());
     }
     (max, sum)
 }
 
 /// Eight partial sums, so the compiler can vectorise without reassociating one chain.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+fn dot<T: KvElem>(a: &[f32], b: &[T]) -> f32 {
     let mut acc = [0f32; 8];
     for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
         for i in 0..8 {
-            acc[i] += x[i] * y[i];
+            acc[i] += x[i] * y[i].to_f32();
         }
     }
     let tail = a.len() / 8 * 8;
-    acc.iter().sum::<f32>() + a[tail..].iter().zip(&b[tail..]).map(|(x, y)| x * y).sum::<f32>()
+    acc.iter().sum::<f32>() + a[tail..].iter().zip(&b[tail..]).map(|(x, y)| x * y.to_f32()).sum::<f32>()
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
 
+    use super::KvElem;
     use crate::model::vmath::avx2::{exp_minus_max, hsum};
+
+    /// Eight keys' or values' elements from `p`, as f32.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8<T: KvElem>(p: *const T) -> __m256 {
+        if T::F16 { _mm256_cvtph_ps(unsafe { _mm_loadu_si128(p.cast()) }) } else { unsafe { _mm256_loadu_ps(p.cast()) } }
+    }
 
     /// [`super::partial`] over all of `k`, `v` (`[n, d]`) for `d` a multiple of 8.
     ///
     /// # Safety
-    /// The CPU must support AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn partial(q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], d: usize) -> (f32, f32) {
+    /// The CPU must support AVX2 and FMA, and F16C when `T` is f16.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn partial<T: KvElem>(q: &[f32], k: &[T], v: &[T], o: &mut [f32], d: usize) -> (f32, f32) {
         debug_assert!(d.is_multiple_of(8));
         let n = k.len() / d;
         let mut scores = vec![0f32; n];
@@ -90,7 +131,7 @@ mod avx2 {
             for c in (0..d).step_by(8) {
                 let x = unsafe { _mm256_loadu_ps(qp.add(c)) };
                 for (r, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_fmadd_ps(x, unsafe { _mm256_loadu_ps(kp.add(r * d + c)) }, *a);
+                    *a = _mm256_fmadd_ps(x, unsafe { load8(kp.add(r * d + c)) }, *a);
                 }
             }
             unsafe { _mm256_storeu_ps(scores[j..].as_mut_ptr(), hsum8(acc)) };
@@ -99,7 +140,7 @@ mod avx2 {
         for (jj, kj) in k.chunks_exact(d).enumerate().skip(j) {
             let mut a = _mm256_setzero_ps();
             for c in (0..d).step_by(8) {
-                a = _mm256_fmadd_ps(unsafe { _mm256_loadu_ps(qp.add(c)) }, unsafe { _mm256_loadu_ps(kj.as_ptr().add(c)) }, a);
+                a = _mm256_fmadd_ps(unsafe { _mm256_loadu_ps(qp.add(c)) }, unsafe { load8(kj.as_ptr().add(c)) }, a);
             }
             scores[jj] = hsum(a);
         }
@@ -108,11 +149,11 @@ mod avx2 {
         let p = &scores[..];
         let mut c = 0;
         while c + 64 <= d {
-            weighted_sum::<8>(p, v, d, c, o);
+            weighted_sum::<T, 8>(p, v, d, c, o);
             c += 64;
         }
         while c < d {
-            weighted_sum::<1>(p, v, d, c, o);
+            weighted_sum::<T, 1>(p, v, d, c, o);
             c += 8;
         }
         (max, sum)
@@ -121,14 +162,14 @@ mod avx2 {
     /// Columns `c .. c + 8W` of `o = Σ_j p_j v_j` (`v`: rows of `d`); a constant W so
     /// the accumulators unroll into registers.
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    fn weighted_sum<const W: usize>(p: &[f32], v: &[f32], d: usize, c: usize, o: &mut [f32]) {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn weighted_sum<T: KvElem, const W: usize>(p: &[f32], v: &[T], d: usize, c: usize, o: &mut [f32]) {
         let mut acc = [_mm256_setzero_ps(); W];
         for (j, &pj) in p.iter().enumerate() {
             let pj = _mm256_set1_ps(pj);
             let row = &v[j * d + c..j * d + c + 8 * W];
             for (r, a) in acc.iter_mut().enumerate() {
-                *a = _mm256_fmadd_ps(pj, unsafe { _mm256_loadu_ps(row.as_ptr().add(8 * r)) }, *a);
+                *a = _mm256_fmadd_ps(pj, unsafe { load8(row.as_ptr().add(8 * r)) }, *a);
             }
         }
         let o = &mut o[c..c + 8 * W];
@@ -177,26 +218,36 @@ mod tests {
             let q: Vec<f32> = (0..t * d).map(|i| val(i, 7)).collect();
             let k: Vec<f32> = (0..(len + t) * d).map(|i| val(i, 13)).collect();
             let v: Vec<f32> = (0..(len + t) * d).map(|i| val(i, 31)).collect();
-            let mut got = vec![0f32; t * d];
-            head(&q, &k, &v, &mut got, d, len);
-            for ti in 0..t {
-                let n = len + ti + 1;
-                let want = reference(&q[ti * d..][..d], &k[..n * d], &v[..n * d], d);
-                assert!(close(&got[ti * d..][..d], &want), "d = {d}, query {ti}");
-            }
-            // The last query's keys split into ranges of 5 (and an empty one), then combined.
-            let qv = &q[(t - 1) * d..];
-            let n = len + t;
-            let mut parts = Vec::new();
-            for j0 in (0..n).step_by(5).chain([n]) {
-                let j1 = (j0 + 5).min(n);
-                let mut o = vec![0f32; d];
-                let (m, sum) = if j1 > j0 { partial(qv, &k[j0 * d..], &v[j0 * d..], &mut o, d, j1 - j0) } else { (f32::NEG_INFINITY, 0.0) };
-                parts.push((m, sum, o));
-            }
-            let mut split = vec![0f32; d];
-            combine(parts.iter().map(|(m, s, o)| (*m, *s, o.as_slice())), &mut split);
-            assert!(close(&split, &reference(qv, &k, &v, d)), "d = {d}, split");
+            check(&q, &k, &v, d, len, t);
+            // An f16 cache: the kernels must compute exactly on the rounded keys and values.
+            let (k16, v16): (Vec<f16>, Vec<f16>) = (k.iter().map(|&x| f16::from_f32(x)).collect(), v.iter().map(|&x| f16::from_f32(x)).collect());
+            assert!(k16.iter().zip(&k).any(|(a, b)| a.to_f32() != *b), "the test values must round in f16");
+            check(&q, &k16, &v16, d, len, t);
         }
+    }
+
+    fn check<T: KvElem>(q: &[f32], k: &[T], v: &[T], d: usize, len: usize, t: usize) {
+        let what = format!("d = {d}, f16 {}", T::F16);
+        let (kf, vf): (Vec<f32>, Vec<f32>) = (k.iter().map(|x| x.to_f32()).collect(), v.iter().map(|x| x.to_f32()).collect());
+        let mut got = vec![0f32; t * d];
+        head(q, k, v, &mut got, d, len);
+        for ti in 0..t {
+            let n = len + ti + 1;
+            let want = reference(&q[ti * d..][..d], &kf[..n * d], &vf[..n * d], d);
+            assert!(close(&got[ti * d..][..d], &want), "{what}, query {ti}");
+        }
+        // The last query's keys split into ranges of 5 (and an empty one), then combined.
+        let qv = &q[(t - 1) * d..];
+        let n = len + t;
+        let mut parts = Vec::new();
+        for j0 in (0..n).step_by(5).chain([n]) {
+            let j1 = (j0 + 5).min(n);
+            let mut o = vec![0f32; d];
+            let (m, sum) = if j1 > j0 { partial(qv, &k[j0 * d..], &v[j0 * d..], &mut o, d, j1 - j0) } else { (f32::NEG_INFINITY, 0.0) };
+            parts.push((m, sum, o));
+        }
+        let mut split = vec![0f32; d];
+        combine(parts.iter().map(|(m, s, o)| (*m, *s, o.as_slice())), &mut split);
+        assert!(close(&split, &reference(qv, &kf, &vf, d)), "{what}, split");
     }
 }

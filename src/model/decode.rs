@@ -101,7 +101,7 @@ impl Model {
             let scale = (1.0 / (d as f64).sqrt()) as f32;
             q.iter_mut().for_each(|v| *v *= scale);
             // `[b, heads · d]` rows are `[b, heads, 1, d]`: the cache's and attention's layout.
-            let slot = match cache.layers[l].get_or_insert_with(|| LayerKv::Host(HostKv::new(m, hkv, d))) {
+            let slot = match cache.layers[l].get_or_insert_with(|| LayerKv::Host(HostKv::new(m, hkv, d, self.kv_dtype))) {
                 LayerKv::Host(h) => h,
                 LayerKv::Tensors(..) => candle_core::bail!("decode step: the cache keeps tensors, not host buffers"),
             };

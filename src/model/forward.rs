@@ -7,7 +7,7 @@ use candle_core::{D, DType, Device, Result, Tensor};
 use candle_nn::ops::{rms_norm, softmax_last_dim};
 
 use super::config::ModelConfig;
-use super::kv_cache::{KvStorage, LayerKv, append_and_attend};
+use super::kv_cache::{KvDtype, KvStorage, LayerKv, append_and_attend};
 use super::linear::{WeightDtype, convert, linear, linear_many};
 use super::rope::RopeTables;
 use super::vmath;
@@ -40,6 +40,9 @@ pub struct Model {
     pub config: ModelConfig,
     pub weights: Weights,
     pub device: Device,
+    /// What the KV caches this model fills store keys and values as (f32 unless
+    /// [`Model::with_kv_dtype`] says otherwise).
+    pub kv_dtype: KvDtype,
 }
 
 /// Additive causal mask `[t, start + t]`: query i (absolute position start + i) sees keys ≤ it.
@@ -89,7 +92,13 @@ fn attend(q: &Tensor, k: &Tensor, v: &Tensor, start: usize) -> Result<Tensor> {
 impl Model {
     pub fn new(config: ModelConfig, weights: Weights) -> Self {
         let device = weights.embed.device().clone();
-        Self { config, weights, device }
+        Self { config, weights, device, kv_dtype: KvDtype::F32 }
+    }
+
+    /// The same model filling its KV caches in `dtype` (a cache keeps the type its layers
+    /// were first filled in).
+    pub fn with_kv_dtype(&self, dtype: KvDtype) -> Model {
+        Model { kv_dtype: dtype, ..self.clone() }
     }
 
     /// Logits for `tokens` (`[b, t]`, u32). With a cache, the tokens continue the cached ones
@@ -258,7 +267,7 @@ impl Model {
             None => attend(&q, &k, &v, rope.start)?,
             Some((storage, slot)) => {
                 let direct = t <= super::gemv::MAX_ROWS && matches!(self.device, Device::Cpu);
-                match append_and_attend(slot, storage, &q, &k, &v, rope.start, direct)? {
+                match append_and_attend(slot, storage, self.kv_dtype, &q, &k, &v, rope.start, direct)? {
                     Ok(y) => y,
                     Err((k, v)) => attend(&q, &k, &v, rope.start)?,
                 }

@@ -5,11 +5,43 @@
 //! every token), and decode attention reads them straight from the buffers. On other devices
 //! they stay tensors on the device, written in place by candle-nn's cache: host buffers there
 //! would copy the whole cache to the device for every token.
+//!
+//! Keys and values are kept in f32 or, with [`KvDtype::F16`], in half precision (llama.cpp's
+//! default): half the memory, and decode attention reads half the bytes.
 
-use candle_core::{Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
+use half::f16;
 use rayon::prelude::*;
 
+use super::attend::KvElem;
 use super::config::ModelConfig;
+
+/// The element type a KV cache stores keys and values in. Attention computes in f32 either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KvDtype {
+    /// Exact: decode reproduces the full forward up to summation order.
+    #[default]
+    F32,
+    /// Half the memory and the bytes attention reads; keys and values round to f16.
+    F16,
+}
+
+impl KvDtype {
+    pub fn name(self) -> &'static str {
+        match self {
+            KvDtype::F32 => "f32",
+            KvDtype::F16 => "f16",
+        }
+    }
+
+    pub fn size_in_bytes(self) -> usize {
+        match self {
+            KvDtype::F32 => 4,
+            KvDtype::F16 => 2,
+        }
+    }
+}
 
 /// Where a cache keeps its keys and values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -30,8 +62,8 @@ const TENSOR_GROW: usize = 512;
 #[derive(Debug)]
 pub enum LayerKv {
     Host(HostKv),
-    /// `[b, heads, len, d]` tensors and the batch size.
-    Tensors(candle_nn::kv_cache::KvCache, usize),
+    /// `[b, heads, len, d]` tensors, the batch size, and the type they are stored in.
+    Tensors(candle_nn::kv_cache::KvCache, usize, KvDtype),
 }
 
 impl LayerKv {
@@ -40,16 +72,19 @@ impl LayerKv {
     fn deep_copy(&self, repeat: usize) -> Result<Self> {
         Ok(match self {
             LayerKv::Host(h) => {
-                let (k, v) = (h.k.repeat(repeat), h.v.repeat(repeat));
-                LayerKv::Host(HostKv { k, v, b: h.b * repeat, heads: h.heads, d: h.d, cap: h.cap })
+                let data = match &h.data {
+                    Data::F32(k, v) => Data::F32(k.repeat(repeat), v.repeat(repeat)),
+                    Data::F16(k, v) => Data::F16(k.repeat(repeat), v.repeat(repeat)),
+                };
+                LayerKv::Host(HostKv { data, b: h.b * repeat, heads: h.heads, d: h.d, cap: h.cap })
             }
-            LayerKv::Tensors(kv, b) => {
+            LayerKv::Tensors(kv, b, dtype) => {
                 let mut out = candle_nn::kv_cache::KvCache::new(2, TENSOR_GROW);
                 // `append` copies into buffers of its own.
                 if let (Some(k), Some(v)) = (kv.k()?, kv.v()?) {
                     out.append(&k.repeat((repeat, 1, 1, 1))?.contiguous()?, &v.repeat((repeat, 1, 1, 1))?.contiguous()?)?;
                 }
-                LayerKv::Tensors(out, b * repeat)
+                LayerKv::Tensors(out, b * repeat, *dtype)
             }
         })
     }
@@ -59,17 +94,44 @@ impl LayerKv {
 /// positions are valid.
 #[derive(Debug, Clone)]
 pub struct HostKv {
-    k: Vec<f32>,
-    v: Vec<f32>,
+    data: Data,
     b: usize,
     heads: usize,
     d: usize,
     cap: usize,
 }
 
+/// Keys and values, in the cache's element type.
+#[derive(Debug, Clone)]
+enum Data {
+    F32(Vec<f32>, Vec<f32>),
+    F16(Vec<f16>, Vec<f16>),
+}
+
+/// Runs `$body` with `$k`, `$v` bound to the keys and values of `$data` in their own type.
+macro_rules! with_kv {
+    ($data:expr, |$k:ident, $v:ident| $body:expr) => {
+        match $data {
+            Data::F32($k, $v) => $body,
+            Data::F16($k, $v) => $body,
+        }
+    };
+}
+
 impl HostKv {
-    pub fn new(b: usize, heads: usize, d: usize) -> Self {
-        Self { k: Vec::new(), v: Vec::new(), b, heads, d, cap: 0 }
+    pub fn new(b: usize, heads: usize, d: usize, dtype: KvDtype) -> Self {
+        let data = match dtype {
+            KvDtype::F32 => Data::F32(Vec::new(), Vec::new()),
+            KvDtype::F16 => Data::F16(Vec::new(), Vec::new()),
+        };
+        Self { data, b, heads, d, cap: 0 }
+    }
+
+    pub fn dtype(&self) -> KvDtype {
+        match self.data {
+            Data::F32(..) => KvDtype::F32,
+            Data::F16(..) => KvDtype::F16,
+        }
     }
 
     /// Writes `k`, `v` (`[b, heads, t, d]`) at positions `len .. len + t`.
@@ -87,50 +149,45 @@ impl HostKv {
         if k.len() != b * heads * t * d || v.len() != k.len() {
             candle_core::bail!("KV cache holds [{b}, {heads}, _, {d}], got {} values for {t} positions", k.len());
         }
-        if len + t > self.cap {
-            // Doubling keeps appends amortised O(t); a quarter's headroom lets decode go on
-            // after a prefill without copying the whole cache on its first token.
-            let cap = (2 * self.cap).max((len + t + (len + t) / 4).next_multiple_of(64));
-            for buf in [&mut self.k, &mut self.v] {
-                let mut grown = vec![0f32; b * heads * cap * d];
-                for bh in 0..b * heads {
-                    grown[bh * cap * d..][..len * d].copy_from_slice(&buf[bh * self.cap * d..][..len * d]);
-                }
-                *buf = grown;
+        // Doubling keeps appends amortised O(t); a quarter's headroom lets decode go on after a
+        // prefill without copying the whole cache on its first token.
+        let cap = if len + t > self.cap { (2 * self.cap).max((len + t + (len + t) / 4).next_multiple_of(64)) } else { self.cap };
+        let rows = b * heads;
+        with_kv!(&mut self.data, |kb, vb| {
+            for (buf, new) in [(kb, k), (vb, v)] {
+                write_rows(buf, new, rows, (self.cap, cap), len, t, d);
             }
-            self.cap = cap;
-        }
-        for (buf, new) in [(&mut self.k, k), (&mut self.v, v)] {
-            for bh in 0..b * heads {
-                buf[(bh * self.cap + len) * d..][..t * d].copy_from_slice(&new[bh * t * d..][..t * d]);
-            }
-        }
+        });
+        self.cap = cap;
         Ok(())
     }
 
-    /// Keys and values of positions `0 .. len` as tensors `[b, heads, len, d]` (a copy).
+    /// Keys and values of positions `0 .. len` as f32 tensors `[b, heads, len, d]` (a copy).
     fn tensors(&self, len: usize, device: &Device) -> Result<(Tensor, Tensor)> {
-        let d = self.d;
-        let take = |buf: &[f32]| {
-            let data: Vec<f32> =
-                (0..self.b * self.heads).flat_map(|bh| buf[bh * self.cap * d..][..len * d].iter().copied()).collect();
-            Tensor::from_vec(data, (self.b, self.heads, len, d), device)
-        };
-        Ok((take(&self.k)?, take(&self.v)?))
+        fn take<T: KvElem>(buf: &[T], h: &HostKv, len: usize, device: &Device) -> Result<Tensor> {
+            let d = h.d;
+            let data: Vec<f32> = (0..h.b * h.heads).flat_map(|bh| buf[bh * h.cap * d..][..len * d].iter().map(|x| x.to_f32())).collect();
+            Tensor::from_vec(data, (h.b, h.heads, len, d), device)
+        }
+        with_kv!(&self.data, |k, v| Ok((take(k, self, len, device)?, take(v, self, len, device)?)))
     }
 
     /// Causal attention of `q` (`[b, heads, g, t, d]`, scaled, for positions `len .. len + t`,
     /// already appended) over the cache; returns `[b, heads, g, t, d]`.
     pub fn attend(&self, q: &[f32], g: usize, t: usize, len: usize) -> Vec<f32> {
+        with_kv!(&self.data, |k, v| self.attend_in(k, v, q, g, t, len))
+    }
+
+    fn attend_in<T: KvElem>(&self, kb: &[T], vb: &[T], q: &[f32], g: usize, t: usize, len: usize) -> Vec<f32> {
         let d = self.d;
         if t == 1 {
-            return self.attend_split(q, g, len + 1);
+            return self.attend_split(kb, vb, q, g, len + 1);
         }
         let mut out = vec![0f32; self.b * self.heads * g * t * d];
         // One task per query head: (batch, kv head) = idx / g.
         out.par_chunks_mut(t * d).enumerate().for_each(|(idx, o)| {
             let base = (idx / g) * self.cap * d;
-            let (k, v) = (&self.k[base..base + (len + t) * d], &self.v[base..base + (len + t) * d]);
+            let (k, v) = (&kb[base..base + (len + t) * d], &vb[base..base + (len + t) * d]);
             super::attend::head(&q[idx * t * d..(idx + 1) * t * d], k, v, o, d, len);
         });
         out
@@ -139,7 +196,7 @@ impl HostKv {
     /// One new token's attention over `n` keys. Tasks are (KV head, range of keys) and score all
     /// `g` query heads of the group, so each key and value is read from memory once (one task
     /// per query head read them g times) and a few KV heads still fill every thread.
-    fn attend_split(&self, q: &[f32], g: usize, n: usize) -> Vec<f32> {
+    fn attend_split<T: KvElem>(&self, kb: &[T], vb: &[T], q: &[f32], g: usize, n: usize) -> Vec<f32> {
         let (d, groups) = (self.d, self.b * self.heads);
         let ranges = (8 * rayon::current_num_threads()).div_ceil(groups).min(n.div_ceil(MIN_KEYS_PER_TASK)).max(1);
         let per = n.div_ceil(ranges);
@@ -153,7 +210,7 @@ impl HostKv {
             for (i, p) in p.chunks_exact_mut(stride).enumerate() {
                 let (ms, o) = p.split_at_mut(2);
                 let (m, sum) = if j1 > j0 {
-                    super::attend::partial(&q[(grp * g + i) * d..][..d], &self.k[base..], &self.v[base..], o, d, j1 - j0)
+                    super::attend::partial(&q[(grp * g + i) * d..][..d], &kb[base..], &vb[base..], o, d, j1 - j0)
                 } else {
                     (f32::NEG_INFINITY, 0.0)
                 };
@@ -170,6 +227,23 @@ impl HostKv {
             super::attend::combine((0..ranges).map(part), o);
         }
         out
+    }
+}
+
+/// Writes `t` new positions of each of `rows` (batch, head) rows (`new`: `[rows, t, d]`) at
+/// position `len` of `buf` (`[rows, cap, d]`), first moving the valid `len` positions into a
+/// buffer of `cap.1` positions when it grows past `cap.0`.
+fn write_rows<T: KvElem>(buf: &mut Vec<T>, new: &[f32], rows: usize, cap: (usize, usize), len: usize, t: usize, d: usize) {
+    let (old, cap) = cap;
+    if cap != old {
+        let mut grown = vec![T::default(); rows * cap * d];
+        for r in 0..rows {
+            grown[r * cap * d..][..len * d].copy_from_slice(&buf[r * old * d..][..len * d]);
+        }
+        *buf = grown;
+    }
+    for r in 0..rows {
+        T::narrow_from(&new[r * t * d..][..t * d], &mut buf[(r * cap + len) * d..][..t * d]);
     }
 }
 
@@ -227,10 +301,13 @@ impl KvCache {
 /// Appends this layer's new `k`, `v` (`[b, heads, t, d]`) to `slot` (holding `len` positions)
 /// and attends `q` (`[b, heads, g, t, d]`, scaled) over everything cached. Returns instead
 /// (`Err`) the cached keys and values as tensors when the block is long enough that the
-/// caller's GEMM attention is faster, or when the cache keeps tensors.
+/// caller's GEMM attention is faster, or when the cache keeps tensors. A new slot stores
+/// `dtype`; an existing one keeps the type it was made with.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn append_and_attend(
     slot: &mut Option<LayerKv>,
     storage: KvStorage,
+    dtype: KvDtype,
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
@@ -239,15 +316,16 @@ pub(crate) fn append_and_attend(
 ) -> Result<std::result::Result<Tensor, (Tensor, Tensor)>> {
     let (b, heads, t, d) = k.dims4()?;
     let kv = slot.get_or_insert_with(|| match (storage, k.device()) {
-        (KvStorage::Host, Device::Cpu) => LayerKv::Host(HostKv::new(b, heads, d)),
-        _ => LayerKv::Tensors(candle_nn::kv_cache::KvCache::new(2, TENSOR_GROW), b),
+        (KvStorage::Host, Device::Cpu) => LayerKv::Host(HostKv::new(b, heads, d, dtype)),
+        _ => LayerKv::Tensors(candle_nn::kv_cache::KvCache::new(2, TENSOR_GROW), b, dtype),
     });
     let kv = match kv {
         LayerKv::Host(kv) => kv,
-        LayerKv::Tensors(kv, _) => {
-            // Views into the grown buffers; attention wants them contiguous (a device copy).
-            let (k, v) = kv.append(&k.contiguous()?, &v.contiguous()?)?;
-            return Ok(Err((k.contiguous()?, v.contiguous()?)));
+        LayerKv::Tensors(kv, _, dtype) => {
+            let store = |t: &Tensor| if *dtype == KvDtype::F16 { t.to_dtype(DType::F16) } else { t.contiguous() };
+            // Views into the grown buffers; attention wants them contiguous f32 (a device copy).
+            let (k, v) = kv.append(&store(k)?, &store(v)?)?;
+            return Ok(Err((k.to_dtype(DType::F32)?.contiguous()?, v.to_dtype(DType::F32)?.contiguous()?)));
         }
     };
     kv.append(k, v, len)?;
@@ -264,28 +342,55 @@ mod tests {
     use super::*;
 
     /// A prefill leaves room, so the decode steps after it write in place instead of copying
-    /// the whole cache into a larger buffer on the first one; appends keep every value.
+    /// the whole cache into a larger buffer on the first one; appends keep every value, in
+    /// either element type (the values are integers below 2048, exact in f16).
     #[test]
     fn prefill_leaves_headroom_and_appends_keep_values() {
-        let (heads, d) = (2, 8);
-        let mut kv = HostKv::new(1, heads, d);
-        let rows = |t: usize, from: usize| -> Vec<f32> { (0..heads * t * d).map(|i| (from * 1000 + i) as f32).collect() };
-        kv.append_slice(&rows(256, 0), &rows(256, 0), 256, 0).unwrap();
-        let (cap, ptr) = (kv.cap, kv.k.as_ptr());
-        for pos in 256..256 + 32 {
-            kv.append_slice(&rows(1, pos), &rows(1, pos), 1, pos).unwrap();
+        for dtype in [KvDtype::F32, KvDtype::F16] {
+            let (heads, d) = (2, 8);
+            let mut kv = HostKv::new(1, heads, d, dtype);
+            let rows = |t: usize, from: usize| -> Vec<f32> { (0..heads * t * d).map(|i| ((from * 37 + i) % 2048) as f32).collect() };
+            let keys = |kv: &HostKv| with_kv!(&kv.data, |k, _v| k.as_ptr() as usize);
+            kv.append_slice(&rows(256, 0), &rows(256, 0), 256, 0).unwrap();
+            let (cap, ptr) = (kv.cap, keys(&kv));
+            for pos in 256..256 + 32 {
+                kv.append_slice(&rows(1, pos), &rows(1, pos), 1, pos).unwrap();
+            }
+            assert!(cap >= 256 + 32 && kv.cap == cap && keys(&kv) == ptr, "{dtype:?}: cap {cap} → {}", kv.cap);
+            // Grow past the capacity: everything written so far survives the copy.
+            let len = 256 + 32;
+            kv.append_slice(&rows(cap, 7), &rows(cap, 7), cap, len).unwrap();
+            assert_eq!(kv.dtype(), dtype);
+            let (_, v) = kv.tensors(len + cap, &Device::Cpu).unwrap();
+            let v = v.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            for h in 0..heads {
+                let at = |pos: usize, c: usize| v[(h * (len + cap) + pos) * d + c];
+                assert_eq!(at(3, 5), rows(256, 0)[(h * 256 + 3) * d + 5]);
+                assert_eq!(at(270, 1), rows(1, 270)[h * d + 1]);
+                assert_eq!(at(len + 10, 2), rows(cap, 7)[(h * cap + 10) * d + 2]);
+            }
         }
-        assert!(cap >= 256 + 32 && kv.cap == cap && kv.k.as_ptr() == ptr, "cap {cap} → {}", kv.cap);
-        // Grow past the capacity: everything written so far survives the copy.
-        let len = 256 + 32;
-        kv.append_slice(&rows(cap, 7), &rows(cap, 7), cap, len).unwrap();
-        let (k, _) = kv.tensors(len + cap, &Device::Cpu).unwrap();
-        let k = k.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        for h in 0..heads {
-            let at = |pos: usize, c: usize| k[(h * (len + cap) + pos) * d + c];
-            assert_eq!(at(3, 5), rows(256, 0)[(h * 256 + 3) * d + 5]);
-            assert_eq!(at(270, 1), rows(1, 270)[h * d + 1]);
-            assert_eq!(at(len + 10, 2), rows(cap, 7)[(h * cap + 10) * d + 2]);
-        }
+    }
+
+    /// An f16 cache rounds what it stores once, and attention over it equals attention over an
+    /// f32 cache holding the same rounded values.
+    #[test]
+    fn f16_cache_attends_as_f32_over_rounded_values() {
+        let (heads, d, g, n) = (3, 64, 3, 300);
+        let val = |i: usize| ((i * 7919) % 2003) as f32 / 1001.0 - 1.0 + 1e-4;
+        let k: Vec<f32> = (0..heads * n * d).map(val).collect();
+        let v: Vec<f32> = (0..heads * n * d).map(|i| val(i + 5)).collect();
+        let round = |x: &[f32]| x.iter().map(|&x| f16::from_f32(x).to_f32()).collect::<Vec<_>>();
+        let (mut half, mut exact) = (HostKv::new(1, heads, d, KvDtype::F16), HostKv::new(1, heads, d, KvDtype::F32));
+        half.append_slice(&k, &v, n, 0).unwrap();
+        exact.append_slice(&round(&k), &round(&v), n, 0).unwrap();
+        let q: Vec<f32> = (0..heads * g * d).map(|i| val(3 * i) * 0.2).collect();
+        // One token (the split decode path), then a block of four (one task per query head).
+        let (a, b) = (half.attend(&q, g, 1, n - 1), exact.attend(&q, g, 1, n - 1));
+        assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() <= 1e-5), "decode attention differs");
+        let q4: Vec<f32> = (0..heads * g * 4 * d).map(|i| val(5 * i) * 0.2).collect();
+        let (a, b) = (half.attend(&q4, g, 4, n - 4), exact.attend(&q4, g, 4, n - 4));
+        assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() <= 1e-5), "block attention differs");
+        assert_ne!(round(&k), k, "the test values must round in f16");
     }
 }
