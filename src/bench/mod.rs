@@ -22,25 +22,25 @@ pub fn prefill_decode(model: &Model, prompt: &[u32], n: usize, repeats: usize) -
     let mut best = Speed { prefill_tokens: prompt.len(), prefill_tokens_per_s: 0.0, decode_tokens: n, decode_tokens_per_s: 0.0 };
     for _ in 0..repeats.max(1) {
         let t0 = Instant::now();
-        let (cache, next) = prefill(model, prompt)?;
+        let (cache, next) = prefilled(model, prompt)?;
         best.prefill_tokens_per_s = best.prefill_tokens_per_s.max(prompt.len() as f64 / t0.elapsed().as_secs_f64());
         if n > 0 {
-            best.decode_tokens_per_s = best.decode_tokens_per_s.max(decode(model, cache, next, n)?);
+            best.decode_tokens_per_s = best.decode_tokens_per_s.max(decode_from(model, cache, next, n)?);
         }
     }
     Ok(best)
 }
 
 /// The cache after `prompt` and the greedy next token.
-fn prefill(model: &Model, prompt: &[u32]) -> Result<(KvCache, u32)> {
+pub fn prefilled(model: &Model, prompt: &[u32]) -> Result<(KvCache, u32)> {
     let mut cache = KvCache::new(&model.config);
     let x = Tensor::new(prompt, &model.device)?.unsqueeze(0)?;
     let logits = model.forward(&x, Some(&mut cache), Logits::Last)?;
     Ok((cache, logits.flatten_all()?.argmax(0)?.to_scalar::<u32>()?))
 }
 
-/// Tokens per second of `n` greedy decode steps from `cache`.
-fn decode(model: &Model, mut cache: KvCache, mut next: u32, n: usize) -> Result<f64> {
+/// Tokens per second of `n` greedy decode steps from `cache`, starting with token `next`.
+pub fn decode_from(model: &Model, mut cache: KvCache, mut next: u32, n: usize) -> Result<f64> {
     let t = Instant::now();
     for _ in 0..n {
         let x = Tensor::new(&[next], &model.device)?.unsqueeze(0)?;
@@ -58,10 +58,10 @@ pub fn prompt(n: usize) -> Vec<u32> {
 /// Tokens per second decoding `n` tokens after a context of `context` tokens; best of `repeats`
 /// runs from the same prefilled cache.
 pub fn decode_at(model: &Model, context: usize, n: usize, repeats: usize) -> Result<f64> {
-    let (cache, next) = prefill(model, &prompt(context))?;
+    let (cache, next) = prefilled(model, &prompt(context))?;
     let mut best = 0f64;
     for _ in 0..repeats.max(1) {
-        best = best.max(decode(model, cache.try_clone()?, next, n)?);
+        best = best.max(decode_from(model, cache.try_clone()?, next, n)?);
     }
     Ok(best)
 }

@@ -6,7 +6,7 @@ use clap::Args;
 use serde_json::json;
 use transact::{KvDtype, Model};
 use transact::bench::roof::{Roofs, measure, peak_rss};
-use transact::bench::{decode_at, drift, prefill_decode, prompt, weight_bytes_per_token};
+use transact::bench::{decode_from, drift, prefill_decode, prefilled, prompt, weight_bytes_per_token};
 use transact::io::atomic;
 use transact::model::linear::WeightDtype;
 use transact::stats::ModelStats;
@@ -40,36 +40,64 @@ const DECODE_TOKENS: usize = 32;
 /// Tokens of the drift check (real text is not needed: all logits are compared).
 const DRIFT_TOKENS: usize = 128;
 
-/// Speeds and sizes of one model in one weight and KV type; the roof fractions are added once the run's
-/// roofs are known ([`add_roof_fractions`]).
-fn bench_one(m: &Model, f32_model: &Model, label: String, repeats: usize) -> Result<serde_json::Value> {
-    let weights = weight_bytes_per_token(m);
-    let mut prefill = Vec::new();
+/// One model in one weight and KV type, and the f32 model its drift is measured against.
+struct Subject<'a> {
+    m: &'a Model,
+    f32_model: &'a Model,
+    label: String,
+}
+
+/// Speeds and sizes of `subjects` (the same weight and KV type of each model), measured side by
+/// side: every repetition runs each subject in turn, so their ratios compare the same minutes of
+/// a shared machine, where one measurement can move ±12 points between runs minutes apart. The
+/// roof fractions are added once the run's roofs are known ([`add_roof_fractions`]).
+fn bench_side_by_side(subjects: &[Subject], repeats: usize) -> Result<Vec<serde_json::Value>> {
+    // Best of `repeats` per subject; `f` measures subject i once.
+    let best = |f: &dyn Fn(usize) -> Result<f64>| -> Result<Vec<f64>> {
+        let mut best = vec![0f64; subjects.len()];
+        for _ in 0..repeats.max(1) {
+            for (i, b) in best.iter_mut().enumerate() {
+                *b = b.max(f(i)?);
+            }
+        }
+        Ok(best)
+    };
+    let mut prefill = vec![Vec::new(); subjects.len()];
     for &n in &PREFILL {
-        let tps = prefill_decode(m, &prompt(n), 0, repeats)?.prefill_tokens_per_s;
-        let flops = ModelStats::new(&m.config, n / 2).flops_per_token as f64;
-        prefill.push(json!({"tokens": n, "tokens_per_s": tps, "flops_per_token": flops}));
+        let tps = best(&|i| Ok(prefill_decode(subjects[i].m, &prompt(n), 0, 1)?.prefill_tokens_per_s))?;
+        for ((p, s), tps) in prefill.iter_mut().zip(subjects).zip(tps) {
+            let flops = ModelStats::new(&s.m.config, n / 2).flops_per_token as f64;
+            p.push(json!({"tokens": n, "tokens_per_s": tps, "flops_per_token": flops}));
+        }
     }
-    let st = ModelStats::new(&m.config, 2048);
-    let kv_bytes = st.kv_bytes_per_token_f32 / 4 * m.kv_dtype.size_in_bytes() as u64;
-    let mut decode = Vec::new();
+    let kv_bytes: Vec<u64> =
+        subjects.iter().map(|s| ModelStats::new(&s.m.config, 0).kv_bytes_per_token_f32 / 4 * s.m.kv_dtype.size_in_bytes() as u64).collect();
+    let mut decode = vec![Vec::new(); subjects.len()];
     for &c in &DECODE_AT {
-        let tps = decode_at(m, c, DECODE_TOKENS, repeats)?;
-        let bytes = weights as f64 + (kv_bytes * c as u64) as f64;
-        decode.push(json!({"context": c, "tokens_per_s": tps, "bytes_per_token": bytes}));
+        // One prefilled cache per subject; each repetition decodes from a copy of it.
+        let caches = subjects.iter().map(|s| prefilled(s.m, &prompt(c))).collect::<Result<Vec<_>>>()?;
+        let tps = best(&|i| decode_from(subjects[i].m, caches[i].0.try_clone()?, caches[i].1, DECODE_TOKENS))?;
+        for (i, (d, tps)) in decode.iter_mut().zip(tps).enumerate() {
+            let bytes = weight_bytes_per_token(subjects[i].m) as f64 + (kv_bytes[i] * c as u64) as f64;
+            d.push(json!({"context": c, "tokens_per_s": tps, "bytes_per_token": bytes}));
+        }
     }
-    let drift = if std::ptr::eq(m, f32_model) { None } else { Some(drift(m, f32_model, &prompt(DRIFT_TOKENS))?) };
-    Ok(json!({
-        "label": label,
-        "weight_bytes_per_token": weights,
-        "kv_dtype": m.kv_dtype,
-        "kv_bytes_per_token": kv_bytes,
-        "params_total": st.params_total,
-        "prefill": prefill,
-        "decode": decode,
-        "drift_vs_f32": drift,
-        "peak_rss_bytes": peak_rss(),
-    }))
+    let mut out = Vec::new();
+    for (i, s) in subjects.iter().enumerate() {
+        let drift = if std::ptr::eq(s.m, s.f32_model) { None } else { Some(drift(s.m, s.f32_model, &prompt(DRIFT_TOKENS))?) };
+        out.push(json!({
+            "label": s.label,
+            "weight_bytes_per_token": weight_bytes_per_token(s.m),
+            "kv_dtype": s.m.kv_dtype,
+            "kv_bytes_per_token": kv_bytes[i],
+            "params_total": ModelStats::new(&s.m.config, 0).params_total,
+            "prefill": prefill[i],
+            "decode": decode[i],
+            "drift_vs_f32": drift,
+            "peak_rss_bytes": peak_rss(),
+        }));
+    }
+    Ok(out)
 }
 
 /// The median of the roofs probed before and after each measurement. A single probe on a
@@ -102,37 +130,49 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let mut probes = vec![measure(&device)?];
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     eprintln!("roofs: GEMM {:.1} GFLOP/s, bandwidth {:.1} GB/s; loadavg {}", probes[0].gemm_gflops, probes[0].bandwidth_gbs, load.trim());
-    let mut results = Vec::new();
-    for path in std::iter::once(&a.model).chain(a.vs.as_ref()) {
-        let lm = super::load(path)?;
-        // On a GPU, parity with the CPU forward (the reference every test checks).
-        let cpu = match lm.model.device {
-            Device::Cpu => None,
-            _ => Some(transact::load_model(path, &Device::Cpu)?),
-        };
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        for &dt in &a.dtype {
-            let weights = if dt == WeightDtype::F32 { lm.model.clone() } else { lm.model.with_weight_dtype(dt)? };
-            for &kv in &a.kv_dtype {
-                let m = weights.with_kv_dtype(kv);
-                // The reference itself (f32 weights and cache) reports no drift.
-                let m = if (dt, kv) == (WeightDtype::F32, KvDtype::F32) { &lm.model } else { &m };
-                let label = match kv {
-                    KvDtype::F32 => format!("{name} {}", dt.name()),
-                    _ => format!("{name} {} KV {}", dt.name(), kv.name()),
-                };
-                eprintln!("measuring {label}");
-                let mut r = bench_one(m, &lm.model, label, a.repeats)?;
-                if let Some(cpu) = &cpu {
-                    r["drift_vs_cpu"] = json!(drift(m, &cpu.model, &prompt(DRIFT_TOKENS))?);
+    let paths: Vec<&crate::ModelPath> = std::iter::once(&a.model).chain(a.vs.as_ref()).collect();
+    let lms = paths.iter().map(|p| super::load(p)).collect::<Result<Vec<_>>>()?;
+    // On a GPU, parity with the CPU forward (the reference every test checks).
+    let cpus = paths
+        .iter()
+        .zip(&lms)
+        .map(|(p, lm)| if matches!(lm.model.device, Device::Cpu) { Ok(None) } else { transact::load_model(p, &Device::Cpu).map(Some) })
+        .collect::<Result<Vec<_>>>()?;
+    let names: Vec<String> = paths.iter().map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()).collect();
+    // One list per model, in (weight type, KV type) order: the table's columns and `speedups`.
+    let mut by_model = vec![Vec::new(); lms.len()];
+    for &dt in &a.dtype {
+        let converted =
+            lms.iter().map(|lm| if dt == WeightDtype::F32 { Ok(lm.model.clone()) } else { lm.model.with_weight_dtype(dt) }).collect::<Result<Vec<_>, _>>()?;
+        for &kv in &a.kv_dtype {
+            let with_kv: Vec<Model> = converted.iter().map(|m| m.with_kv_dtype(kv)).collect();
+            let subjects: Vec<Subject> = lms
+                .iter()
+                .zip(&with_kv)
+                .zip(&names)
+                .map(|((lm, m), name)| Subject {
+                    // The reference itself (f32 weights and cache) reports no drift.
+                    m: if (dt, kv) == (WeightDtype::F32, KvDtype::F32) { &lm.model } else { m },
+                    f32_model: &lm.model,
+                    label: match kv {
+                        KvDtype::F32 => format!("{name} {}", dt.name()),
+                        _ => format!("{name} {} KV {}", dt.name(), kv.name()),
+                    },
+                })
+                .collect();
+            eprintln!("measuring {}", subjects.iter().map(|s| s.label.as_str()).collect::<Vec<_>>().join(" and "));
+            for (i, mut r) in bench_side_by_side(&subjects, a.repeats)?.into_iter().enumerate() {
+                if let Some(cpu) = &cpus[i] {
+                    r["drift_vs_cpu"] = json!(drift(subjects[i].m, &cpu.model, &prompt(DRIFT_TOKENS))?);
                 }
-                r["model"] = json!(path.display().to_string());
+                r["model"] = json!(paths[i].display().to_string());
                 r["dtype"] = json!(dt);
-                results.push(r);
-                probes.push(measure(&device)?);
+                by_model[i].push(r);
             }
+            probes.push(measure(&device)?);
         }
     }
+    let mut results: Vec<serde_json::Value> = by_model.into_iter().flatten().collect();
     let roofs = median_roofs(&probes);
     eprintln!(
         "roofs, median of {} probes: GEMM {:.1} GFLOP/s, bandwidth {:.1} GB/s (probes ranged {:.1}–{:.1} GB/s)",

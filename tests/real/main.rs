@@ -3,6 +3,7 @@
 
 mod common;
 mod bad_input;
+mod bench;
 mod eval;
 mod export;
 mod forward;
