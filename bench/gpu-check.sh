@@ -27,5 +27,5 @@ MODEL=$G/model.gguf
 $G/transact prune $MODEL --device cuda --ratio 0.5 --mlp-multiple 32 --scorer magnitude \
     --format gguf --out /tmp/half 2>&1 | tail -5
 # Each dtype reports max |Δlogit| against the CPU forward in f32 ("vs CPU f32").
-$G/transact bench $MODEL --vs /tmp/half/model.gguf --device cuda --dtype f32,bf16,f16 --repeats 3 \
+$G/transact bench $MODEL --vs /tmp/half/model.gguf --device cuda --dtype f32,bf16,f16 --kv-dtype f32,f16 --repeats 3 \
     --json $OUT/bench-cuda.json 2>&1 | tee $OUT/bench-cuda.txt

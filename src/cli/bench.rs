@@ -192,8 +192,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// The second model against the first in each (weight, KV) type: decode speedup next to the ideal one (the
-/// ratio of bytes read per token, which bounds a bandwidth-bound decode), and prefill speedup.
+/// The second model against the first in each weight and KV type: decode speedup next to the
+/// ideal one (the ratio of bytes read per token, which bounds a bandwidth-bound decode), and
+/// prefill speedup.
 fn speedups(results: &[serde_json::Value], per_model: usize) -> Vec<serde_json::Value> {
     let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
     let mut out = Vec::new();

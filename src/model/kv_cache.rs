@@ -23,7 +23,8 @@ pub enum KvDtype {
     /// Exact: decode reproduces the full forward up to summation order.
     #[default]
     F32,
-    /// Half the memory and the bytes attention reads; keys and values round to f16.
+    /// Half the memory and the bytes attention reads; keys and values round to f16. On a GPU
+    /// only the memory halves: the general attention there widens a copy to f32 every step.
     F16,
 }
 
