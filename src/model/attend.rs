@@ -56,7 +56,8 @@ pub fn head<T: KvElem>(q: &[f32], k: &[T], v: &[T], o: &mut [f32], d: usize, len
 /// decode split one head's keys across threads.
 pub fn partial<T: KvElem>(q: &[f32], k: &[T], v: &[T], o: &mut [f32], d: usize, n: usize) -> (f32, f32) {
     #[cfg(target_arch = "x86_64")]
-    if d.is_multiple_of(8) && super::vmath::avx2() && (!T::F16 || is_x86_feature_detected!("f16c")) {
+    // The kernel is compiled with F16C for both types (every AVX2 CPU has it).
+    if d.is_multiple_of(8) && super::vmath::avx2() && is_x86_feature_detected!("f16c") {
         return unsafe { avx2::partial(q, &k[..n * d], &v[..n * d], o, d) };
     }
     portable(q, &k[..n * d], &v[..n * d], o, d)
@@ -116,7 +117,7 @@ mod avx2 {
     /// [`super::partial`] over all of `k`, `v` (`[n, d]`) for `d` a multiple of 8.
     ///
     /// # Safety
-    /// The CPU must support AVX2 and FMA, and F16C when `T` is f16.
+    /// The CPU must support AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn partial<T: KvElem>(q: &[f32], k: &[T], v: &[T], o: &mut [f32], d: usize) -> (f32, f32) {
         debug_assert!(d.is_multiple_of(8));

@@ -159,7 +159,7 @@ fn f16_kv_cache_stays_close_to_f32() {
             parts.push(m.forward(&input(c), Some(&mut cache), Logits::All).unwrap().squeeze(0).unwrap());
         }
         let got = Tensor::cat(&parts, 0).unwrap();
-        // The prefill attends over its own f32 keys; only what comes after reads rounded ones.
+        // Every block, the prefill too, attends over the cache's rounded keys and values.
         let drift = (&got - &full).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         let agree = top(&got).iter().zip(top(&full)).filter(|(a, b)| **a == *b).count();
         eprintln!("f16 KV ({storage:?}): max |Δlogit| {drift:.4}, argmax agrees {agree}/256");
