@@ -39,10 +39,12 @@ pub fn gemv_many(x: &[f32], m: usize, k: usize, ws: &[(WeightData, usize)]) -> V
     let simd = Simd::detect();
     // Q8_0 weights meet Q8 activations (as llama.cpp does): the dot becomes integer multiply-adds.
     let (xq, xd) = if ws.iter().any(|(w, _)| matches!(w, WeightData::Q8_0(_))) { quantize_q8(x) } else { (Vec::new(), Vec::new()) };
+    let xc = vnni_corrections(&xq);
     let act = |j: usize| Act {
         f: &x[j * k..(j + 1) * k],
         q: xq.get(j * k..(j + 1) * k).unwrap_or(&[]),
         d: xd.get(j * k / Q8_BLOCK..(j + 1) * k / Q8_BLOCK).unwrap_or(&[]),
+        c: xc.get(j * k / Q8_BLOCK..(j + 1) * k / Q8_BLOCK).unwrap_or(&[]),
     };
     let total: usize = ws.iter().map(|(_, n)| n).sum();
     let rows = (total / (8 * rayon::current_num_threads())).clamp(8, 256);
@@ -88,11 +90,21 @@ pub fn gemv_many(x: &[f32], m: usize, k: usize, ws: &[(WeightData, usize)]) -> V
         .collect()
 }
 
-/// One activation row: as f32, and (for Q8_0 weights) as Q8 blocks `q` with scales `d`.
+/// One activation row: as f32, and (for Q8_0 weights) as Q8 blocks `q` with scales `d` and
+/// [`vnni_corrections`] `c`.
 pub(crate) struct Act<'a> {
     f: &'a [f32],
     q: &'a [i8],
     d: &'a [f32],
+    c: &'a [i32],
+}
+
+/// Per Q8 block of `q`, `−128 · Σ q`. VNNI multiplies unsigned by signed bytes; the kernel feeds
+/// it `w + 128` (one xor) and `x`, and starts each block's sum at this value, which removes the
+/// `128 · Σ x` the offset adds. Taking |w| and moving w's sign onto x instead cost two more
+/// instructions per block: one thread ran 24 GB/s in cache that way, 31 GB/s this way.
+fn vnni_corrections(q: &[i8]) -> Vec<i32> {
+    q.chunks_exact(Q8_BLOCK).map(|b| -128 * b.iter().map(|&v| v as i32).sum::<i32>()).collect()
 }
 
 /// `x` in blocks of 32 with scale max|x|/127 (GGML's Q8_0 rule), as values and scales.
@@ -222,7 +234,7 @@ mod avx2 {
     /// partial integer sums. Four accumulators, named so they stay in registers: with one, each
     /// block waited on the previous block's FMA (and an indexed array went through the stack).
     macro_rules! q8_blocks {
-        ($w:expr, $r:expr, $k:expr, $act:expr, |$qw:ident, $qx:ident| $dot:expr) => {{
+        ($w:expr, $r:expr, $k:expr, $act:expr, |$qw:ident, $qx:ident, $b:ident| $dot:expr) => {{
             let nb = $k / Q8_BLOCK;
             let row = &$w[$r * nb * Q8_BYTES..($r + 1) * nb * Q8_BYTES];
             let (q, d) = (&$act.q[..nb * Q8_BLOCK], &$act.d[..nb]);
@@ -230,6 +242,7 @@ mod avx2 {
                 let blk = &row[b * Q8_BYTES..(b + 1) * Q8_BYTES];
                 let $qw = unsafe { _mm256_loadu_si256(blk[2..].as_ptr() as *const __m256i) };
                 let $qx = unsafe { _mm256_loadu_si256(q[b * Q8_BLOCK..].as_ptr() as *const __m256i) };
+                let $b = b;
                 _mm256_fmadd_ps(_mm256_cvtepi32_ps($dot), _mm256_set1_ps(f16_scale(blk) * d[b]), acc)
             };
             let (mut a0, mut a1, mut a2, mut a3) = (_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps());
@@ -300,7 +313,7 @@ mod avx2 {
                 });
                 s + (i..k).map(|j| a[r * k + j].to_f32() * x[j]).sum::<f32>()
             }
-            WeightData::Q8_0(a) => q8_blocks!(a, r, k, act, |qw, qx| {
+            WeightData::Q8_0(a) => q8_blocks!(a, r, k, act, |qw, qx, _b| {
                 // maddubs multiplies unsigned by signed bytes: move w's sign onto x.
                 let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(qw, qw), _mm256_sign_epi8(qx, qw));
                 _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))
@@ -317,8 +330,13 @@ mod avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
     pub unsafe fn q8_row_dot_vnni(w: &[u8], r: usize, k: usize, act: &Act) -> f32 {
-        // |w| as unsigned times x carrying w's sign.
-        q8_blocks!(w, r, k, act, |qw, qx| _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_abs_epi8(qw), _mm256_sign_epi8(qx, qw)))
+        // (w + 128) as unsigned times x, from −128 · Σx ([`super::vnni_corrections`]).
+        let c = &act.c[..k / Q8_BLOCK];
+        let offset = _mm256_set1_epi8(-128);
+        q8_blocks!(w, r, k, act, |qw, qx, b| {
+            let init = _mm256_zextsi128_si256(_mm_cvtsi32_si128(c[b]));
+            _mm256_dpbusd_epi32(init, _mm256_xor_si256(qw, offset), qx)
+        })
     }
 
     /// [`super::q8_block`] of 32 values into `q`, returning the scale; the same values
@@ -440,7 +458,7 @@ mod tests {
                 assert!(close(&reference(&x, m, k, &widen(data, n, k), n), &want));
                 let portable: Vec<f32> = (0..m)
                     .flat_map(|j| (0..n).map(move |r| (j, r)))
-                    .map(|(j, r)| portable_row_dot(data, r, k, &Act { f: &x[j * k..(j + 1) * k], q: &[], d: &[] }))
+                    .map(|(j, r)| portable_row_dot(data, r, k, &Act { f: &x[j * k..(j + 1) * k], q: &[], d: &[], c: &[] }))
                     .collect();
                 assert!(close(&portable, &want));
             }
@@ -463,13 +481,15 @@ mod tests {
             let got = gemv(&xq, m, kq, WeightData::Q8_0(&q), n);
             assert!(got.iter().zip(&want).zip(&scale).all(|((g, w), s)| (g - w).abs() <= 1e-2 * s));
             let (qx, dx) = quantize_q8(&xq);
+            let cx = vnni_corrections(&qx);
             // Every kernel this CPU can run (the dispatch above took the best one) agrees with
             // the portable loop on the same quantized activations.
             let by = |simd: Simd| -> Vec<f32> {
                 (0..m)
                     .flat_map(|j| (0..n).map(move |r| (j, r)))
                     .map(|(j, r)| {
-                        let act = Act { f: &xq[j * kq..(j + 1) * kq], q: &qx[j * kq..(j + 1) * kq], d: &dx[j * kq / Q8_BLOCK..(j + 1) * kq / Q8_BLOCK] };
+                        let blocks = j * kq / Q8_BLOCK..(j + 1) * kq / Q8_BLOCK;
+                        let act = Act { f: &xq[j * kq..(j + 1) * kq], q: &qx[j * kq..(j + 1) * kq], d: &dx[blocks.clone()], c: &cx[blocks] };
                         row_dot(simd, WeightData::Q8_0(&q), r, kq, &act)
                     })
                     .collect()
