@@ -100,9 +100,11 @@ pub(crate) struct Act<'a> {
 }
 
 /// Per Q8 block of `q`, `−128 · Σ q`. VNNI multiplies unsigned by signed bytes; the kernel feeds
-/// it `w + 128` (one xor) and `x`, and starts each block's sum at this value, which removes the
-/// `128 · Σ x` the offset adds. Taking |w| and moving w's sign onto x instead cost two more
-/// instructions per block: one thread ran 24 GB/s in cache that way, 31 GB/s this way.
+/// it `w + 128` (one xor) and `x`, and starts the block's first lane at this value, which removes
+/// the `128 · Σ x` the offset adds. Taking |w| and moving w's sign onto x instead cost two more
+/// instructions per block: one thread ran 24 GB/s in cache that way, 31 GB/s this way. The
+/// integer block sums are exact; the lanes now carry offsets that cancel only across lanes, so
+/// the f32 sums round a little differently (`bench/NOTES.md`, change 22).
 fn vnni_corrections(q: &[i8]) -> Vec<i32> {
     q.chunks_exact(Q8_BLOCK).map(|b| -128 * b.iter().map(|&v| v as i32).sum::<i32>()).collect()
 }
