@@ -70,15 +70,16 @@ fn bench_side_by_side(subjects: &[Subject], repeats: usize) -> Result<Vec<serde_
             p.push(json!({"tokens": n, "tokens_per_s": tps, "flops_per_token": flops}));
         }
     }
-    let kv_bytes: Vec<u64> =
-        subjects.iter().map(|s| ModelStats::new(&s.m.config, 0).kv_bytes_per_token_f32 / 4 * s.m.kv_dtype.size_in_bytes() as u64).collect();
+    let stats: Vec<ModelStats> = subjects.iter().map(|s| ModelStats::new(&s.m.config, 0)).collect();
+    let weights: Vec<u64> = subjects.iter().map(|s| weight_bytes_per_token(s.m)).collect();
+    let kv_bytes: Vec<u64> = subjects.iter().zip(&stats).map(|(s, st)| st.kv_bytes_per_token_f32 / 4 * s.m.kv_dtype.size_in_bytes() as u64).collect();
     let mut decode = vec![Vec::new(); subjects.len()];
     for &c in &DECODE_AT {
         // One prefilled cache per subject; each repetition decodes from a copy of it.
         let caches = subjects.iter().map(|s| prefilled(s.m, &prompt(c))).collect::<Result<Vec<_>>>()?;
         let tps = best(&|i| decode_from(subjects[i].m, caches[i].0.try_clone()?, caches[i].1, DECODE_TOKENS))?;
         for (i, (d, tps)) in decode.iter_mut().zip(tps).enumerate() {
-            let bytes = weight_bytes_per_token(subjects[i].m) as f64 + (kv_bytes[i] * c as u64) as f64;
+            let bytes = (weights[i] + kv_bytes[i] * c as u64) as f64;
             d.push(json!({"context": c, "tokens_per_s": tps, "bytes_per_token": bytes}));
         }
     }
@@ -87,10 +88,10 @@ fn bench_side_by_side(subjects: &[Subject], repeats: usize) -> Result<Vec<serde_
         let drift = if std::ptr::eq(s.m, s.f32_model) { None } else { Some(drift(s.m, s.f32_model, &prompt(DRIFT_TOKENS))?) };
         out.push(json!({
             "label": s.label,
-            "weight_bytes_per_token": weight_bytes_per_token(s.m),
+            "weight_bytes_per_token": weights[i],
             "kv_dtype": s.m.kv_dtype,
             "kv_bytes_per_token": kv_bytes[i],
-            "params_total": ModelStats::new(&s.m.config, 0).params_total,
+            "params_total": stats[i].params_total,
             "prefill": prefill[i],
             "decode": decode[i],
             "drift_vs_f32": drift,

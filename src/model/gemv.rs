@@ -39,7 +39,7 @@ pub fn gemv_many(x: &[f32], m: usize, k: usize, ws: &[(WeightData, usize)]) -> V
     let simd = Simd::detect();
     // Q8_0 weights meet Q8 activations (as llama.cpp does): the dot becomes integer multiply-adds.
     let (xq, xd) = if ws.iter().any(|(w, _)| matches!(w, WeightData::Q8_0(_))) { quantize_q8(x) } else { (Vec::new(), Vec::new()) };
-    let xc = vnni_corrections(&xq);
+    let xc = if simd.vnni() { vnni_corrections(&xq) } else { Vec::new() };
     let act = |j: usize| Act {
         f: &x[j * k..(j + 1) * k],
         q: xq.get(j * k..(j + 1) * k).unwrap_or(&[]),
@@ -173,6 +173,15 @@ enum Simd {
 }
 
 impl Simd {
+    /// Whether the Q8_0 kernel is VNNI's (the only one that reads [`vnni_corrections`]).
+    fn vnni(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if let Simd::Vnni = self {
+            return true;
+        }
+        false
+    }
+
     fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {

@@ -29,18 +29,20 @@ pub enum KvDtype {
 }
 
 impl KvDtype {
-    pub fn name(self) -> &'static str {
+    /// The tensor type keys and values are stored as.
+    pub fn dtype(self) -> DType {
         match self {
-            KvDtype::F32 => "f32",
-            KvDtype::F16 => "f16",
+            KvDtype::F32 => DType::F32,
+            KvDtype::F16 => DType::F16,
         }
     }
 
+    pub fn name(self) -> &'static str {
+        self.dtype().as_str()
+    }
+
     pub fn size_in_bytes(self) -> usize {
-        match self {
-            KvDtype::F32 => 4,
-            KvDtype::F16 => 2,
-        }
+        self.dtype().size_in_bytes()
     }
 }
 
@@ -323,7 +325,7 @@ pub(crate) fn append_and_attend(
     let kv = match kv {
         LayerKv::Host(kv) => kv,
         LayerKv::Tensors(kv, _, dtype) => {
-            let store = |t: &Tensor| if *dtype == KvDtype::F16 { t.to_dtype(DType::F16) } else { t.contiguous() };
+            let store = |t: &Tensor| t.to_dtype(dtype.dtype())?.contiguous();
             // Views into the grown buffers; attention wants them contiguous f32 (a device copy).
             let (k, v) = kv.append(&store(k)?, &store(v)?)?;
             return Ok(Err((k.to_dtype(DType::F32)?.contiguous()?, v.to_dtype(DType::F32)?.contiguous()?)));
