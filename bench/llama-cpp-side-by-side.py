@@ -2,11 +2,13 @@
 """Prefill and decode speed of transact next to llama.cpp on the same GGUF files, same run.
 
 llama.cpp is a benchmark peer here, never a dependency of the tool: it comes from PyPI
-(`llama-cpp-python`, which compiles llama.cpp) in a throw-away venv. Create it once:
+(`llama-cpp-python`, which compiles llama.cpp) in a throw-away venv. `bench/llama-cpp-side-by-side.sh`
+creates that venv on first use (~6-7 min on 2 cores) and runs this script in it with the same
+arguments; by hand:
 
   python3 -m venv /tmp/llamavenv
   CMAKE_ARGS="-DGGML_NATIVE=ON" CMAKE_BUILD_PARALLEL_LEVEL=2 \\
-      nice -n 19 /tmp/llamavenv/bin/pip install llama-cpp-python     # ~6-7 min on 2 cores
+      nice -n 19 /tmp/llamavenv/bin/pip install llama-cpp-python
 
 Each --model is LABEL:DTYPE:FILE.gguf, where DTYPE (f32, f16, bf16, q8_0) is the weight type
 transact runs in (`transact bench --dtype`) and should match the file's tensor type. Make the files
@@ -15,7 +17,7 @@ synthetic prompt, prefill of 512 tokens and decode of 32 tokens after a 256-toke
 best of --repeats, and both keep the KV cache in --kv-dtype (llama.cpp's own default is f16,
 transact's f32). Writes a Markdown table to stdout and everything to --json.
 
-  /tmp/llamavenv/bin/python bench/llama-cpp-side-by-side.py \\
+  bench/llama-cpp-side-by-side.sh \\
       --transact target/release/transact --model dense-f32:f32:dense-f32.gguf [--model ...] [--kv-dtype f16]
 """
 import argparse, json, os, subprocess, sys, tempfile, time
