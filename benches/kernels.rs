@@ -15,7 +15,8 @@ const VOCAB: usize = 49152;
 
 /// Runs `f` on a rayon worker, as `Model::forward` runs a pass: from the calling thread, every
 /// parallel region would first park this thread and wake it when done, which at decode sizes
-/// doubled a Q8_0 GEMV's time on two threads (and tripled it on one).
+/// made a Q8_0 GEMV take ~1.3× as long on two threads and over 2× on one (`bench/NOTES.md`,
+/// change 23).
 fn on_worker(f: impl FnOnce() + Send) {
     rayon::scope(|_| f())
 }

@@ -241,9 +241,32 @@ mod avx2 {
     use super::{Act, Q8_BLOCK, Q8_BYTES, WeightData};
     use crate::model::vmath::avx2::hsum;
 
+    /// `$block(b, acc)` over blocks `0 .. $nb` in four accumulator chains, returned as a tuple:
+    /// blocks 4i .. 4i + 3 feed chains 0–3, the tail feeds chain 0. Named chains stay in
+    /// registers: with one, each block waited on the previous block's FMA (and an indexed array
+    /// went through the stack).
+    macro_rules! four_chains {
+        ($nb:expr, $zero:expr, $block:expr) => {{
+            let z = $zero;
+            let (mut a0, mut a1, mut a2, mut a3) = (z, z, z, z);
+            let mut b = 0;
+            while b + 4 <= $nb {
+                a0 = $block(b, a0);
+                a1 = $block(b + 1, a1);
+                a2 = $block(b + 2, a2);
+                a3 = $block(b + 3, a3);
+                b += 4;
+            }
+            while b < $nb {
+                a0 = $block(b, a0);
+                b += 1;
+            }
+            (a0, a1, a2, a3)
+        }};
+    }
+
     /// Row `r` of Q8_0 bytes `w` times the Q8 activations: `$dot(qw, qx)` gives a block's eight
-    /// partial integer sums. Four accumulators, named so they stay in registers: with one, each
-    /// block waited on the previous block's FMA (and an indexed array went through the stack).
+    /// partial integer sums, summed in `four_chains!`.
     macro_rules! q8_blocks {
         ($w:expr, $r:expr, $k:expr, $act:expr, |$qw:ident, $qx:ident, $b:ident| $dot:expr) => {{
             let nb = $k / Q8_BLOCK;
@@ -256,19 +279,7 @@ mod avx2 {
                 let $b = b;
                 _mm256_fmadd_ps(_mm256_cvtepi32_ps($dot), _mm256_set1_ps(f16_scale(blk) * d[b]), acc)
             };
-            let (mut a0, mut a1, mut a2, mut a3) = (_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps());
-            let mut b = 0;
-            while b + 4 <= nb {
-                a0 = block(b, a0);
-                a1 = block(b + 1, a1);
-                a2 = block(b + 2, a2);
-                a3 = block(b + 3, a3);
-                b += 4;
-            }
-            while b < nb {
-                a0 = block(b, a0);
-                b += 1;
-            }
+            let (a0, a1, a2, a3) = four_chains!(nb, _mm256_setzero_ps(), block);
             hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)))
         }};
     }
@@ -444,21 +455,8 @@ mod avx2 {
             };
             (one(row0, acc.0), one(row1, acc.1))
         };
-        // Four accumulators per row, in the order `q8_blocks!` uses, so the sums are the same.
-        let z = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        let (mut a0, mut a1, mut a2, mut a3) = (z, z, z, z);
-        let mut b = 0;
-        while b + 4 <= nb {
-            a0 = block(b, a0);
-            a1 = block(b + 1, a1);
-            a2 = block(b + 2, a2);
-            a3 = block(b + 3, a3);
-            b += 4;
-        }
-        while b < nb {
-            a0 = block(b, a0);
-            b += 1;
-        }
+        // The chains `q8_blocks!` uses, one set per row, so each row sums in the same order.
+        let (a0, a1, a2, a3) = four_chains!(nb, (_mm256_setzero_ps(), _mm256_setzero_ps()), block);
         let sum = |a: __m256, b: __m256, c: __m256, d: __m256| hsum(_mm256_add_ps(_mm256_add_ps(a, b), _mm256_add_ps(c, d)));
         (sum(a0.0, a1.0, a2.0, a3.0), sum(a0.1, a1.1, a2.1, a3.1))
     }
