@@ -265,10 +265,17 @@ mod avx2 {
         }};
     }
 
-    /// Row `r` of Q8_0 bytes `w` times the Q8 activations: `$dot(qw, qx)` gives a block's eight
-    /// partial integer sums, summed in `four_chains!`.
+    /// The total of [`four_chains!`]'s four accumulators, in one fixed order.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn sum_chains((a0, a1, a2, a3): (__m256, __m256, __m256, __m256)) -> f32 {
+        hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)))
+    }
+
+    /// Row `r` of Q8_0 bytes `w` times the Q8 activations (AVX2): `$dot(qw, qx)` gives a block's
+    /// eight partial integer sums, summed in `four_chains!`.
     macro_rules! q8_blocks {
-        ($w:expr, $r:expr, $k:expr, $act:expr, |$qw:ident, $qx:ident, $b:ident| $dot:expr) => {{
+        ($w:expr, $r:expr, $k:expr, $act:expr, |$qw:ident, $qx:ident| $dot:expr) => {{
             let nb = $k / Q8_BLOCK;
             let row = &$w[$r * nb * Q8_BYTES..($r + 1) * nb * Q8_BYTES];
             let (q, d) = (&$act.q[..nb * Q8_BLOCK], &$act.d[..nb]);
@@ -276,11 +283,9 @@ mod avx2 {
                 let blk = &row[b * Q8_BYTES..(b + 1) * Q8_BYTES];
                 let $qw = unsafe { _mm256_loadu_si256(blk[2..].as_ptr() as *const __m256i) };
                 let $qx = unsafe { _mm256_loadu_si256(q[b * Q8_BLOCK..].as_ptr() as *const __m256i) };
-                let $b = b;
                 _mm256_fmadd_ps(_mm256_cvtepi32_ps($dot), _mm256_set1_ps(f16_scale(blk) * d[b]), acc)
             };
-            let (a0, a1, a2, a3) = four_chains!(nb, _mm256_setzero_ps(), block);
-            hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)))
+            sum_chains(four_chains!(nb, _mm256_setzero_ps(), block))
         }};
     }
 
@@ -335,7 +340,7 @@ mod avx2 {
                 });
                 s + (i..k).map(|j| a[r * k + j].to_f32() * x[j]).sum::<f32>()
             }
-            WeightData::Q8_0(a) => q8_blocks!(a, r, k, act, |qw, qx, _b| {
+            WeightData::Q8_0(a) => q8_blocks!(a, r, k, act, |qw, qx| {
                 // maddubs multiplies unsigned by signed bytes: move w's sign onto x.
                 let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(qw, qw), _mm256_sign_epi8(qx, qw));
                 _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))
@@ -352,13 +357,22 @@ mod avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
     pub unsafe fn q8_row_dot_vnni(w: &[u8], r: usize, k: usize, act: &Act) -> f32 {
-        // (w + 128) as unsigned times x, from −128 · Σx ([`super::vnni_corrections`]).
-        let c = &act.c[..k / Q8_BLOCK];
-        let offset = _mm256_set1_epi8(-128);
-        q8_blocks!(w, r, k, act, |qw, qx, b| {
-            let init = _mm256_zextsi128_si256(_mm_cvtsi32_si128(c[b]));
-            _mm256_dpbusd_epi32(init, _mm256_xor_si256(qw, offset), qx)
-        })
+        let nb = k / Q8_BLOCK;
+        let row = &w[r * nb * Q8_BYTES..(r + 1) * nb * Q8_BYTES];
+        let block = |b: usize, acc: __m256| vnni_block(&row[b * Q8_BYTES..(b + 1) * Q8_BYTES], act, b, acc);
+        sum_chains(four_chains!(nb, _mm256_setzero_ps(), block))
+    }
+
+    /// `acc` plus one Q8_0 block `blk` times activation block `b`, scaled: (w + 128) as unsigned
+    /// times x, started from −128 · Σx ([`super::vnni_corrections`]).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
+    fn vnni_block(blk: &[u8], act: &Act, b: usize, acc: __m256) -> __m256 {
+        let qw = unsafe { _mm256_loadu_si256(blk[2..Q8_BYTES].as_ptr() as *const __m256i) };
+        let qx = unsafe { _mm256_loadu_si256(act.q[b * Q8_BLOCK..(b + 1) * Q8_BLOCK].as_ptr() as *const __m256i) };
+        let init = _mm256_zextsi128_si256(_mm_cvtsi32_si128(act.c[b]));
+        let dot = _mm256_dpbusd_epi32(init, _mm256_xor_si256(qw, _mm256_set1_epi8(-128)), qx);
+        _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(f16_scale(blk) * act.d[b]), acc)
     }
 
     /// [`super::q8_block`] of 32 values into `q`, returning the scale; the same values
@@ -438,27 +452,17 @@ mod avx2 {
     unsafe fn q8_row_pair_vnni(w: &[u8], r: usize, k: usize, act: &Act) -> (f32, f32) {
         let nb = k / Q8_BLOCK;
         let (row0, row1) = w[r * nb * Q8_BYTES..(r + 2) * nb * Q8_BYTES].split_at(nb * Q8_BYTES);
-        let (q, d, c) = (&act.q[..nb * Q8_BLOCK], &act.d[..nb], &act.c[..nb]);
-        let offset = _mm256_set1_epi8(-128);
         let ahead = row0.as_ptr().wrapping_add(PAIR_PREFETCH_BYTES);
         let block = |b: usize, acc: (__m256, __m256)| {
             // The pair reads 2 · 34 bytes per block: two prefetches keep every line covered.
             _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(2 * b * Q8_BYTES).cast());
             _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(2 * b * Q8_BYTES + 64).cast());
-            let qx = unsafe { _mm256_loadu_si256(q[b * Q8_BLOCK..].as_ptr() as *const __m256i) };
-            let init = _mm256_zextsi128_si256(_mm_cvtsi32_si128(c[b]));
-            let one = |row: &[u8], acc: __m256| {
-                let blk = &row[b * Q8_BYTES..(b + 1) * Q8_BYTES];
-                let qw = unsafe { _mm256_loadu_si256(blk[2..].as_ptr() as *const __m256i) };
-                let dot = _mm256_dpbusd_epi32(init, _mm256_xor_si256(qw, offset), qx);
-                _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(f16_scale(blk) * d[b]), acc)
-            };
-            (one(row0, acc.0), one(row1, acc.1))
+            let at = b * Q8_BYTES..(b + 1) * Q8_BYTES;
+            (vnni_block(&row0[at.clone()], act, b, acc.0), vnni_block(&row1[at], act, b, acc.1))
         };
-        // The chains `q8_blocks!` uses, one set per row, so each row sums in the same order.
+        // The chains the one-row kernel uses, one set per row, so each row sums in its order.
         let (a0, a1, a2, a3) = four_chains!(nb, (_mm256_setzero_ps(), _mm256_setzero_ps()), block);
-        let sum = |a: __m256, b: __m256, c: __m256, d: __m256| hsum(_mm256_add_ps(_mm256_add_ps(a, b), _mm256_add_ps(c, d)));
-        (sum(a0.0, a1.0, a2.0, a3.0), sum(a0.1, a1.1, a2.1, a3.1))
+        (sum_chains((a0.0, a1.0, a2.0, a3.0)), sum_chains((a0.1, a1.1, a2.1, a3.1)))
     }
 
     /// A Q8_0 block's f16 scale (its first two bytes) as f32, inline: `half`'s conversion is a
