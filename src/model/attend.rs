@@ -63,6 +63,19 @@ pub fn partial<T: KvElem>(q: &[f32], k: &[T], v: &[T], o: &mut [f32], d: usize, 
     portable(q, &k[..n * d], &v[..n * d], o, d)
 }
 
+/// [`partial`] for the `g` queries of one KV group at once (`q`, `o`: `[g, d]`, `ms`: `[g]`),
+/// over the first `n` keys and values: decode's kernel. On AVX2 it reads each key and value
+/// once for the whole group, in one pass.
+pub fn group_partial<T: KvElem>(q: &[f32], k: &[T], v: &[T], o: &mut [f32], ms: &mut [(f32, f32)], d: usize, n: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if d.is_multiple_of(8) && super::vmath::avx2() && is_x86_feature_detected!("f16c") {
+        return unsafe { avx2::group_partial(q, &k[..n * d], &v[..n * d], o, ms, d) };
+    }
+    for ((q, o), ms) in q.chunks_exact(d).zip(o.chunks_exact_mut(d)).zip(ms) {
+        *ms = portable(q, &k[..n * d], &v[..n * d], o, d);
+    }
+}
+
 /// Merges [`partial`] results `(m, sum, o)` of one query over disjoint key ranges into the
 /// normalised attention output `out`.
 pub fn combine<'a>(parts: impl Iterator<Item = (f32, f32, &'a [f32])> + Clone, out: &mut [f32]) {
@@ -105,7 +118,7 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     use super::KvElem;
-    use crate::model::vmath::avx2::{exp_minus_max, hsum};
+    use crate::model::vmath::avx2::{exp, exp_minus_max, hsum};
 
     /// Eight keys' or values' elements from `p`, as f32.
     #[inline]
@@ -127,56 +140,157 @@ mod avx2 {
         // Scores, eight keys per pass: eight independent FMA chains share each load of q.
         let mut j = 0;
         while j + 8 <= n {
-            let kp = k[j * d..].as_ptr();
-            let mut acc = [_mm256_setzero_ps(); 8];
-            for c in (0..d).step_by(8) {
-                let x = unsafe { _mm256_loadu_ps(qp.add(c)) };
-                for (r, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_fmadd_ps(x, unsafe { load8(kp.add(r * d + c)) }, *a);
-                }
-            }
-            unsafe { _mm256_storeu_ps(scores[j..].as_mut_ptr(), hsum8(acc)) };
+            unsafe { _mm256_storeu_ps(scores[j..].as_mut_ptr(), scores8(qp, k[j * d..].as_ptr(), d)) };
             j += 8;
         }
         for (jj, kj) in k.chunks_exact(d).enumerate().skip(j) {
-            let mut a = _mm256_setzero_ps();
-            for c in (0..d).step_by(8) {
-                a = _mm256_fmadd_ps(unsafe { _mm256_loadu_ps(qp.add(c)) }, unsafe { load8(kj.as_ptr().add(c)) }, a);
-            }
-            scores[jj] = hsum(a);
+            scores[jj] = unsafe { dot(qp, kj.as_ptr(), d) };
         }
         let (max, sum) = unsafe { exp_minus_max(&mut scores) };
-        // o = Σ p_j v_j, 64 columns at a time in eight registers.
-        let p = &scores[..];
-        let mut c = 0;
-        while c + 64 <= d {
-            weighted_sum::<T, 8>(p, v, d, c, o);
-            c += 64;
-        }
-        while c < d {
-            weighted_sum::<T, 1>(p, v, d, c, o);
-            c += 8;
-        }
+        weighted_sums(&scores, v, d, None, o);
         (max, sum)
     }
 
-    /// Columns `c .. c + 8W` of `o = Σ_j p_j v_j` (`v`: rows of `d`); a constant W so
-    /// the accumulators unroll into registers.
-    #[inline]
+    /// [`super::group_partial`] for `d` a multiple of 8: one pass over the keys and values in
+    /// blocks of eight, each block scored and accumulated by every query of the group while it
+    /// is in L1 (an online softmax: each query's running max, and its sum and outputs rescaled
+    /// when the max grows).
+    ///
+    /// Why one pass: from memory, the two-pass kernel ([`partial`]) cost about its time in cache
+    /// plus its bytes at the bandwidth roof. Its phases (scores, exponentials, values, and the
+    /// group's other queries again from L2) leave memory idle between them, while compute
+    /// interleaved with a stream overlaps it (`bench/NOTES.md`, change 25).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn weighted_sum<T: KvElem, const W: usize>(p: &[f32], v: &[T], d: usize, c: usize, o: &mut [f32]) {
-        let mut acc = [_mm256_setzero_ps(); W];
-        for (j, &pj) in p.iter().enumerate() {
-            let pj = _mm256_set1_ps(pj);
-            let row = &v[j * d + c..j * d + c + 8 * W];
-            for (r, a) in acc.iter_mut().enumerate() {
-                *a = _mm256_fmadd_ps(pj, unsafe { load8(row.as_ptr().add(8 * r)) }, *a);
+    pub unsafe fn group_partial<T: KvElem>(q: &[f32], k: &[T], v: &[T], o: &mut [f32], ms: &mut [(f32, f32)], d: usize) {
+        debug_assert!(d.is_multiple_of(8));
+        let (n, g) = (k.len() / d, q.len() / d);
+        o[..g * d].fill(0.0);
+        let mut max = vec![_mm256_set1_ps(f32::NEG_INFINITY); g];
+        let mut sum = vec![_mm256_setzero_ps(); g];
+        let lanes = _mm256_setr_ps(0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0);
+        let mut p = [0f32; 8];
+        for j in (0..n).step_by(8) {
+            let b = (n - j).min(8);
+            let (kp, vj) = (k[j * d..].as_ptr(), &v[j * d..(j + b) * d]);
+            // The next block's keys and values, prefetched in a share per query: with the
+            // group's compute between one block's loads and the next, the hardware prefetcher
+            // alone left the scores waiting on memory (NOTES, change 25). Prefetching past the
+            // end of `k` or `v` is harmless.
+            let (knext, vnext) = (kp.wrapping_add(8 * d) as *const i8, vj.as_ptr().wrapping_add(8 * d) as *const i8);
+            let bytes = 8 * d * size_of::<T>();
+            for h in 0..g {
+                for at in (bytes * h / g..bytes * (h + 1) / g).step_by(64) {
+                    _mm_prefetch::<_MM_HINT_T0>(knext.wrapping_add(at));
+                    _mm_prefetch::<_MM_HINT_T0>(vnext.wrapping_add(at));
+                }
+                let qp = q[h * d..].as_ptr();
+                let s = if b == 8 {
+                    unsafe { scores8(qp, kp, d) }
+                } else {
+                    let mut s = [f32::NEG_INFINITY; 8];
+                    for (i, s) in s[..b].iter_mut().enumerate() {
+                        *s = unsafe { dot(qp, kp.add(i * d), d) };
+                    }
+                    unsafe { _mm256_loadu_ps(s.as_ptr()) }
+                };
+                let m = _mm256_max_ps(max[h], hmax(s));
+                let mut e = exp(_mm256_sub_ps(s, m));
+                if b < 8 {
+                    // Missing keys' lanes would carry e^-87, not 0.
+                    e = _mm256_and_ps(e, _mm256_cmp_ps::<_CMP_LT_OQ>(lanes, _mm256_set1_ps(b as f32)));
+                }
+                // The first block rescales zeros: e^-inf is clamped to ~1e-38, times 0.
+                let scale = exp(_mm256_sub_ps(max[h], m));
+                max[h] = m;
+                sum[h] = _mm256_fmadd_ps(sum[h], scale, e);
+                unsafe { _mm256_storeu_ps(p.as_mut_ptr(), e) };
+                weighted_sums(&p[..b], vj, d, Some(scale), &mut o[h * d..(h + 1) * d]);
             }
         }
+        for ((ms, m), s) in ms.iter_mut().zip(max).zip(sum) {
+            *ms = (_mm256_cvtss_f32(m), hsum(s));
+        }
+    }
+
+    /// The scores of eight keys (`k`: rows of `d` from `k`) against `q`: eight independent FMA
+    /// chains share each load of q.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn scores8<T: KvElem>(q: *const f32, k: *const T, d: usize) -> __m256 {
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for c in (0..d).step_by(8) {
+            let x = unsafe { _mm256_loadu_ps(q.add(c)) };
+            for (r, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(x, unsafe { load8(k.add(r * d + c)) }, *a);
+            }
+        }
+        hsum8(acc)
+    }
+
+    /// One key's score.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot<T: KvElem>(q: *const f32, k: *const T, d: usize) -> f32 {
+        let mut a = _mm256_setzero_ps();
+        for c in (0..d).step_by(8) {
+            a = _mm256_fmadd_ps(unsafe { _mm256_loadu_ps(q.add(c)) }, unsafe { load8(k.add(c)) }, a);
+        }
+        hsum(a)
+    }
+
+    /// `o ← Σ_j p_j v_j` (`v`: rows of `d`), or with `rescale`, `o ← rescale · o + Σ_j p_j v_j`;
+    /// 64 columns at a time in eight registers.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn weighted_sums<T: KvElem>(p: &[f32], v: &[T], d: usize, rescale: Option<__m256>, o: &mut [f32]) {
+        let mut c = 0;
+        while c + 64 <= d {
+            weighted_sum::<T, 8>(p, v, d, c, rescale, o);
+            c += 64;
+        }
+        while c < d {
+            weighted_sum::<T, 1>(p, v, d, c, rescale, o);
+            c += 8;
+        }
+    }
+
+    /// Columns `c .. c + 8W` of [`weighted_sums`]; a constant W so the accumulators unroll into
+    /// registers.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn weighted_sum<T: KvElem, const W: usize>(p: &[f32], v: &[T], d: usize, c: usize, rescale: Option<__m256>, o: &mut [f32]) {
+        assert!(c + 8 * W <= d && v.len() >= p.len() * d);
         let o = &mut o[c..c + 8 * W];
+        let mut acc = [_mm256_setzero_ps(); W];
+        if let Some(scale) = rescale {
+            for (r, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_mul_ps(scale, unsafe { _mm256_loadu_ps(o.as_ptr().add(8 * r)) });
+            }
+        }
+        let vp = v[c..].as_ptr();
+        for (j, &pj) in p.iter().enumerate() {
+            let pj = _mm256_set1_ps(pj);
+            // In bounds: row j's columns c .. c + 8W (asserted above).
+            let row = unsafe { vp.add(j * d) };
+            for (r, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(pj, unsafe { load8(row.add(8 * r)) }, *a);
+            }
+        }
         for (r, a) in acc.iter().enumerate() {
             unsafe { _mm256_storeu_ps(o.as_mut_ptr().add(8 * r), *a) };
         }
+    }
+
+    /// The largest lane of `v`, in every lane.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn hmax(v: __m256) -> __m256 {
+        let v = _mm256_max_ps(v, _mm256_permute2f128_ps(v, v, 1));
+        let v = _mm256_max_ps(v, _mm256_permute_ps(v, 0b01_00_11_10));
+        _mm256_max_ps(v, _mm256_permute_ps(v, 0b10_11_00_01))
     }
 
     /// The eight horizontal sums of `a`, in order.
@@ -250,5 +364,24 @@ mod tests {
         let mut split = vec![0f32; d];
         combine(parts.iter().map(|(m, s, o)| (*m, *s, o.as_slice())), &mut split);
         assert!(close(&split, &reference(qv, &kf, &vf, d)), "{what}, split");
+        // The t queries as one group over the same keys: ranges of 1 to 19 keys (the one-pass
+        // kernel's tail, one block, blocks and a tail, empty), split and combined.
+        for step in [1, 5, 8, 11, 19] {
+            let mut parts = Vec::new();
+            for j0 in (0..n).step_by(step).chain([n]) {
+                let j1 = (j0 + step).min(n);
+                let (mut o, mut ms) = (vec![f32::NAN; t * d], vec![(0.0, 0.0); t]);
+                group_partial(q, &k[j0 * d..], &v[j0 * d..], &mut o, &mut ms, d, j1 - j0);
+                if j1 == j0 {
+                    assert!(ms.iter().all(|&(m, s)| m == f32::NEG_INFINITY && s == 0.0), "{what}: empty range");
+                }
+                parts.push((ms, o));
+            }
+            for ti in 0..t {
+                let mut got = vec![0f32; d];
+                combine(parts.iter().map(|(ms, o)| (ms[ti].0, ms[ti].1, &o[ti * d..][..d])), &mut got);
+                assert!(close(&got, &reference(&q[ti * d..][..d], &kf, &vf, d)), "{what}, group query {ti}, ranges of {step}");
+            }
+        }
     }
 }

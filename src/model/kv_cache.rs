@@ -196,36 +196,30 @@ impl HostKv {
         out
     }
 
-    /// One new token's attention over `n` keys. Tasks are (KV head, range of keys) and score all
-    /// `g` query heads of the group, so each key and value is read from memory once (one task
-    /// per query head read them g times) and a few KV heads still fill every thread.
+    /// One new token's attention over `n` keys. Tasks are (KV head, range of keys) and attend
+    /// all `g` query heads of the group in one pass ([`super::attend::group_partial`]), so each
+    /// key and value is read from memory once, and a few KV heads still fill every thread.
     fn attend_split<T: KvElem>(&self, kb: &[T], vb: &[T], q: &[f32], g: usize, n: usize) -> Vec<f32> {
         let (d, groups) = (self.d, self.b * self.heads);
         let ranges = (8 * rayon::current_num_threads()).div_ceil(groups).min(n.div_ceil(MIN_KEYS_PER_TASK)).max(1);
         let per = n.div_ceil(ranges);
-        // Per (group, range, query head): max, sum, then the d unnormalised outputs.
-        let stride = d + 2;
-        let mut parts = vec![0f32; groups * ranges * g * stride];
-        parts.par_chunks_mut(g * stride).enumerate().for_each(|(idx, p)| {
+        // Per (group, range, query head): max and sum, and the d unnormalised outputs.
+        let mut ms = vec![(f32::NEG_INFINITY, 0f32); groups * ranges * g];
+        let mut os = vec![0f32; groups * ranges * g * d];
+        ms.par_chunks_mut(g).zip(os.par_chunks_mut(g * d)).enumerate().for_each(|(idx, (ms, o))| {
             let (grp, r) = (idx / ranges, idx % ranges);
             let (j0, j1) = (r * per, ((r + 1) * per).min(n));
-            let base = (grp * self.cap + j0.min(n)) * d;
-            for (i, p) in p.chunks_exact_mut(stride).enumerate() {
-                let (ms, o) = p.split_at_mut(2);
-                let (m, sum) = if j1 > j0 {
-                    super::attend::partial(&q[(grp * g + i) * d..][..d], &kb[base..], &vb[base..], o, d, j1 - j0)
-                } else {
-                    (f32::NEG_INFINITY, 0.0)
-                };
-                (ms[0], ms[1]) = (m, sum);
+            if j1 > j0 {
+                let base = (grp * self.cap + j0) * d;
+                super::attend::group_partial(&q[grp * g * d..][..g * d], &kb[base..], &vb[base..], o, ms, d, j1 - j0);
             }
         });
         let mut out = vec![0f32; groups * g * d];
         for (h, o) in out.chunks_exact_mut(d).enumerate() {
             let (grp, i) = (h / g, h % g);
             let part = |r: usize| {
-                let p = &parts[((grp * ranges + r) * g + i) * stride..][..stride];
-                (p[0], p[1], &p[2..])
+                let at = (grp * ranges + r) * g + i;
+                (ms[at].0, ms[at].1, &os[at * d..][..d])
             };
             super::attend::combine((0..ranges).map(part), o);
         }
