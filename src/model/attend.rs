@@ -270,10 +270,10 @@ mod avx2 {
                 *a = _mm256_mul_ps(scale, unsafe { _mm256_loadu_ps(o.as_ptr().add(8 * r)) });
             }
         }
-        let vp = v[c..].as_ptr();
+        // Dereferenced only for rows that exist: row j's columns c .. c + 8W (asserted above).
+        let vp = v.as_ptr().wrapping_add(c);
         for (j, &pj) in p.iter().enumerate() {
             let pj = _mm256_set1_ps(pj);
-            // In bounds: row j's columns c .. c + 8W (asserted above).
             let row = unsafe { vp.add(j * d) };
             for (r, a) in acc.iter_mut().enumerate() {
                 *a = _mm256_fmadd_ps(pj, unsafe { load8(row.add(8 * r)) }, *a);
