@@ -172,6 +172,7 @@ mod avx2 {
         let mut sum = vec![_mm256_setzero_ps(); g];
         let lanes = _mm256_setr_ps(0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0);
         let mut p = [0f32; 8];
+        let bytes = 8 * d * size_of::<T>();
         for j in (0..n).step_by(8) {
             let b = (n - j).min(8);
             let (kp, vj) = (k[j * d..].as_ptr(), &v[j * d..(j + b) * d]);
@@ -180,7 +181,6 @@ mod avx2 {
             // alone left the scores waiting on memory (NOTES, change 25). Prefetching past the
             // end of `k` or `v` is harmless.
             let (knext, vnext) = (kp.wrapping_add(8 * d) as *const i8, vj.as_ptr().wrapping_add(8 * d) as *const i8);
-            let bytes = 8 * d * size_of::<T>();
             for h in 0..g {
                 for at in (bytes * h / g..bytes * (h + 1) / g).step_by(64) {
                     _mm_prefetch::<_MM_HINT_T0>(knext.wrapping_add(at));

@@ -272,21 +272,16 @@ mod avx2 {
         hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)))
     }
 
-    /// Row `r` of Q8_0 bytes `w` times the Q8 activations (AVX2): `$dot(qw, qx)` gives a block's
-    /// eight partial integer sums, summed in `four_chains!`.
-    macro_rules! q8_blocks {
-        ($w:expr, $r:expr, $k:expr, $act:expr, |$qw:ident, $qx:ident| $dot:expr) => {{
-            let nb = $k / Q8_BLOCK;
-            let row = &$w[$r * nb * Q8_BYTES..($r + 1) * nb * Q8_BYTES];
-            let (q, d) = (&$act.q[..nb * Q8_BLOCK], &$act.d[..nb]);
-            let block = |b: usize, acc: __m256| {
-                let blk = &row[b * Q8_BYTES..(b + 1) * Q8_BYTES];
-                let $qw = unsafe { _mm256_loadu_si256(blk[2..].as_ptr() as *const __m256i) };
-                let $qx = unsafe { _mm256_loadu_si256(q[b * Q8_BLOCK..].as_ptr() as *const __m256i) };
-                _mm256_fmadd_ps(_mm256_cvtepi32_ps($dot), _mm256_set1_ps(f16_scale(blk) * d[b]), acc)
-            };
-            sum_chains(four_chains!(nb, _mm256_setzero_ps(), block))
-        }};
+    /// `acc` plus one Q8_0 block `blk` times activation block `b`, scaled (AVX2): `maddubs`
+    /// multiplies unsigned by signed bytes, so w's sign moves onto x.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn avx2_block(blk: &[u8], act: &Act, b: usize, acc: __m256) -> __m256 {
+        let qw = unsafe { _mm256_loadu_si256(blk[2..Q8_BYTES].as_ptr() as *const __m256i) };
+        let qx = unsafe { _mm256_loadu_si256(act.q[b * Q8_BLOCK..(b + 1) * Q8_BLOCK].as_ptr() as *const __m256i) };
+        let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(qw, qw), _mm256_sign_epi8(qx, qw));
+        let dot = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
+        _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(f16_scale(blk) * act.d[b]), acc)
     }
 
     /// # Safety
@@ -340,11 +335,12 @@ mod avx2 {
                 });
                 s + (i..k).map(|j| a[r * k + j].to_f32() * x[j]).sum::<f32>()
             }
-            WeightData::Q8_0(a) => q8_blocks!(a, r, k, act, |qw, qx| {
-                // maddubs multiplies unsigned by signed bytes: move w's sign onto x.
-                let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(qw, qw), _mm256_sign_epi8(qx, qw));
-                _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))
-            }),
+            WeightData::Q8_0(a) => {
+                let nb = k / Q8_BLOCK;
+                let row = &a[r * nb * Q8_BYTES..(r + 1) * nb * Q8_BYTES];
+                let block = |b: usize, acc: __m256| avx2_block(&row[b * Q8_BYTES..(b + 1) * Q8_BYTES], act, b, acc);
+                sum_chains(four_chains!(nb, _mm256_setzero_ps(), block))
+            }
         }
     }
 
