@@ -49,40 +49,40 @@ struct Subject<'a> {
 
 /// Speeds and sizes of `subjects` (the same weight and KV type of each model), measured side by
 /// side: every repetition runs each subject in turn, so their ratios compare the same minutes of
-/// a shared machine, where one measurement can move ±12 points between runs minutes apart. The
-/// roof fractions are added once the run's roofs are known ([`add_roof_fractions`]).
+/// a shared machine, where one measurement can move ±12 points between runs minutes apart. A
+/// repetition runs every size before the next repetition starts, so a cell's best is taken over
+/// the column's whole span (~30 s), not over three back-to-back seconds that one slow spell of
+/// the VM can cover. The roof fractions are added once the run's roofs are known
+/// ([`add_roof_fractions`]).
 fn bench_side_by_side(subjects: &[Subject], repeats: usize) -> Result<Vec<serde_json::Value>> {
-    // Best of `repeats` per subject; `f` measures subject i once.
-    let best = |f: &dyn Fn(usize) -> Result<f64>| -> Result<Vec<f64>> {
-        let mut best = vec![0f64; subjects.len()];
-        for _ in 0..repeats.max(1) {
-            for (i, b) in best.iter_mut().enumerate() {
-                *b = b.max(f(i)?);
+    // One prefilled cache per context and subject; each repetition decodes from a copy of it.
+    let caches = DECODE_AT.iter().map(|&c| subjects.iter().map(|s| prefilled(s.m, &prompt(c))).collect::<Result<Vec<_>>>()).collect::<Result<Vec<_>>>()?;
+    // Best tokens/s per subject, prefill sizes then decode contexts.
+    let mut best = vec![[0f64; PREFILL.len() + DECODE_AT.len()]; subjects.len()];
+    for _ in 0..repeats.max(1) {
+        for (j, &n) in PREFILL.iter().enumerate() {
+            for (b, s) in best.iter_mut().zip(subjects) {
+                b[j] = b[j].max(prefill_decode(s.m, &prompt(n), 0, 1)?.prefill_tokens_per_s);
             }
         }
-        Ok(best)
-    };
-    let mut prefill = vec![Vec::new(); subjects.len()];
-    for &n in &PREFILL {
-        let tps = best(&|i| Ok(prefill_decode(subjects[i].m, &prompt(n), 0, 1)?.prefill_tokens_per_s))?;
-        for ((p, s), tps) in prefill.iter_mut().zip(subjects).zip(tps) {
-            let flops = ModelStats::new(&s.m.config, n / 2).flops_per_token as f64;
-            p.push(json!({"tokens": n, "tokens_per_s": tps, "flops_per_token": flops}));
+        for (j, caches) in caches.iter().enumerate() {
+            for ((b, s), (cache, next)) in best.iter_mut().zip(subjects).zip(caches) {
+                let j = PREFILL.len() + j;
+                b[j] = b[j].max(decode_from(s.m, cache.try_clone()?, *next, DECODE_TOKENS)?);
+            }
         }
     }
     let stats: Vec<ModelStats> = subjects.iter().map(|s| ModelStats::new(&s.m.config, 0)).collect();
     let weights: Vec<u64> = subjects.iter().map(|s| weight_bytes_per_token(s.m)).collect();
     let kv_bytes: Vec<u64> = subjects.iter().zip(&stats).map(|(s, st)| st.kv_bytes_per_token_f32 / 4 * s.m.kv_dtype.size_in_bytes() as u64).collect();
-    let mut decode = vec![Vec::new(); subjects.len()];
-    for &c in &DECODE_AT {
-        // One prefilled cache per subject; each repetition decodes from a copy of it.
-        let caches = subjects.iter().map(|s| prefilled(s.m, &prompt(c))).collect::<Result<Vec<_>>>()?;
-        let tps = best(&|i| decode_from(subjects[i].m, caches[i].0.try_clone()?, caches[i].1, DECODE_TOKENS))?;
-        for (i, (d, tps)) in decode.iter_mut().zip(tps).enumerate() {
-            let bytes = (weights[i] + kv_bytes[i] * c as u64) as f64;
-            d.push(json!({"context": c, "tokens_per_s": tps, "bytes_per_token": bytes}));
-        }
-    }
+    let prefill = |i: usize| -> Vec<serde_json::Value> {
+        let flops = |n: usize| ModelStats::new(&subjects[i].m.config, n / 2).flops_per_token as f64;
+        PREFILL.iter().zip(&best[i]).map(|(&n, tps)| json!({"tokens": n, "tokens_per_s": tps, "flops_per_token": flops(n)})).collect()
+    };
+    let decode = |i: usize| -> Vec<serde_json::Value> {
+        let bytes = |c: usize| (weights[i] + kv_bytes[i] * c as u64) as f64;
+        DECODE_AT.iter().zip(&best[i][PREFILL.len()..]).map(|(&c, tps)| json!({"context": c, "tokens_per_s": tps, "bytes_per_token": bytes(c)})).collect()
+    };
     let mut out = Vec::new();
     for (i, s) in subjects.iter().enumerate() {
         let drift = if std::ptr::eq(s.m, s.f32_model) { None } else { Some(drift(s.m, s.f32_model, &prompt(DRIFT_TOKENS))?) };
@@ -92,8 +92,8 @@ fn bench_side_by_side(subjects: &[Subject], repeats: usize) -> Result<Vec<serde_
             "kv_dtype": s.m.kv_dtype,
             "kv_bytes_per_token": kv_bytes[i],
             "params_total": stats[i].params_total,
-            "prefill": prefill[i],
-            "decode": decode[i],
+            "prefill": prefill(i),
+            "decode": decode(i),
             "drift_vs_f32": drift,
             "peak_rss_bytes": peak_rss(),
         }));
