@@ -14,6 +14,9 @@ pub struct ModelStats {
     pub params_mlp: u64,
     /// Multiply-adds ×2 to produce one token's logits when it attends to `context` tokens.
     pub flops_per_token: u64,
+    /// The LM head's share of `flops_per_token`. A prefill that keeps only the last position's
+    /// logits computes it once, not per token ([`ModelStats::prefill_flops_per_token`]).
+    pub flops_lm_head: u64,
     pub context: usize,
     /// Keys + values of one token over all layers, in f32 and in f16.
     pub kv_bytes_per_token_f32: u64,
@@ -48,10 +51,18 @@ impl ModelStats {
             params_attention: attn,
             params_mlp: mlp,
             flops_per_token: 2 * (attn + mlp + v * h) + attn_scores,
+            flops_lm_head: 2 * v * h,
             context,
             kv_bytes_per_token_f32: kv_elems * 4,
             kv_bytes_per_token_f16: kv_elems * 2,
         }
+    }
+
+    /// FLOPs per token of a `t`-token prefill that returns the last position's logits: every
+    /// layer for every token, each token attending to `t/2` keys on average, and the LM head once.
+    pub fn prefill_flops_per_token(cfg: &ModelConfig, t: usize) -> f64 {
+        let st = Self::new(cfg, t / 2);
+        (st.flops_per_token - st.flops_lm_head) as f64 + st.flops_lm_head as f64 / t as f64
     }
 }
 

@@ -76,7 +76,7 @@ fn bench_side_by_side(subjects: &[Subject], repeats: usize) -> Result<Vec<serde_
     let weights: Vec<u64> = subjects.iter().map(|s| weight_bytes_per_token(s.m)).collect();
     let kv_bytes: Vec<u64> = subjects.iter().zip(&stats).map(|(s, st)| st.kv_bytes_per_token_f32 / 4 * s.m.kv_dtype.size_in_bytes() as u64).collect();
     let prefill = |i: usize| -> Vec<serde_json::Value> {
-        let flops = |n: usize| ModelStats::new(&subjects[i].m.config, n / 2).flops_per_token as f64;
+        let flops = |n: usize| ModelStats::prefill_flops_per_token(&subjects[i].m.config, n);
         PREFILL.iter().zip(&best[i]).map(|(&n, tps)| json!({"tokens": n, "tokens_per_s": tps, "flops_per_token": flops(n)})).collect()
     };
     let decode = |i: usize| -> Vec<serde_json::Value> {

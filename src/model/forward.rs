@@ -7,6 +7,7 @@ use candle_core::{D, DType, Device, Result, Tensor};
 use candle_nn::ops::{rms_norm, softmax_last_dim};
 
 use super::config::ModelConfig;
+use super::gemm;
 use super::kv_cache::{KvDtype, KvStorage, LayerKv, append_and_attend};
 use super::linear::{WeightDtype, convert, linear, linear_many};
 use super::rope::RopeTables;
@@ -54,6 +55,22 @@ fn causal_mask(t: usize, start: usize, device: &Device) -> Result<Tensor> {
     Tensor::from_vec(mask, (t, total), device)
 }
 
+/// `a · bᵀ` (`b_rows_are_columns`) or `a · b` over the leading dims: contiguous f32 on the CPU
+/// through [`gemm::f32::matmul`], candle's matmul otherwise.
+fn bmm(a: &Tensor, b: &Tensor, b_rows_are_columns: bool) -> Result<Tensor> {
+    let (m, k) = (a.dim(D::Minus2)?, a.dim(D::Minus1)?);
+    let n = b.dim(if b_rows_are_columns { D::Minus2 } else { D::Minus1 })?;
+    let batch = a.elem_count() / (m * k).max(1);
+    if b.elem_count() == batch * n * k
+        && let Some(y) = vmath::with_cpu_f32(&[a, b], |d| gemm::f32::matmul(batch, m, n, k, d[0], d[1], b_rows_are_columns))?
+    {
+        let mut shape = a.dims().to_vec();
+        *shape.last_mut().expect("a matrix has two dims") = n;
+        return Tensor::from_vec(y, shape, a.device());
+    }
+    if b_rows_are_columns { a.matmul(&b.t()?) } else { a.matmul(b) }
+}
+
 /// Query rows per attention block. Bounding the score matrix to `[g·BLOCK, keys]` keeps it in
 /// cache at long contexts (one `[g·t, t]` matrix is 150 MB per layer at t = 2048), and each block
 /// skips the keys after its last query, halving causal attention's work.
@@ -73,7 +90,7 @@ fn attend(q: &Tensor, k: &Tensor, v: &Tensor, start: usize) -> Result<Tensor> {
         } else {
             (k.narrow(2, 0, keys)?.contiguous()?, v.narrow(2, 0, keys)?.contiguous()?)
         };
-        let att = qc.reshape((b, hkv, g * c, d))?.matmul(&kc.t()?)?;
+        let att = bmm(&qc.reshape((b, hkv, g * c, d))?, &kc, true)?;
         // Row r is query r % c of the block, at absolute position start + c0 + r % c.
         let first = start + c0 + 1;
         let p = match vmath::with_cpu_f32(&[&att], |x| vmath::causal_softmax(x[0], keys, |r| first + r % c))? {
@@ -84,7 +101,7 @@ fn attend(q: &Tensor, k: &Tensor, v: &Tensor, start: usize) -> Result<Tensor> {
             }
             None => softmax_last_dim(&att)?,
         };
-        blocks.push(p.matmul(&vc)?.reshape((b, hkv, g, c, d))?);
+        blocks.push(bmm(&p, &vc, false)?.reshape((b, hkv, g, c, d))?);
     }
     if blocks.len() == 1 { Ok(blocks.pop().unwrap()) } else { Tensor::cat(&blocks, 3) }
 }
@@ -176,9 +193,9 @@ impl Model {
             let slot = cache.as_deref_mut().map(|c| (c.storage(), &mut c.layers[l]));
             let w = &self.weights.layers[l];
             let xb = rms_norm(&x, &w.attn_norm, cfg.rms_eps as f32)?;
-            x = (x + self.attention(l, &xb, rope, slot, observer.as_deref_mut())?)?;
+            x = vmath::add(&x, &self.attention(l, &xb, rope, slot, observer.as_deref_mut())?)?;
             let xb = rms_norm(&x, &w.mlp_norm, cfg.rms_eps as f32)?;
-            x = (x + self.mlp(l, &xb, observer.as_deref_mut())?)?;
+            x = vmath::add(&x, &self.mlp(l, &xb, observer.as_deref_mut())?)?;
         }
         Ok(x)
     }

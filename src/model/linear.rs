@@ -11,6 +11,7 @@ use candle_core::{DType, Device, Result, Storage, Tensor, bail};
 
 use super::gemm;
 use super::gemv::{self, Q8_BLOCK, Q8_BYTES, WeightData};
+use super::vmath::with_cpu_f32;
 
 /// The type the forward keeps its weight matrices in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -118,6 +119,16 @@ pub fn linear_many(x: &Tensor, ws: &[&Tensor]) -> Result<Vec<Tensor>> {
             if rows <= gemv::MAX_ROWS { Some(gemv::gemv_many(&xs, rows, n_in, data)) } else { gemm::gemm_many(&xs, rows, n_in, data) }
         })?;
         if let Some(Some(ys)) = ys {
+            return ys.into_iter().zip(ws).map(|(y, w)| Tensor::from_vec(y, (b, t, w.dim(0)?), x.device())).collect();
+        }
+    }
+    if matches!(x.device(), Device::Cpu) {
+        // f32 through the gemm crate; other types widened first (f16; bf16 and Q8_0 where this
+        // CPU lacks the AVX-512 kernels).
+        let wf = ws.iter().map(|w| to_f32(w)).collect::<Result<Vec<_>>>()?;
+        let all: Vec<&Tensor> = std::iter::once(x).chain(&wf).collect();
+        let ys = with_cpu_f32(&all, |d| d[1..].iter().map(|w| gemm::f32::matmul(1, rows, w.len() / n_in, n_in, d[0], w, true)).collect::<Vec<_>>())?;
+        if let Some(ys) = ys {
             return ys.into_iter().zip(ws).map(|(y, w)| Tensor::from_vec(y, (b, t, w.dim(0)?), x.device())).collect();
         }
     }

@@ -45,6 +45,19 @@ pub fn silu_mul(gate: &[f32], up: &[f32]) -> Vec<f32> {
     out
 }
 
+/// `a + b` for same-shape tensors: the residual adds. candle runs element-wise ops of 64K
+/// elements and more on its own pool, whose thread then spins for a while after each op, on a
+/// 2-core machine against rayon's two threads in the GEMM that follows: 2–3% of an f32 prefill
+/// (`bench/NOTES.md`, change 26). This add runs on rayon's threads instead.
+pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if a.shape() == b.shape()
+        && let Some(sum) = with_cpu_f32(&[a, b], |x| x[0].par_iter().zip(x[1]).with_min_len(CHUNK).map(|(a, b)| a + b).collect::<Vec<f32>>())?
+    {
+        return Tensor::from_vec(sum, a.shape(), a.device());
+    }
+    a + b
+}
+
 /// Softmax numerators in place: `s_j ← e^(s_j − m)`; returns `(m, Σ_j e^(s_j − m))` with `m`
 /// the largest score. Causal softmax and decode attention share it.
 pub(crate) fn exp_minus_max(s: &mut [f32]) -> (f32, f32) {

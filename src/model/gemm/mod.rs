@@ -7,8 +7,11 @@
 //! a time into a per-thread buffer, so one 64-byte load holds 16 columns' next few `k` values;
 //! a few activation rows × `NR` columns of sums stay in registers while `k` runs; the panels
 //! are spread over rayon's threads, each writing only its own columns of `y`.
+//!
+//! f32 products (and f16 weights, widened) go to the `gemm` crate directly ([`f32::matmul`]).
 
 mod bf16;
+pub mod f32;
 mod q8_0;
 
 use rayon::prelude::*;
