@@ -56,7 +56,7 @@ pub fn gemv_many(x: &[f32], m: usize, k: usize, ws: &[(WeightData, usize)]) -> V
             tasks.push((ws[i].0, c * rows, out));
         }
     }
-    tasks.into_par_iter().for_each(|(w, r0, out)| {
+    super::team::for_each(tasks, |(w, r0, out)| {
         // One activation row (decode): one kernel call per task, not per row. Decode's rows
         // are short (18 Q8_0 blocks at k = 576); this bought q8_0 decode 1.01–1.14×.
         #[cfg(target_arch = "x86_64")]

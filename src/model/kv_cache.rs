@@ -206,7 +206,8 @@ impl HostKv {
         // Per (group, range, query head): max and sum, and the d unnormalised outputs.
         let mut ms = vec![(f32::NEG_INFINITY, 0f32); groups * ranges * g];
         let mut os = vec![0f32; groups * ranges * g * d];
-        ms.par_chunks_mut(g).zip(os.par_chunks_mut(g * d)).enumerate().for_each(|(idx, (ms, o))| {
+        let tasks: Vec<_> = ms.chunks_mut(g).zip(os.chunks_mut(g * d)).enumerate().collect();
+        super::team::for_each(tasks, |(idx, (ms, o))| {
             let (grp, r) = (idx / ranges, idx % ranges);
             let (j0, j1) = (r * per, ((r + 1) * per).min(n));
             if j1 > j0 {
