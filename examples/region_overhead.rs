@@ -1,6 +1,7 @@
-//! What one rayon parallel region costs on this machine beyond its work: tasks of ~1 µs of
+//! What one parallel region costs on this machine beyond its work: tasks of ~1 µs of
 //! arithmetic in regions of 4, 16 and 64 tasks, against the ideal split over 2 threads, run
-//! from inside the pool as the decode step is (`bench/NOTES.md`, "What is left").
+//! from inside rayon's pool as the decode step is; on rayon, and on the decode step's team
+//! (`transact::model::team`, `bench/NOTES.md` change 27).
 //!
 //! `cargo run --release --example region_overhead`
 
@@ -14,6 +15,18 @@ fn spin(n: usize) -> f32 {
     a
 }
 
+fn rayon_region(tasks: usize, n: usize) {
+    (0..tasks).into_par_iter().for_each(|_| {
+        std::hint::black_box(spin(n));
+    });
+}
+
+fn team_region(tasks: usize, n: usize) {
+    transact::model::team::for_each((0..tasks).collect(), |_| {
+        std::hint::black_box(spin(n));
+    });
+}
+
 fn main() {
     rayon::scope(|_| {
         // Work per task calibrated: n iterations.
@@ -23,25 +36,25 @@ fn main() {
             std::hint::black_box(spin(n));
         }
         let per_task = t.elapsed().as_secs_f64() / 100000.0;
-        for tasks in [4usize, 16, 64] {
-            let mut best = f64::MAX;
-            for _ in 0..5 {
-                let t = std::time::Instant::now();
-                for _ in 0..5000 {
-                    (0..tasks).into_par_iter().for_each(|_| {
-                        std::hint::black_box(spin(n));
-                    });
+        for (name, region) in [("rayon", rayon_region as fn(usize, usize)), ("team", team_region)] {
+            for tasks in [4usize, 16, 64] {
+                let mut best = f64::MAX;
+                for _ in 0..5 {
+                    let t = std::time::Instant::now();
+                    for _ in 0..5000 {
+                        region(tasks, n);
+                    }
+                    best = best.min(t.elapsed().as_secs_f64() / 5000.0);
                 }
-                best = best.min(t.elapsed().as_secs_f64() / 5000.0);
+                let ideal = per_task * tasks as f64 / 2.0;
+                println!(
+                    "{name}: {tasks} tasks of {:.2} us: region {:.2} us, ideal on 2 threads {:.2} us, overhead {:.2} us",
+                    per_task * 1e6,
+                    best * 1e6,
+                    ideal * 1e6,
+                    (best - ideal) * 1e6
+                );
             }
-            let ideal = per_task * tasks as f64 / 2.0;
-            println!(
-                "{tasks} tasks of {:.2} us: region {:.2} us, ideal on 2 threads {:.2} us, overhead {:.2} us",
-                per_task * 1e6,
-                best * 1e6,
-                ideal * 1e6,
-                (best - ideal) * 1e6
-            );
         }
     });
 }

@@ -6,7 +6,7 @@ pub mod config;
 mod decode;
 pub mod forward;
 mod gemm;
-mod team;
+pub mod team;
 pub mod gemv;
 pub mod generate;
 pub mod kv_cache;

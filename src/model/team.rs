@@ -2,9 +2,9 @@
 //! helper per further rayon thread, which spins between regions instead of sleeping.
 //!
 //! A decode token runs ~150 short regions (the GEMVs of small matrices, attention), each a few
-//! to a few tens of µs. A rayon region costs ~0.7 µs beyond its work here
-//! (`examples/region_overhead.rs`), and rayon's idle worker sits in `sched_yield` between them;
-//! a helper that spins on a counter starts a region in ~0.1 µs (`bench/NOTES.md`, change 27).
+//! to a few tens of µs. A rayon region costs 0.66–0.75 µs beyond its work here, a team region
+//! 0.30–0.33 (`cargo run --release --example region_overhead`), and rayon's idle worker sits in
+//! `sched_yield` between regions (~10% of a decode profile); `bench/NOTES.md`, change 27.
 //! A helper parks after [`SPIN`] without work, so prefill's rayon GEMMs get the cores back.
 //! One region at a time: a second caller, or a region started from inside a region, runs on
 //! rayon instead.
@@ -31,14 +31,26 @@ struct Job {
     n: usize,
 }
 
+/// A value on cache lines of its own: the counters that different threads write would
+/// otherwise share a line with what the helpers spin on.
+#[repr(align(128))]
+struct Line<T>(T);
+
+impl<T> std::ops::Deref for Line<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 struct Shared {
     /// Bumped once per region, after `job` is written.
     generation: AtomicUsize,
     job: UnsafeCell<Job>,
     /// Per participant: the next index of its range.
-    next: Vec<AtomicUsize>,
+    next: Vec<Line<AtomicUsize>>,
     /// Helpers done with the current region.
-    done: AtomicUsize,
+    done: Line<AtomicUsize>,
     /// A task panicked on a helper; the caller panics after the region.
     panicked: AtomicBool,
     /// Per helper: parked, or about to; the caller unparks it.
@@ -71,8 +83,8 @@ fn team() -> Option<&'static Team> {
         let shared: &'static Shared = Box::leak(Box::new(Shared {
             generation: AtomicUsize::new(0),
             job: UnsafeCell::new(Job { run: &nothing as &(dyn Fn(usize) + Sync), n: 0 }),
-            next: (0..=helpers).map(|_| AtomicUsize::new(0)).collect(),
-            done: AtomicUsize::new(0),
+            next: (0..=helpers).map(|_| Line(AtomicUsize::new(0))).collect(),
+            done: Line(AtomicUsize::new(0)),
             panicked: AtomicBool::new(false),
             parked: (0..helpers).map(|_| AtomicBool::new(false)).collect(),
             threads: OnceLock::new(),
