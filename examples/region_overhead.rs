@@ -1,7 +1,7 @@
 //! What one parallel region costs on this machine beyond its work: tasks of ~1 µs of
 //! arithmetic in regions of 4, 16 and 64 tasks, against the ideal split over 2 threads, run
 //! from inside rayon's pool as the decode step is; on rayon, and on the decode step's team
-//! (`transact::model::team`, `bench/NOTES.md` change 27).
+//! (`transact::model::team`, `bench/NOTES.md` change 28).
 //!
 //! `cargo run --release --example region_overhead`
 

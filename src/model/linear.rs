@@ -4,8 +4,8 @@
 //! A Q8_0 matrix `[n, k]` is kept as a `u8` tensor `[n, k/32 · 34]`: the GGUF block layout, so
 //! decode reads 8.5 bits per weight. Few activation rows (decode) go through [`gemv`]; more
 //! rows (prefill, scoring) multiply bf16 and Q8_0 weights in their own type where the CPU has
-//! the AVX-512 instructions for it ([`gemm`]) and otherwise widen the weights to f32 for
-//! candle's multi-threaded GEMM.
+//! the AVX-512 instructions for it ([`gemm`]) and otherwise widen the weights to f32 for the
+//! multi-threaded f32 GEMM ([`gemm::f32`]).
 
 use candle_core::{DType, Device, Result, Storage, Tensor, bail};
 
@@ -110,7 +110,7 @@ pub fn linear_many(x: &Tensor, ws: &[&Tensor]) -> Result<Vec<Tensor>> {
         }
     }
     // On the CPU: few rows through the GEMV; more through a GEMM in the weights' own type
-    // where there is one for it. Everything else widens to f32 for candle's GEMM.
+    // where there is one for it. Everything else widens to f32 (below).
     let rows = b * t;
     let own_type = ws.iter().all(|w| matches!(w.dtype(), DType::BF16 | DType::U8));
     if matches!(x.device(), Device::Cpu) && (rows <= gemv::MAX_ROWS || own_type) {

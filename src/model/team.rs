@@ -4,7 +4,7 @@
 //! A decode token runs ~150 short regions (the GEMVs of small matrices, attention), each a few
 //! to a few tens of µs. A rayon region costs 0.66–0.75 µs beyond its work here, a team region
 //! 0.30–0.33 (`cargo run --release --example region_overhead`), and rayon's idle worker sits in
-//! `sched_yield` between regions (~10% of a decode profile); `bench/NOTES.md`, change 27.
+//! `sched_yield` between regions (~10% of a decode profile); `bench/NOTES.md`, change 28.
 //! A helper parks after [`SPIN`] without work, so prefill's rayon GEMMs get the cores back.
 //! One region at a time: a second caller, or a region started from inside a region, runs on
 //! rayon instead.

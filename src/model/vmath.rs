@@ -1,5 +1,5 @@
-//! The forward's element-wise work that calls `exp`: softmax rows of causal attention and
-//! SwiGLU's `silu(gate) ⊙ up`, on slices, in parallel, with a vector `exp`.
+//! The forward's element-wise work: softmax rows of causal attention and SwiGLU's
+//! `silu(gate) ⊙ up` with a vector `exp`, and the residual adds; on slices, in parallel.
 //!
 //! candle's versions call libm's `expf` once per element on one thread (softmax also
 //! exponentiates the masked half of each score block): 8% of a prefill profile.
@@ -48,7 +48,7 @@ pub fn silu_mul(gate: &[f32], up: &[f32]) -> Vec<f32> {
 /// `a + b` for same-shape tensors: the residual adds. candle runs element-wise ops of 64K
 /// elements and more on its own pool, whose thread then spins for a while after each op, on a
 /// 2-core machine against rayon's two threads in the GEMM that follows: 2–3% of an f32 prefill
-/// (`bench/NOTES.md`, change 26). This add runs on rayon's threads instead.
+/// (`bench/NOTES.md`, change 27). This add runs on rayon's threads instead.
 pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if a.shape() == b.shape()
         && let Some(sum) = with_cpu_f32(&[a, b], |x| x[0].par_iter().zip(x[1]).with_min_len(CHUNK).map(|(a, b)| a + b).collect::<Vec<f32>>())?

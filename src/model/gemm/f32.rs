@@ -1,7 +1,7 @@
 //! f32 products through the `gemm` crate, the one candle's CPU matmul calls, called directly.
 //! candle looks up its thread count on every matmul, which on Linux without `RAYON_NUM_THREADS`
 //! reads `/proc/cpuinfo` (`num_cpus::get_physical`), and zero-fills the output first; the
-//! ~450 matmuls of a 512-token prefill paid both (`bench/NOTES.md`, change 26).
+//! ~450 matmuls of a 512-token prefill paid both (`bench/NOTES.md`, change 27).
 
 use gemm::{Parallelism, gemm};
 

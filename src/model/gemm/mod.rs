@@ -1,6 +1,6 @@
 //! Prefill GEMMs that multiply weights in the type they are kept in, on CPUs with the AVX-512
 //! extensions for it: bf16 pairs (`vdpbf16ps`) and Q8_0 bytes (VNNI `vpdpbusd`). Elsewhere,
-//! and for f16, [`super::linear`] widens the weights to f32 for candle's GEMM, which caps every
+//! and for f16, [`super::linear`] widens the weights to f32 for the f32 GEMM, which caps every
 //! small type at the f32 rate; llama.cpp multiplies in the small type (`bench/NOTES.md`).
 //!
 //! Both kernels follow one plan. The weights are re-laid one panel of [`NR`] output columns at
