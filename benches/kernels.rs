@@ -40,7 +40,7 @@ fn gemv(c: &mut Criterion) {
     g.finish();
 }
 
-/// Prefill: 512 rows (the path `linear` takes for more than 4 rows: candle's f32 GEMM, after
+/// Prefill: 512 rows (the path `linear` takes for more than 4 rows: the gemm crate's f32 GEMM, after
 /// widening f16; bf16 and Q8_0 in their own type where the CPU has AVX-512 BF16 / VNNI).
 fn gemm(c: &mut Criterion) {
     let mut g = c.benchmark_group("gemm_512");
