@@ -45,7 +45,8 @@ fn streaming_refuses_what_it_cannot_do_before_any_work() {
     let hf = d.path().join("hf");
     export(model(), &hf, ExportFormat::Hf, ExportDtype::F32, false).unwrap();
     let out = d.path().join("out");
-    let cases: Vec<(Box<dyn Fn(&mut PruneJob)>, &str)> = vec![
+    type Case = (Box<dyn Fn(&mut PruneJob)>, &'static str);
+    let cases: Vec<Case> = vec![
         (Box::new(|j| j.model = crate::common::gguf_path()), "Hugging Face safetensors directory"),
         (Box::new(|j| j.options.shots = 2), "one shot"),
         (Box::new(|j| j.options.attn_unit = AttnUnit::HeadDim), "whole heads"),

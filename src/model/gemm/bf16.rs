@@ -102,6 +102,8 @@ mod avx512 {
         for i0 in (0..m).step_by(MR) {
             let mut acc = [[_mm512_setzero_ps(); 2]; MR];
             let rows: [&[u32]; MR] = std::array::from_fn(|r| &a[(i0 + r) * kp..(i0 + r + 1) * kp]);
+            // `p` indexes the panel as well as each row.
+            #[allow(clippy::needless_range_loop)]
             for p in 0..kp {
                 let w: [__m512bh; 2] = unsafe {
                     let wp = panel.as_ptr().add(p * NR) as *const __m512i;

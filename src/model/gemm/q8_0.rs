@@ -32,7 +32,7 @@ pub fn available() -> bool {
 /// activations are quantized once for all of them. Call only where [`available`] holds.
 pub fn gemm_many(x: &[f32], m: usize, k: usize, ws: &[(&[u8], usize)]) -> Vec<Vec<f32>> {
     assert!(available(), "the Q8_0 GEMM needs AVX-512 VNNI");
-    assert!(x.len() == m * k && k % Q8_BLOCK == 0);
+    assert!(x.len() == m * k && k.is_multiple_of(Q8_BLOCK));
     let nb = k / Q8_BLOCK;
     let mp = m.next_multiple_of(MR);
     // Padding rows hold q = 0 (stored 128) with scale 0.
