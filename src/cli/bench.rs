@@ -26,8 +26,8 @@ pub struct BenchArgs {
     /// cache and the bytes decode attention reads; its logit drift against f32 is reported.
     #[arg(long, value_delimiter = ',', default_value = "f32")]
     kv_dtype: Vec<KvDtype>,
-    /// Timed repetitions per measurement; the best is reported.
-    #[arg(long, default_value_t = 3)]
+    /// Timed repetitions per measurement (at least 1); the best is reported.
+    #[arg(long, default_value_t = 3, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     repeats: usize,
     /// Also write the numbers as JSON.
     #[arg(long)]
@@ -59,7 +59,7 @@ fn bench_side_by_side(subjects: &[Subject], repeats: usize) -> Result<Vec<serde_
     let caches = DECODE_AT.iter().map(|&c| subjects.iter().map(|s| prefilled(s.m, &prompt(c))).collect::<Result<Vec<_>>>()).collect::<Result<Vec<_>>>()?;
     // Best tokens/s per subject, prefill sizes then decode contexts.
     let mut best = vec![[0f64; PREFILL.len() + DECODE_AT.len()]; subjects.len()];
-    for _ in 0..repeats.max(1) {
+    for _ in 0..repeats {
         for (j, &n) in PREFILL.iter().enumerate() {
             for (b, s) in best.iter_mut().zip(subjects) {
                 b[j] = b[j].max(prefill_decode(s.m, &prompt(n), 0, 1)?.prefill_tokens_per_s);
@@ -127,6 +127,9 @@ fn add_roof_fractions(results: &mut [serde_json::Value], roofs: &Roofs) {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
+    if let Some(j) = &a.json {
+        atomic::check_output(j, true)?;
+    }
     let device = super::device();
     let mut probes = vec![measure(&device)?];
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();

@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::Args;
 use transact::calib::data::{CalibSpec, prepare};
 use transact::calib::stats::collect;
@@ -51,9 +51,7 @@ pub struct CalibrateArgs {
 }
 
 pub fn run(a: CalibrateArgs) -> Result<()> {
-    if a.out.exists() && !a.force {
-        bail!("{}: already exists; choose another path or pass --force to replace it", a.out.display());
-    }
+    atomic::check_output(&a.out, a.force)?;
     let lm = super::load(&a.model)?;
     let t = std::time::Instant::now();
     let data = prepare(&lm.tokenizer, &a.calib.spec())?;

@@ -60,11 +60,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    if let Some(j) = &a.json
-        && j.exists()
-        && !a.force
-    {
-        bail!("{}: already exists; choose another path or pass --force to replace it", j.display());
+    if let Some(j) = &a.json {
+        atomic::check_output(j, a.force)?;
     }
     let t0 = std::time::Instant::now();
     // Load every task before the model so a bad file fails fast.

@@ -50,9 +50,7 @@ impl PruneJob {
     /// Checks everything that does not need the model, so mistakes fail in milliseconds.
     fn check_options(&self) -> Result<()> {
         let o = &self.options;
-        if self.out.exists() && !self.force {
-            bail!("{}: already exists; choose another path or pass --force to replace it", self.out.display());
-        }
+        atomic::check_output(&self.out, self.force)?;
         if o.shots == 0 {
             bail!("--shots must be at least 1");
         }

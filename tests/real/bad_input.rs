@@ -222,3 +222,29 @@ fn hf_safetensors_problems() {
     let p = corrupted_hf(d.path(), "none", "model.safetensors", |_| Vec::new());
     assert_rejected(&p, "none", &["no model.safetensors"]);
 }
+
+/// An output path that cannot be written is refused before any work (no roof probe, no model
+/// load, no calibration), naming the path; nothing is written. So is a bench with no repetitions.
+#[test]
+fn unwritable_outputs_fail_before_the_work() {
+    let d = scratch();
+    let file = d.path().join("a-file");
+    std::fs::write(&file, b"not a folder").unwrap();
+    let under = file.join("sub").join("out.json");
+    let gguf = gguf_path();
+    for args in [
+        vec!["bench", path_str(&gguf), "--json", path_str(&under)],
+        vec!["calibrate", path_str(&gguf), "--out", path_str(&under)],
+        vec!["eval", path_str(&gguf), "--tasks", "piqa", "--limit", "1", "--json", path_str(&under)],
+        vec!["prune", path_str(&gguf), "--ratio", "0.5", "--out", path_str(&under)],
+    ] {
+        let (code, _, err) = run_cli(&args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(&format!("{}: cannot be written", under.display())) && err.contains("is not a directory"), "{args:?}: {err}");
+        assert!(!err.contains("roofs") && !err.contains("loaded"), "{args:?} started working: {err}");
+    }
+    assert_eq!(std::fs::read(&file).unwrap(), b"not a folder");
+    let (code, _, err) = run_cli(&["bench", path_str(&gguf), "--repeats", "0"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--repeats") && !err.contains("roofs"), "{err}");
+}
