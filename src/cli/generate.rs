@@ -14,14 +14,14 @@ pub struct GenerateArgs {
     /// Prompt text, used as is (no chat template, no BOS unless the tokenizer asks for it).
     #[arg(long)]
     prompt: String,
-    /// Maximum number of new tokens.
-    #[arg(long, default_value_t = 64)]
+    /// Maximum number of new tokens (at least 1).
+    #[arg(long, default_value_t = 64, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     max_tokens: usize,
     /// Softmax temperature; 0 means greedy decoding.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     temperature: f64,
     /// Nucleus sampling: keep the smallest set of tokens whose probability reaches this mass.
-    #[arg(long, default_value_t = 0.95)]
+    #[arg(long, default_value_t = 0.95, allow_negative_numbers = true)]
     top_p: f64,
     /// Random seed for sampling.
     #[arg(long, default_value_t = 0)]

@@ -21,7 +21,7 @@ pub struct PruneArgs {
     out: PathBuf,
     /// Fraction of non-embedding parameters to remove (0–1); attention loses the same fraction
     /// rounded up to whole heads/groups, the MLP width makes the total exact.
-    #[arg(long, conflicts_with_all = ["mha_width", "mlp_width"])]
+    #[arg(long, conflicts_with_all = ["mha_width", "mlp_width"], allow_negative_numbers = true)]
     ratio: Option<f64>,
     /// Attention width per layer after pruning (query heads × head dim); default: unchanged.
     #[arg(long)]
@@ -45,7 +45,7 @@ pub struct PruneArgs {
     #[arg(long, value_enum, default_value = "transact")]
     scorer: ScorerKind,
     /// Weight α of the max term in the TransAct head score mean + α·max (default 10 / head dim).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     alpha: Option<f64>,
     /// Number of shots K: each re-collects statistics, moves the widths one linear step toward
     /// the target, prunes and recovers (the paper uses 8; 1 = one-shot).

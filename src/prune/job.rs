@@ -71,6 +71,11 @@ impl PruneJob {
         if o.calib_batch == 0 {
             bail!("--calib-batch must be at least 1");
         }
+        if let Some(a) = o.alpha
+            && !(a.is_finite() && a >= 0.0)
+        {
+            bail!("--alpha weights the max term of the head score and must be a number ≥ 0, got {a}");
+        }
         if self.stream {
             let why = if !self.model.is_dir() {
                 Some("reads a Hugging Face safetensors directory (convert a GGUF with `transact convert M DIR --to hf --dtype f16`)")

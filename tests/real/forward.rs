@@ -34,7 +34,7 @@ fn greedy_continuations() {
 }
 
 /// The CLI's fast path (q8_0 weights, f16 KV cache) still finds the capital; a KV type it does
-/// not know is a usage error naming the choices.
+/// not know, a negative temperature or top-p, and zero new tokens are usage errors that say so.
 #[test]
 fn generate_cli_in_q8_0_with_an_f16_cache() {
     use crate::common::{gguf_path, path_str, run_cli};
@@ -47,6 +47,11 @@ fn generate_cli_in_q8_0_with_an_f16_cache() {
     let (code, _, err) = run_cli(&[&args[..], &["--kv-dtype", "f8"]].concat());
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("f8") && err.contains("f16") && !err.contains("panicked"), "{err}");
+    for (bad, want) in [(["--temperature", "-1"], "--temperature must be ≥ 0"), (["--top-p", "-0.5"], "--top-p must be in (0, 1]"), (["--max-tokens", "0"], "--max-tokens")] {
+        let (code, _, err) = run_cli(&[&args[..4], &bad[..]].concat());
+        assert_eq!(code, 2, "{bad:?}: {err}");
+        assert!(err.contains(want) && !err.contains("panicked"), "{bad:?}: {err}");
+    }
 }
 
 #[test]

@@ -270,7 +270,7 @@ fn impossible_targets_and_bad_calibration_write_nothing() {
     std::fs::write(&txt, "Only a few words of calibration text.").unwrap();
     let empty = d.path().join("empty.txt");
     std::fs::write(&empty, "  \n").unwrap();
-    let cases: [(&[&str], &str); 11] = [
+    let cases: [(&[&str], &str); 13] = [
         (&["--attn-unit", "head-dim", "--mha-width", "288", "--format", "gguf"], "one frequency table"),
         (&["--attn-unit", "head-dim", "--mha-width", "280"], "not a multiple of 18"),
         (&["--mha-width", "100"], "not a multiple of 192"),
@@ -279,6 +279,8 @@ fn impossible_targets_and_bad_calibration_write_nothing() {
         (&["--mlp-width", "2000"], "impossible"),
         (&["--gqa", "queries", "--mha-width", "128"], "not a multiple of 192"),
         (&["--ratio", "1.5"], "strictly between 0 and 1"),
+        (&["--ratio", "-0.5"], "strictly between 0 and 1"),
+        (&["--ratio", "0.5", "--alpha", "-1"], "must be a number ≥ 0"),
         (&["--ratio", "0.99"], "removes more than"),
         (&["--ratio", "0.5", "--calib", path_str(&txt)], "fewer than --samples × --seq-len"),
         (&["--ratio", "0.5", "--calib", path_str(&empty)], "contains no text"),
