@@ -27,7 +27,7 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "f32")]
     kv_dtype: Vec<KvDtype>,
     /// Timed repetitions per measurement (at least 1); the best is reported.
-    #[arg(long, default_value_t = 3, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long, default_value_t = 3, value_parser = super::at_least_one)]
     repeats: usize,
     /// Also write the numbers as JSON.
     #[arg(long)]

@@ -17,7 +17,7 @@ pub struct CompareArgs {
     #[arg(long, value_delimiter = ',', default_value = "piqa,arc_easy")]
     tasks: Vec<String>,
     /// First N docs of each task (subsets keep the comparison quick; report full runs with `eval`).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = super::at_least_one)]
     limit: usize,
     /// Perplexity corpus (see `eval --help`).
     #[arg(long, default_value = "wiki")]

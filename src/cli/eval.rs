@@ -34,8 +34,8 @@ pub struct EvalArgs {
     /// Perplexity window in tokens (windows share one token; every other token is scored once).
     #[arg(long, default_value_t = 2048)]
     seq_len: usize,
-    /// Only the first N docs of each task and the first N windows of each corpus.
-    #[arg(long)]
+    /// Only the first N docs of each task and the first N windows of each corpus (N ≥ 1).
+    #[arg(long, value_parser = super::at_least_one)]
     limit: Option<usize>,
     /// Docs scored in one forward pass. 1 (default) lets a doc's choices share their common
     /// prefix through the KV cache; larger batches pad instead.

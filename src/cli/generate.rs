@@ -15,7 +15,7 @@ pub struct GenerateArgs {
     #[arg(long)]
     prompt: String,
     /// Maximum number of new tokens (at least 1).
-    #[arg(long, default_value_t = 64, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long, default_value_t = 64, value_parser = super::at_least_one)]
     max_tokens: usize,
     /// Softmax temperature; 0 means greedy decoding.
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]

@@ -33,3 +33,12 @@ pub fn load(path: &Path) -> Result<LoadedModel> {
     eprintln!("loaded {} in {:.2} s", path.display(), t.elapsed().as_secs_f64());
     Ok(lm)
 }
+
+/// Parses a count that must be at least 1 (`--repeats`, `--limit`, ...): 0 is a usage error.
+pub fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}

@@ -224,7 +224,8 @@ fn hf_safetensors_problems() {
 }
 
 /// An output path that cannot be written is refused before any work (no roof probe, no model
-/// load, no calibration), naming the path; nothing is written. So is a bench with no repetitions.
+/// load, no calibration), naming the path; nothing is written. So is a count of zero repetitions
+/// or docs.
 #[test]
 fn unwritable_outputs_fail_before_the_work() {
     let d = scratch();
@@ -244,7 +245,9 @@ fn unwritable_outputs_fail_before_the_work() {
         assert!(!err.contains("roofs") && !err.contains("loaded"), "{args:?} started working: {err}");
     }
     assert_eq!(std::fs::read(&file).unwrap(), b"not a folder");
-    let (code, _, err) = run_cli(&["bench", path_str(&gguf), "--repeats", "0"]);
-    assert_eq!(code, 2, "{err}");
-    assert!(err.contains("--repeats") && !err.contains("roofs"), "{err}");
+    for args in [vec!["bench", path_str(&gguf), "--repeats", "0"], vec!["eval", path_str(&gguf), "--tasks", "piqa", "--limit", "0"], vec!["compare", path_str(&gguf), path_str(&gguf), "--limit", "0"]] {
+        let (code, _, err) = run_cli(&args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains("must be at least 1") && !err.contains("roofs") && !err.contains("loaded"), "{args:?}: {err}");
+    }
 }
