@@ -13,5 +13,5 @@ pub mod kv_cache;
 pub mod linear;
 pub mod rope;
 pub mod tokenizer;
-mod vmath;
+pub(crate) mod vmath;
 pub mod weights;
