@@ -56,6 +56,26 @@ fn gemm(c: &mut Criterion) {
     g.finish();
 }
 
+/// A few rows (short prompts, an eval doc's choices), f32: the gemm crate, which re-lays the
+/// whole weight matrix on every call, against `f32_small`, which reads it in place (used up to
+/// `f32_small::MAX_M` rows where the CPU has AVX-512 F).
+fn gemm_few_rows(c: &mut Criterion) {
+    use transact::model::gemm::{f32 as big, f32_small as small};
+    let mut g = c.benchmark_group("gemm_few_rows");
+    for (name, n, k) in [("gate_up", MLP, HIDDEN), ("down", HIDDEN, MLP), ("lm_head", VOCAB, HIDDEN)] {
+        let w = randn((n, k)).flatten_all().and_then(|w| w.to_vec1::<f32>()).expect("w");
+        for m in [8, 32, 64] {
+            let x: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
+            g.throughput(Throughput::Elements((2 * m * n * k) as u64));
+            g.bench_function(BenchmarkId::new(format!("{name}_gemm_crate"), m), |b| on_worker(|| b.iter(|| big::matmul(1, m, n, k, &x, &w, true))));
+            if small::available() {
+                g.bench_function(BenchmarkId::new(format!("{name}_f32_small"), m), |b| on_worker(|| b.iter(|| small::matmul(&x, m, k, &w, n))));
+            }
+        }
+    }
+    g.finish();
+}
+
 /// Decode attention of one token (9 query heads over 3 KV heads) at several contexts: one
 /// task per (KV head, range of keys), as the decode step runs it; keys and values in f32 and f16.
 fn attention(c: &mut Criterion) {
@@ -84,5 +104,5 @@ fn norm_rope(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, gemv, gemm, attention, norm_rope);
+criterion_group!(benches, gemv, gemm, gemm_few_rows, attention, norm_rope);
 criterion_main!(benches);

@@ -123,11 +123,17 @@ pub fn linear_many(x: &Tensor, ws: &[&Tensor]) -> Result<Vec<Tensor>> {
         }
     }
     if matches!(x.device(), Device::Cpu) {
-        // f32 through the gemm crate; other types widened first (f16; bf16 and Q8_0 where this
-        // CPU lacks the AVX-512 kernels).
+        // f32 products; other types widened first (f16; bf16 and Q8_0 where this CPU lacks the
+        // AVX-512 kernels).
         let wf = ws.iter().map(|w| to_f32(w)).collect::<Result<Vec<_>>>()?;
         let all: Vec<&Tensor> = std::iter::once(x).chain(&wf).collect();
-        let ys = with_cpu_f32(&all, |d| d[1..].iter().map(|w| gemm::f32::matmul(1, rows, w.len() / n_in, n_in, d[0], w, true)).collect::<Vec<_>>())?;
+        // A few rows without re-laying the weights (`gemm/f32_small.rs`); more through gemm.
+        let small = rows <= gemm::f32_small::MAX_M && gemm::f32_small::available();
+        let ys = with_cpu_f32(&all, |d| {
+            let (x, ws) = (d[0], &d[1..]);
+            let product = |w: &&[f32]| if small { gemm::f32_small::matmul(x, rows, n_in, w, w.len() / n_in) } else { gemm::f32::matmul(1, rows, w.len() / n_in, n_in, x, w, true) };
+            ws.iter().map(product).collect::<Vec<_>>()
+        })?;
         if let Some(ys) = ys {
             return ys.into_iter().zip(ws).map(|(y, w)| Tensor::from_vec(y, (b, t, w.dim(0)?), x.device())).collect();
         }

@@ -5,7 +5,7 @@ mod attend;
 pub mod config;
 mod decode;
 pub mod forward;
-mod gemm;
+pub mod gemm;
 pub mod team;
 pub mod gemv;
 pub mod generate;

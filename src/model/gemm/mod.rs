@@ -8,10 +8,12 @@
 //! a few activation rows × `NR` columns of sums stay in registers while `k` runs; the panels
 //! are spread over rayon's threads, each writing only its own columns of `y`.
 //!
-//! f32 products (and f16 weights, widened) go to the `gemm` crate directly ([`f32::matmul`]).
+//! f32 products (and f16 weights, widened) go to the `gemm` crate directly ([`f32::matmul`]),
+//! or, for a few rows, to [`f32_small::matmul`], which reads the weights in place.
 
 mod bf16;
 pub mod f32;
+pub mod f32_small;
 mod q8_0;
 
 use rayon::prelude::*;
