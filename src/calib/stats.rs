@@ -62,9 +62,7 @@ impl ChannelStats {
         }
         Ok(())
     }
-}
 
-impl ChannelStats {
     /// [`ChannelStats::add`] of row-major `[tokens, d]` data. Rows are summed in fixed blocks
     /// whose sums are added in order, so the result does not depend on the thread count.
     fn add_rows(&mut self, x: &[f32], d: usize) {
