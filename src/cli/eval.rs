@@ -39,7 +39,7 @@ pub struct EvalArgs {
     limit: Option<usize>,
     /// Docs scored in one forward pass. 1 (default) lets a doc's choices share their common
     /// prefix through the KV cache; larger batches pad instead.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = super::at_least_one)]
     batch_size: usize,
     /// Longest scored sequence in tokens (longer contexts are left-truncated); default: the
     /// model's context length.
@@ -56,9 +56,6 @@ pub struct EvalArgs {
 pub fn run(a: EvalArgs) -> Result<()> {
     if a.tasks.is_empty() && a.task_dir.is_empty() && a.task_file.is_empty() && a.ppl.is_empty() {
         bail!("nothing to evaluate: pass --tasks all (or a list such as piqa,arc_easy), --task-dir, --task-file or --ppl wiki");
-    }
-    if a.batch_size == 0 {
-        bail!("--batch-size must be at least 1");
     }
     if let Some(j) = &a.json {
         atomic::check_output(j, a.force)?;
