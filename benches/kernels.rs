@@ -77,11 +77,11 @@ fn gemm_few_rows(c: &mut Criterion) {
 }
 
 /// Decode attention of one token (9 query heads over 3 KV heads) at several contexts: one
-/// task per (KV head, range of keys), as the decode step runs it; keys and values in f32 and f16.
+/// task per (KV head, range of keys), as the decode step runs it; keys and values in f32, f16 and q8.
 fn attention(c: &mut Criterion) {
     let mut g = c.benchmark_group("decode_attention");
     for ctx in [256, 1024, 2048] {
-        for dtype in [KvDtype::F32, KvDtype::F16] {
+        for dtype in [KvDtype::F32, KvDtype::F16, KvDtype::Q8] {
             let mut kv = HostKv::new(1, 3, 64, dtype);
             let k = Tensor::randn(0f32, 1.0, (1, 3, ctx + 1, 64), &Device::Cpu).expect("k");
             kv.append(&k, &k, 0).expect("append");

@@ -58,6 +58,11 @@ impl ModelStats {
         }
     }
 
+    /// Keys + values of one token over all layers in a cache of `dtype`, scales included.
+    pub fn kv_bytes_per_token(cfg: &ModelConfig, dtype: crate::KvDtype) -> u64 {
+        cfg.layers.iter().map(|s| (2 * s.n_kv_heads * dtype.bytes_per_vector(s.head_dim)) as u64).sum()
+    }
+
     /// FLOPs per token of a `t`-token prefill that returns the last position's logits: every
     /// layer for every token, each token attending to `t/2` keys on average, and the LM head once.
     pub fn prefill_flops_per_token(cfg: &ModelConfig, t: usize) -> f64 {

@@ -27,6 +27,15 @@ pub fn device() -> Device {
     DEVICE.get().cloned().unwrap_or(Device::Cpu)
 }
 
+/// Refuses a KV cache type the selected device cannot keep, before any work.
+pub fn check_kv_dtype(kv: transact::KvDtype) -> Result<()> {
+    let device = device();
+    if kv.tensor_dtype().is_none() && !matches!(device, Device::Cpu) {
+        anyhow::bail!("--kv-dtype {} runs only on the CPU; on {device:?} use f16 or f32", kv.name());
+    }
+    Ok(())
+}
+
 pub fn load(path: &Path) -> Result<LoadedModel> {
     let t = std::time::Instant::now();
     let lm = transact::load_model(path, &device())?;

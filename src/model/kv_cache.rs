@@ -7,13 +7,15 @@
 //! would copy the whole cache to the device for every token.
 //!
 //! Keys and values are kept in f32 or, with [`KvDtype::F16`], in half precision (llama.cpp's
-//! default): half the memory, and decode attention reads half the bytes.
+//! default): half the memory, and decode attention reads half the bytes. [`KvDtype::Q8`]
+//! keeps 8-bit integers and one f32 scale per row (per position and KV head), a little over a
+//! quarter of f32's bytes.
 
 use candle_core::{DType, Device, Result, Tensor};
 use half::f16;
 use rayon::prelude::*;
 
-use super::attend::KvElem;
+use super::attend::{KvElem, KvRows, QueryQ8};
 use super::config::ModelConfig;
 
 /// The element type a KV cache stores keys and values in. Attention computes in f32 either way.
@@ -26,23 +28,38 @@ pub enum KvDtype {
     /// Half the memory and the bytes attention reads; keys and values round to f16. On a GPU
     /// only the memory halves: the general attention there widens a copy to f32 every step.
     F16,
+    /// A little over a quarter of f32's memory and bytes: each key and value vector (one
+    /// position of one KV head) becomes 8-bit integers times one f32 scale, its largest
+    /// magnitude mapping to 127. CPU only.
+    Q8,
 }
 
 impl KvDtype {
-    /// The tensor type keys and values are stored as.
-    pub fn dtype(self) -> DType {
+    /// The tensor type a cache of tensors stores keys and values as; `None` for a type only
+    /// the CPU's host buffers keep.
+    pub fn tensor_dtype(self) -> Option<DType> {
         match self {
-            KvDtype::F32 => DType::F32,
-            KvDtype::F16 => DType::F16,
+            KvDtype::F32 => Some(DType::F32),
+            KvDtype::F16 => Some(DType::F16),
+            KvDtype::Q8 => None,
         }
     }
 
     pub fn name(self) -> &'static str {
-        self.dtype().as_str()
+        match self {
+            KvDtype::F32 => "f32",
+            KvDtype::F16 => "f16",
+            KvDtype::Q8 => "q8",
+        }
     }
 
-    pub fn size_in_bytes(self) -> usize {
-        self.dtype().size_in_bytes()
+    /// Bytes one key or value vector of `d` elements takes, its scale included.
+    pub fn bytes_per_vector(self, d: usize) -> usize {
+        match self {
+            KvDtype::F32 => 4 * d,
+            KvDtype::F16 => 2 * d,
+            KvDtype::Q8 => d + 4,
+        }
     }
 }
 
@@ -78,8 +95,10 @@ impl LayerKv {
                 let data = match &h.data {
                     Data::F32(k, v) => Data::F32(k.repeat(repeat), v.repeat(repeat)),
                     Data::F16(k, v) => Data::F16(k.repeat(repeat), v.repeat(repeat)),
+                    Data::Q8(k, v) => Data::Q8(k.repeat(repeat), v.repeat(repeat)),
                 };
-                LayerKv::Host(HostKv { data, b: h.b * repeat, heads: h.heads, d: h.d, cap: h.cap })
+                let scales = (h.scales.0.repeat(repeat), h.scales.1.repeat(repeat));
+                LayerKv::Host(HostKv { data, scales, b: h.b * repeat, heads: h.heads, d: h.d, cap: h.cap })
             }
             LayerKv::Tensors(kv, b, dtype) => {
                 let mut out = candle_nn::kv_cache::KvCache::new(2, TENSOR_GROW);
@@ -98,6 +117,9 @@ impl LayerKv {
 #[derive(Debug, Clone)]
 pub struct HostKv {
     data: Data,
+    /// The rows' scales of keys and values, `[b, heads, cap]` each, for a scaled type
+    /// ([`KvElem::SCALED`]); empty otherwise.
+    scales: (Vec<f32>, Vec<f32>),
     b: usize,
     heads: usize,
     d: usize,
@@ -109,6 +131,7 @@ pub struct HostKv {
 enum Data {
     F32(Vec<f32>, Vec<f32>),
     F16(Vec<f16>, Vec<f16>),
+    Q8(Vec<i8>, Vec<i8>),
 }
 
 /// Runs `$body` with `$k`, `$v` bound to the keys and values of `$data` in their own type.
@@ -117,6 +140,7 @@ macro_rules! with_kv {
         match $data {
             Data::F32($k, $v) => $body,
             Data::F16($k, $v) => $body,
+            Data::Q8($k, $v) => $body,
         }
     };
 }
@@ -126,15 +150,22 @@ impl HostKv {
         let data = match dtype {
             KvDtype::F32 => Data::F32(Vec::new(), Vec::new()),
             KvDtype::F16 => Data::F16(Vec::new(), Vec::new()),
+            KvDtype::Q8 => Data::Q8(Vec::new(), Vec::new()),
         };
-        Self { data, b, heads, d, cap: 0 }
+        Self { data, scales: Default::default(), b, heads, d, cap: 0 }
     }
 
     pub fn dtype(&self) -> KvDtype {
         match self.data {
             Data::F32(..) => KvDtype::F32,
             Data::F16(..) => KvDtype::F16,
+            Data::Q8(..) => KvDtype::Q8,
         }
+    }
+
+    /// All `[b · heads · cap]` rows of keys and values, with their scales.
+    fn rows<'a, T: KvElem>(&'a self, k: &'a [T], v: &'a [T]) -> KvRows<'a, T> {
+        KvRows { k, v, k_scale: &self.scales.0, v_scale: &self.scales.1 }
     }
 
     /// Writes `k`, `v` (`[b, heads, t, d]`) at positions `len .. len + t`.
@@ -156,9 +187,10 @@ impl HostKv {
         // prefill without copying the whole cache on its first token.
         let cap = if len + t > self.cap { (2 * self.cap).max((len + t + (len + t) / 4).next_multiple_of(64)) } else { self.cap };
         let rows = b * heads;
+        let (ks, vs) = (&mut self.scales.0, &mut self.scales.1);
         with_kv!(&mut self.data, |kb, vb| {
-            for (buf, new) in [(kb, k), (vb, v)] {
-                write_rows(buf, new, rows, (self.cap, cap), len, t, d);
+            for (buf, scales, new) in [(kb, ks, k), (vb, vs, v)] {
+                write_rows(buf, scales, new, rows, (self.cap, cap), len, t, d);
             }
         });
         self.cap = cap;
@@ -167,31 +199,31 @@ impl HostKv {
 
     /// Keys and values of positions `0 .. len` as f32 tensors `[b, heads, len, d]` (a copy).
     fn tensors(&self, len: usize, device: &Device) -> Result<(Tensor, Tensor)> {
-        fn take<T: KvElem>(buf: &[T], h: &HostKv, len: usize, device: &Device) -> Result<Tensor> {
+        fn take<T: KvElem>(buf: &[T], scales: &[f32], h: &HostKv, len: usize, device: &Device) -> Result<Tensor> {
             let d = h.d;
-            let data: Vec<f32> = (0..h.b * h.heads).flat_map(|bh| buf[bh * h.cap * d..][..len * d].iter().map(|x| x.to_f32())).collect();
+            let row = |r: usize| if T::SCALED { scales[r] } else { 1.0 };
+            let data: Vec<f32> = (0..h.b * h.heads).flat_map(|bh| (0..len).flat_map(move |j| buf[(bh * h.cap + j) * d..][..d].iter().map(move |x| x.to_f32() * row(bh * h.cap + j)))).collect();
             Tensor::from_vec(data, (h.b, h.heads, len, d), device)
         }
-        with_kv!(&self.data, |k, v| Ok((take(k, self, len, device)?, take(v, self, len, device)?)))
+        with_kv!(&self.data, |k, v| Ok((take(k, &self.scales.0, self, len, device)?, take(v, &self.scales.1, self, len, device)?)))
     }
 
     /// Causal attention of `q` (`[b, heads, g, t, d]`, scaled, for positions `len .. len + t`,
     /// already appended) over the cache; returns `[b, heads, g, t, d]`.
     pub fn attend(&self, q: &[f32], g: usize, t: usize, len: usize) -> Vec<f32> {
-        with_kv!(&self.data, |k, v| self.attend_in(k, v, q, g, t, len))
+        with_kv!(&self.data, |k, v| self.attend_in(self.rows(k, v), q, g, t, len))
     }
 
-    fn attend_in<T: KvElem>(&self, kb: &[T], vb: &[T], q: &[f32], g: usize, t: usize, len: usize) -> Vec<f32> {
+    fn attend_in<T: KvElem>(&self, kv: KvRows<T>, q: &[f32], g: usize, t: usize, len: usize) -> Vec<f32> {
         let d = self.d;
         if t == 1 {
-            return self.attend_split(kb, vb, q, g, len + 1);
+            return self.attend_split(kv, q, g, len + 1);
         }
         let mut out = vec![0f32; self.b * self.heads * g * t * d];
         // One task per query head: (batch, kv head) = idx / g.
         out.par_chunks_mut(t * d).enumerate().for_each(|(idx, o)| {
-            let base = (idx / g) * self.cap * d;
-            let (k, v) = (&kb[base..base + (len + t) * d], &vb[base..base + (len + t) * d]);
-            super::attend::head(&q[idx * t * d..(idx + 1) * t * d], k, v, o, d, len);
+            let rows = kv.range((idx / g) * self.cap, len + t, d);
+            super::attend::head(&q[idx * t * d..(idx + 1) * t * d], rows, o, d, len);
         });
         out
     }
@@ -199,7 +231,7 @@ impl HostKv {
     /// One new token's attention over `n` keys. Tasks are (KV head, range of keys) and attend
     /// all `g` query heads of the group in one pass ([`super::attend::group_partial`]), so each
     /// key and value is read from memory once, and a few KV heads still fill every thread.
-    fn attend_split<T: KvElem>(&self, kb: &[T], vb: &[T], q: &[f32], g: usize, n: usize) -> Vec<f32> {
+    fn attend_split<T: KvElem>(&self, kv: KvRows<T>, q: &[f32], g: usize, n: usize) -> Vec<f32> {
         let (d, groups) = (self.d, self.b * self.heads);
         let ranges = (8 * rayon::current_num_threads()).div_ceil(groups).min(n.div_ceil(MIN_KEYS_PER_TASK)).max(1);
         let per = n.div_ceil(ranges);
@@ -207,12 +239,15 @@ impl HostKv {
         let mut ms = vec![(f32::NEG_INFINITY, 0f32); groups * ranges * g];
         let mut os = vec![0f32; groups * ranges * g * d];
         let tasks: Vec<_> = ms.chunks_mut(g).zip(os.chunks_mut(g * d)).enumerate().collect();
+        // 8-bit keys are scored against the queries rounded to 8 bits, once for all tasks.
+        let q8 = if T::SCALED { QueryQ8::rows(q, d) } else { Vec::new() };
         super::team::for_each(tasks, |(idx, (ms, o))| {
             let (grp, r) = (idx / ranges, idx % ranges);
             let (j0, j1) = (r * per, ((r + 1) * per).min(n));
             if j1 > j0 {
-                let base = (grp * self.cap + j0) * d;
-                super::attend::group_partial(&q[grp * g * d..][..g * d], &kb[base..], &vb[base..], o, ms, d, j1 - j0);
+                let rows = kv.range(grp * self.cap + j0, j1 - j0, d);
+                let q8 = if T::SCALED { &q8[grp * g..][..g] } else { &[] };
+                super::attend::group_partial(&q[grp * g * d..][..g * d], q8, rows, o, ms, d, j1 - j0);
             }
         });
         let mut out = vec![0f32; groups * g * d];
@@ -229,20 +264,37 @@ impl HostKv {
 }
 
 /// Writes `t` new positions of each of `rows` (batch, head) rows (`new`: `[rows, t, d]`) at
-/// position `len` of `buf` (`[rows, cap, d]`), first moving the valid `len` positions into a
-/// buffer of `cap.1` positions when it grows past `cap.0`.
-fn write_rows<T: KvElem>(buf: &mut Vec<T>, new: &[f32], rows: usize, cap: (usize, usize), len: usize, t: usize, d: usize) {
+/// position `len` of `buf` (`[rows, cap, d]`) and, for a scaled type, their scales into
+/// `scales` (`[rows, cap]`), first moving the valid `len` positions into buffers of `cap.1`
+/// positions when they grow past `cap.0`.
+#[allow(clippy::too_many_arguments)]
+fn write_rows<T: KvElem>(buf: &mut Vec<T>, scales: &mut Vec<f32>, new: &[f32], rows: usize, cap: (usize, usize), len: usize, t: usize, d: usize) {
     let (old, cap) = cap;
     if cap != old {
-        let mut grown = vec![T::default(); rows * cap * d];
-        for r in 0..rows {
-            grown[r * cap * d..][..len * d].copy_from_slice(&buf[r * old * d..][..len * d]);
+        grow(buf, rows, (old * d, cap * d), len * d);
+        if T::SCALED {
+            grow(scales, rows, (old, cap), len);
         }
-        *buf = grown;
     }
     for r in 0..rows {
-        T::narrow_from(&new[r * t * d..][..t * d], &mut buf[(r * cap + len) * d..][..t * d]);
+        let at = r * cap + len;
+        let dst = buf[at * d..][..t * d].chunks_exact_mut(d);
+        for (j, (src, dst)) in new[r * t * d..][..t * d].chunks_exact(d).zip(dst).enumerate() {
+            let scale = T::narrow_row(src, dst);
+            if T::SCALED {
+                scales[at + j] = scale;
+            }
+        }
     }
+}
+
+/// Moves the first `len` elements of each of `rows` rows of `stride.0` into rows of `stride.1`.
+fn grow<T: Copy + Default>(buf: &mut Vec<T>, rows: usize, stride: (usize, usize), len: usize) {
+    let mut grown = vec![T::default(); rows * stride.1];
+    for r in 0..rows {
+        grown[r * stride.1..][..len].copy_from_slice(&buf[r * stride.0..][..len]);
+    }
+    *buf = grown;
 }
 
 /// Keys below which splitting a head's range across tasks costs more than it balances.
@@ -320,7 +372,10 @@ pub(crate) fn append_and_attend(
     let kv = match kv {
         LayerKv::Host(kv) => kv,
         LayerKv::Tensors(kv, _, dtype) => {
-            let store = |t: &Tensor| t.to_dtype(dtype.dtype())?.contiguous();
+            let Some(stored) = dtype.tensor_dtype() else {
+                candle_core::bail!("a {} KV cache is kept only in the CPU's host buffers, not on {:?} or as tensors; use f32 or f16", dtype.name(), k.device())
+            };
+            let store = |t: &Tensor| t.to_dtype(stored)?.contiguous();
             // Views into the grown buffers; attention wants them contiguous f32 (a device copy).
             let (k, v) = kv.append(&store(k)?, &store(v)?)?;
             return Ok(Err((k.to_dtype(DType::F32)?.contiguous()?, v.to_dtype(DType::F32)?.contiguous()?)));
@@ -341,10 +396,13 @@ mod tests {
 
     /// A prefill leaves room, so the decode steps after it write in place instead of copying
     /// the whole cache into a larger buffer on the first one; appends keep every value, in
-    /// either element type (the values are integers below 2048, exact in f16).
+    /// each element type (the values are integers below 2048, exact in f16; 8 bits keep them
+    /// to half a step of 2047 / 127).
     #[test]
     fn prefill_leaves_headroom_and_appends_keep_values() {
-        for dtype in [KvDtype::F32, KvDtype::F16] {
+        for dtype in [KvDtype::F32, KvDtype::F16, KvDtype::Q8] {
+            let tol = if dtype == KvDtype::Q8 { 0.5 * 2047.0 / 127.0 + 1e-3 } else { 0.0 };
+            let same = |a: f32, b: f32| assert!((a - b).abs() <= tol, "{dtype:?}: {a} vs {b}");
             let (heads, d) = (2, 8);
             let mut kv = HostKv::new(1, heads, d, dtype);
             let rows = |t: usize, from: usize| -> Vec<f32> { (0..heads * t * d).map(|i| ((from * 37 + i) % 2048) as f32).collect() };
@@ -363,32 +421,45 @@ mod tests {
             let v = v.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             for h in 0..heads {
                 let at = |pos: usize, c: usize| v[(h * (len + cap) + pos) * d + c];
-                assert_eq!(at(3, 5), rows(256, 0)[(h * 256 + 3) * d + 5]);
-                assert_eq!(at(270, 1), rows(1, 270)[h * d + 1]);
-                assert_eq!(at(len + 10, 2), rows(cap, 7)[(h * cap + 10) * d + 2]);
+                same(at(3, 5), rows(256, 0)[(h * 256 + 3) * d + 5]);
+                same(at(270, 1), rows(1, 270)[h * d + 1]);
+                same(at(len + 10, 2), rows(cap, 7)[(h * cap + 10) * d + 2]);
             }
         }
     }
 
-    /// An f16 cache rounds what it stores once, and attention over it equals attention over an
-    /// f32 cache holding the same rounded values.
+    /// A narrow cache rounds what it stores once, and attention over it equals attention over
+    /// an f32 cache holding the same rounded values; an 8-bit row stays within half a step of
+    /// its largest magnitude / 127.
     #[test]
-    fn f16_cache_attends_as_f32_over_rounded_values() {
+    fn narrow_caches_attend_as_f32_over_rounded_values() {
         let (heads, d, g, n) = (3, 64, 3, 300);
         let val = |i: usize| ((i * 7919) % 2003) as f32 / 1001.0 - 1.0 + 1e-4;
         let k: Vec<f32> = (0..heads * n * d).map(val).collect();
         let v: Vec<f32> = (0..heads * n * d).map(|i| val(i + 5)).collect();
-        let round = |x: &[f32]| x.iter().map(|&x| f16::from_f32(x).to_f32()).collect::<Vec<_>>();
-        let (mut half, mut exact) = (HostKv::new(1, heads, d, KvDtype::F16), HostKv::new(1, heads, d, KvDtype::F32));
-        half.append_slice(&k, &v, n, 0).unwrap();
-        exact.append_slice(&round(&k), &round(&v), n, 0).unwrap();
-        let q: Vec<f32> = (0..heads * g * d).map(|i| val(3 * i) * 0.2).collect();
-        // One token (the split decode path), then a block of four (one task per query head).
-        let (a, b) = (half.attend(&q, g, 1, n - 1), exact.attend(&q, g, 1, n - 1));
-        assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() <= 1e-5), "decode attention differs");
-        let q4: Vec<f32> = (0..heads * g * 4 * d).map(|i| val(5 * i) * 0.2).collect();
-        let (a, b) = (half.attend(&q4, g, 4, n - 4), exact.attend(&q4, g, 4, n - 4));
-        assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() <= 1e-5), "block attention differs");
-        assert_ne!(round(&k), k, "the test values must round in f16");
+        for dtype in [KvDtype::F16, KvDtype::Q8] {
+            let mut narrow = HostKv::new(1, heads, d, dtype);
+            narrow.append_slice(&k, &v, n, 0).unwrap();
+            let (kr, vr) = narrow.tensors(n, &Device::Cpu).unwrap();
+            let (kr, vr) = (kr.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vr.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            assert_ne!(kr, k, "{dtype:?}: the test values must round");
+            for (x, r) in [(&k, &kr), (&v, &vr)] {
+                for (x, r) in x.chunks_exact(d).zip(r.chunks_exact(d)) {
+                    let step = if dtype == KvDtype::Q8 { x.iter().fold(0f32, |a, x| a.max(x.abs())) / 127.0 } else { 1e-3 };
+                    assert!(x.iter().zip(r).all(|(x, r)| (x - r).abs() <= 0.5 * step * (1.0 + 1e-5)), "{dtype:?}: a value moved more than half a step");
+                }
+            }
+            let mut exact = HostKv::new(1, heads, d, KvDtype::F32);
+            exact.append_slice(&kr, &vr, n, 0).unwrap();
+            // 8-bit keys are scored against queries rounded to 8 bits.
+            let round = |q: &[f32]| if dtype == KvDtype::Q8 { q.chunks_exact(d).flat_map(crate::model::attend::tests::round_q8).collect() } else { q.to_vec() };
+            let q: Vec<f32> = (0..heads * g * d).map(|i| val(3 * i) * 0.2).collect();
+            // One token (the split decode path), then a block of four (one task per query head).
+            let (a, b) = (narrow.attend(&q, g, 1, n - 1), exact.attend(&round(&q), g, 1, n - 1));
+            assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() <= 1e-5), "{dtype:?}: decode attention differs");
+            let q4: Vec<f32> = (0..heads * g * 4 * d).map(|i| val(5 * i) * 0.2).collect();
+            let (a, b) = (narrow.attend(&q4, g, 4, n - 4), exact.attend(&round(&q4), g, 4, n - 4));
+            assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() <= 1e-5), "{dtype:?}: block attention differs");
+        }
     }
 }

@@ -80,6 +80,16 @@ pub(crate) fn avx2() -> bool {
     is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
 }
 
+/// Whether the CPU also has AVX-512 VNNI on 256-bit registers (the 8-bit KV cache's scores).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn vnni() -> bool {
+    avx2()
+        && is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vnni")
+}
+
 /// `f` over the data of `ts`, when each is a contiguous f32 tensor on the CPU.
 pub fn with_cpu_f32<R>(ts: &[&Tensor], f: impl FnOnce(&[&[f32]]) -> R) -> Result<Option<R>> {
     let r = with_weight_data(ts, |data| {

@@ -33,17 +33,20 @@ fn greedy_continuations() {
     }
 }
 
-/// The CLI's fast path (q8_0 weights, f16 KV cache) still finds the capital; a KV type it does
-/// not know, a negative temperature or top-p, and zero new tokens are usage errors that say so.
+/// The CLI's fast paths (q8_0 weights, f16 or 8-bit KV cache) still find the capital; a KV
+/// type it does not know, a negative temperature or top-p, and zero new tokens are usage
+/// errors that say so.
 #[test]
-fn generate_cli_in_q8_0_with_an_f16_cache() {
+fn generate_cli_in_q8_0_with_narrow_caches() {
     use crate::common::{gguf_path, path_str, run_cli};
     let gguf = gguf_path();
     let args = ["generate", path_str(&gguf), "--prompt", "The capital of France is", "--max-tokens", "3", "--dtype", "q8_0"];
-    let (code, out, err) = run_cli(&[&args[..], &["--kv-dtype", "f16"]].concat());
-    assert_eq!(code, 0, "{err}");
-    assert!(out.starts_with("The capital of France is Paris"), "{out}");
-    assert!(err.contains("decode") && err.contains("tok/s"), "{err}");
+    for kv in ["f16", "q8"] {
+        let (code, out, err) = run_cli(&[&args[..], &["--kv-dtype", kv]].concat());
+        assert_eq!(code, 0, "{kv}: {err}");
+        assert!(out.starts_with("The capital of France is Paris"), "{kv}: {out}");
+        assert!(err.contains("decode") && err.contains("tok/s"), "{kv}: {err}");
+    }
     let (code, _, err) = run_cli(&[&args[..], &["--kv-dtype", "f8"]].concat());
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("f8") && err.contains("f16") && !err.contains("panicked"), "{err}");
@@ -150,14 +153,32 @@ fn expanded_and_cloned_caches_are_independent() {
 /// match single sequences continued from the same f16 cache.
 #[test]
 fn f16_kv_cache_stays_close_to_f32() {
+    narrow_kv_cache_stays_close_to_f32(transact::KvDtype::F16, &[KvStorage::Host, KvStorage::Tensors], F16_KV_MAX_DRIFT, 250);
+}
+
+/// The same for the 8-bit cache, which only host buffers keep: a cache of tensors is refused
+/// with an error that names the type.
+#[test]
+fn q8_kv_cache_stays_close_to_f32() {
     use transact::KvDtype;
+    narrow_kv_cache_stays_close_to_f32(KvDtype::Q8, &[KvStorage::Host], Q8_KV_MAX_DRIFT, Q8_KV_MIN_AGREE);
     let lm = model();
-    let m = lm.model.with_kv_dtype(KvDtype::F16);
+    let m = lm.model.with_kv_dtype(KvDtype::Q8);
+    let mut cache = KvCache::with_storage(&m.config, KvStorage::Tensors);
+    let ids = Tensor::new(&real_tokens(8)[..], &m.device).unwrap().unsqueeze(0).unwrap();
+    let err = m.forward(&ids, Some(&mut cache), Logits::Last).unwrap_err().to_string();
+    assert!(err.contains("q8") && err.contains("host buffers"), "{err}");
+}
+
+fn narrow_kv_cache_stays_close_to_f32(dtype: transact::KvDtype, storages: &[KvStorage], max_drift: f32, min_agree: usize) {
+    let lm = model();
+    let m = lm.model.with_kv_dtype(dtype);
+    let name = dtype.name();
     let ids = real_tokens(256);
     let full = lm.model.logits(&ids).unwrap();
     let input = |t: &[u32]| Tensor::new(t, &m.device).unwrap().unsqueeze(0).unwrap();
     let top = |t: &Tensor| t.argmax(D::Minus1).unwrap().to_vec1::<u32>().unwrap();
-    for storage in [KvStorage::Host, KvStorage::Tensors] {
+    for &storage in storages {
         let mut cache = KvCache::with_storage(&m.config, storage);
         let mut parts = vec![m.forward(&input(&ids[..100]), Some(&mut cache), Logits::All).unwrap().squeeze(0).unwrap()];
         for c in ids[100..156].chunks(7).chain(ids[156..].chunks(1)) {
@@ -167,11 +188,11 @@ fn f16_kv_cache_stays_close_to_f32() {
         // Every block, the prefill too, attends over the cache's rounded keys and values.
         let drift = (&got - &full).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         let agree = top(&got).iter().zip(top(&full)).filter(|(a, b)| **a == *b).count();
-        eprintln!("f16 KV ({storage:?}): max |Δlogit| {drift:.4}, argmax agrees {agree}/256");
-        assert!(drift > 0.0 && drift < F16_KV_MAX_DRIFT, "{storage:?}: drift {drift}");
-        assert!(agree >= 250, "{storage:?}: argmax agrees at {agree}/256");
+        eprintln!("{name} KV ({storage:?}): max |Δlogit| {drift:.4}, argmax agrees {agree}/256");
+        assert!(drift > 0.0 && drift < max_drift, "{name} {storage:?}: drift {drift}");
+        assert!(agree >= min_agree, "{name} {storage:?}: argmax agrees at {agree}/256");
 
-        // Two continuations of one f16 prefix, batched and alone.
+        // Two continuations of one prefix, batched and alone.
         let mut prefix = KvCache::with_storage(&m.config, storage);
         m.forward(&input(&ids[..40]), Some(&mut prefix), Logits::Last).unwrap();
         let mut two = prefix.expand(2).unwrap();
@@ -180,13 +201,18 @@ fn f16_kv_cache_stays_close_to_f32() {
         for (row, tok) in [(0, 40), (1, 41)] {
             let mut alone = prefix.try_clone().unwrap();
             let want = m.forward(&input(&ids[tok..tok + 1]), Some(&mut alone), Logits::All).unwrap().squeeze(0).unwrap();
-            assert_close(&format!("{storage:?} f16 expanded row {row}"), &want, &y.get(row).unwrap());
+            assert_close(&format!("{storage:?} {name} expanded row {row}"), &want, &y.get(row).unwrap());
         }
     }
 }
 
 /// Bound on the f16 cache's logit drift over 256 tokens: ~2× the 0.032 it measured.
 const F16_KV_MAX_DRIFT: f32 = 0.07;
+
+/// Bounds on the 8-bit cache over 256 tokens: ~2× the 0.84 drift it measured, and at most 11
+/// argmax changes (it measured 3).
+const Q8_KV_MAX_DRIFT: f32 = 1.7;
+const Q8_KV_MIN_AGREE: usize = 245;
 
 #[test]
 fn every_weight_type_stays_close_to_f32() {
