@@ -249,11 +249,17 @@ pub(crate) mod tests {
     fn kernels_match_a_reference() {
         // 19 keys: two blocks of eight and a tail; t = 3 queries see 17, 18 and 19 keys;
         // d = 72 takes one 64-wide and one 8-wide pass over the values, d = 6 the portable loop.
-        for d in [64, 72, 6] {
+        // With `spike`, key 13 is ten times the last query: its score passes every earlier one
+        // by far more than the one-pass kernel's lazy rescaling lets the running max lag.
+        for (d, spike) in [(64, false), (72, false), (6, false), (64, true), (6, true)] {
             let (len, t) = (16, 3);
             let val = |i: usize, m: usize| ((i * m) % 1009) as f32 / 504.0 - 1.0;
             let q: Vec<f32> = (0..t * d).map(|i| val(i, 7)).collect();
-            let k: Vec<f32> = (0..(len + t) * d).map(|i| val(i, 13)).collect();
+            let mut k: Vec<f32> = (0..(len + t) * d).map(|i| val(i, 13)).collect();
+            if spike {
+                let last: Vec<f32> = q[(t - 1) * d..].iter().map(|x| 10.0 * x).collect();
+                k[13 * d..14 * d].copy_from_slice(&last);
+            }
             let v: Vec<f32> = (0..(len + t) * d).map(|i| val(i, 31)).collect();
             check(&q, KvRows::new(&k, &v), d, len, t);
             // An f16 cache: the kernels must compute exactly on the rounded keys and values.

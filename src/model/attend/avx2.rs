@@ -66,7 +66,7 @@ pub unsafe fn partial<T: KvElem>(q: &[f32], kv: KvRows<T>, o: &mut [f32], d: usi
     if T::SCALED {
         scores.iter_mut().zip(kv.v_scale).for_each(|(p, vs)| *p *= vs);
     }
-    weighted_sums(&scores, v, d, None, o);
+    weighted_sums(&scores, v, d, Start::Zero, o);
     (max, sum)
 }
 
@@ -147,19 +147,28 @@ unsafe fn group_partial_with<T: KvElem, const VNNI: bool>(q: &[f32], q8: &[Query
                     _mm256_loadu_ps(s.as_ptr())
                 };
                 let s = if T::SCALED { _mm256_mul_ps(s, ks) } else { s };
-                let m = _mm256_max_ps(max[h], hmax(s));
-                let mut e = exp(_mm256_sub_ps(s, m));
+                // The running max moves only when a block passes it by more than
+                // `LAZY_RESCALE`: the rare rescale is a predicted branch, where an exponential
+                // and a multiply of the outputs on every block chained each block to the last.
+                let bm = hmax(s);
+                let start = if _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(bm, _mm256_add_ps(max[h], _mm256_set1_ps(LAZY_RESCALE)))) != 0 {
+                    // The first block rescales zeros: e^-inf is clamped to ~1e-38, times 0.
+                    let scale = exp(_mm256_sub_ps(max[h], bm));
+                    max[h] = bm;
+                    sum[h] = _mm256_mul_ps(sum[h], scale);
+                    Start::Scaled(scale)
+                } else {
+                    Start::Add
+                };
+                let mut e = exp(_mm256_sub_ps(s, max[h]));
                 if b < 8 {
                     // Missing keys' lanes would carry e^-87, not 0.
                     e = _mm256_and_ps(e, _mm256_cmp_ps::<_CMP_LT_OQ>(lanes, _mm256_set1_ps(b as f32)));
                 }
-                // The first block rescales zeros: e^-inf is clamped to ~1e-38, times 0.
-                let scale = exp(_mm256_sub_ps(max[h], m));
-                max[h] = m;
-                sum[h] = _mm256_fmadd_ps(sum[h], scale, e);
+                sum[h] = _mm256_add_ps(sum[h], e);
                 let e = if T::SCALED { _mm256_mul_ps(e, vs) } else { e };
                 _mm256_storeu_ps(p.as_mut_ptr(), e);
-                weighted_sums(&p[..b], vj, d, Some(scale), &mut o[h * d..(h + 1) * d]);
+                weighted_sums(&p[..b], vj, d, start, &mut o[h * d..(h + 1) * d]);
             }
         }
         for ((ms, m), s) in ms.iter_mut().zip(max).zip(sum) {
@@ -241,7 +250,7 @@ unsafe fn dot<T: KvElem>(q: *const f32, k: *const T, d: usize) -> f32 {
 /// 64 columns at a time in eight registers.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn weighted_sums<T: KvElem>(p: &[f32], v: &[T], d: usize, rescale: Option<__m256>, o: &mut [f32]) {
+fn weighted_sums<T: KvElem>(p: &[f32], v: &[T], d: usize, rescale: Start, o: &mut [f32]) {
     let mut c = 0;
     while c + 64 <= d {
         weighted_sum::<T, 8>(p, v, d, c, rescale, o);
@@ -257,13 +266,21 @@ fn weighted_sums<T: KvElem>(p: &[f32], v: &[T], d: usize, rescale: Option<__m256
 /// registers.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn weighted_sum<T: KvElem, const W: usize>(p: &[f32], v: &[T], d: usize, c: usize, rescale: Option<__m256>, o: &mut [f32]) {
+fn weighted_sum<T: KvElem, const W: usize>(p: &[f32], v: &[T], d: usize, c: usize, rescale: Start, o: &mut [f32]) {
     assert!(c + 8 * W <= d && v.len() >= p.len() * d);
     let o = &mut o[c..c + 8 * W];
     let mut acc = [_mm256_setzero_ps(); W];
-    if let Some(scale) = rescale {
-        for (r, a) in acc.iter_mut().enumerate() {
-            *a = _mm256_mul_ps(scale, unsafe { _mm256_loadu_ps(o.as_ptr().add(8 * r)) });
+    match rescale {
+        Start::Zero => {}
+        Start::Add => {
+            for (r, a) in acc.iter_mut().enumerate() {
+                *a = unsafe { _mm256_loadu_ps(o.as_ptr().add(8 * r)) };
+            }
+        }
+        Start::Scaled(scale) => {
+            for (r, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_mul_ps(scale, unsafe { _mm256_loadu_ps(o.as_ptr().add(8 * r)) });
+            }
         }
     }
     // Dereferenced only for rows that exist: row j's columns c .. c + 8W (asserted above).
@@ -278,6 +295,20 @@ fn weighted_sum<T: KvElem, const W: usize>(p: &[f32], v: &[T], d: usize, c: usiz
     for (r, a) in acc.iter().enumerate() {
         unsafe { _mm256_storeu_ps(o.as_mut_ptr().add(8 * r), *a) };
     }
+}
+
+/// How far a block's largest score may pass the running max before it moves and the outputs
+/// are rescaled: weights up to e^8 ≈ 3000 keep every sum far from f32's range.
+const LAZY_RESCALE: f32 = 8.0;
+
+/// What [`weighted_sums`] starts each output from.
+#[derive(Clone, Copy)]
+enum Start {
+    Zero,
+    /// The outputs as they are.
+    Add,
+    /// The outputs times this.
+    Scaled(__m256),
 }
 
 /// The largest lane of `v`, in every lane.
