@@ -15,7 +15,9 @@ transact runs in (`transact bench --dtype`) and should match the file's tensor t
 with `transact convert M F.gguf --to gguf --dtype DTYPE`. Both engines use 2 threads, the same
 synthetic prompt, prefill of 512 tokens and decode of 32 tokens after a 256-token context;
 best of --repeats, and both keep the KV cache in --kv-dtype (llama.cpp's own default is f16,
-transact's f32). Writes a Markdown table to stdout and everything to --json.
+transact's f32; q8 is llama.cpp's q8_0, which needs its flash attention). --flash-attn turns
+llama.cpp's flash attention on for the other types too (llama-cpp-python turns it off unless
+asked). Writes a Markdown table to stdout and everything to --json.
 
   bench/llama-cpp-side-by-side.sh \\
       --transact target/release/transact --model dense-f32:f32:dense-f32.gguf [--model ...] [--kv-dtype f16]
@@ -26,8 +28,8 @@ PREFILL = 512
 CONTEXT = 256
 DECODE = 32
 THREADS = 2
-# ggml's type ids for llama.cpp's type_k / type_v.
-GGML_TYPE = {"f32": 0, "f16": 1}
+# ggml's type ids for llama.cpp's type_k / type_v, by transact's --kv-dtype name.
+GGML_TYPE = {"f32": 0, "f16": 1, "q8": 8}
 
 
 def prompt(n):
@@ -35,10 +37,11 @@ def prompt(n):
     return [100 + i % 1000 for i in range(n)]
 
 
-def llama_cpp(path, repeats, kv):
+def llama_cpp(path, repeats, kv, flash_attn):
     from llama_cpp import Llama
     llm = Llama(model_path=path, n_ctx=2048, n_batch=PREFILL, n_ubatch=PREFILL, n_threads=THREADS,
-                n_threads_batch=THREADS, type_k=GGML_TYPE[kv], type_v=GGML_TYPE[kv], verbose=False)
+                n_threads_batch=THREADS, type_k=GGML_TYPE[kv], type_v=GGML_TYPE[kv],
+                flash_attn=flash_attn, verbose=False)
     best_p = best_d = 0.0
     for _ in range(repeats):
         llm.reset()
@@ -75,8 +78,10 @@ def main():
     ap.add_argument("--model", action="append", required=True, help="LABEL:DTYPE:FILE.gguf; repeatable")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--kv-dtype", choices=sorted(GGML_TYPE), default="f32", help="KV cache type of both engines")
+    ap.add_argument("--flash-attn", action="store_true", help="llama.cpp with flash attention (always for q8)")
     ap.add_argument("--json", help="write all numbers here")
     a = ap.parse_args()
+    flash_attn = a.flash_attn or a.kv_dtype == "q8"
     rows = []
     for spec in a.model:
         try:
@@ -87,12 +92,12 @@ def main():
             sys.exit(f"--model {spec!r}: no such file {path}")
         print(f"measuring {label} ...", file=sys.stderr)
         ours = transact(a.transact, path, dtype, a.repeats, a.kv_dtype)
-        lp, ld = llama_cpp(path, a.repeats, a.kv_dtype)
+        lp, ld = llama_cpp(path, a.repeats, a.kv_dtype, flash_attn)
         rows.append({"label": label, "dtype": dtype, "file": path, "transact": ours,
                      "llama_cpp": {"prefill": lp, "decode": ld}})
     load = open("/proc/loadavg").read().strip()
     print(f"threads {THREADS}; prefill {PREFILL} tokens; decode {DECODE} tokens at context {CONTEXT}; "
-          f"KV cache {a.kv_dtype}; best of {a.repeats}; loadavg {load}")
+          f"KV cache {a.kv_dtype}; llama.cpp flash attention {'on' if flash_attn else 'off'}; best of {a.repeats}; loadavg {load}")
     print("| model | dtype | prefill tok/s ours | llama.cpp | ours/llama.cpp | decode tok/s ours | llama.cpp | ours/llama.cpp |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
@@ -101,7 +106,7 @@ def main():
               f"{o['prefill'] / l['prefill']:.2f}x | {o['decode']:.1f} ({100 * o['decode_roof']:.0f}% roof) | {l['decode']:.1f} | "
               f"{o['decode'] / l['decode']:.2f}x |")
     if a.json:
-        json.dump({"loadavg": load, "threads": THREADS, "kv_dtype": a.kv_dtype, "rows": rows}, open(a.json, "w"), indent=2)
+        json.dump({"loadavg": load, "threads": THREADS, "kv_dtype": a.kv_dtype, "flash_attn": flash_attn, "rows": rows}, open(a.json, "w"), indent=2)
 
 
 if __name__ == "__main__":
