@@ -7,8 +7,9 @@
 //! output rows in registers while it accumulates the values (`bench/NOTES.md`). It returns the
 //! softmax unnormalised ([`partial`]), so decode can split a head's keys across threads and
 //! merge the pieces ([`combine`]). Keys and values are f32, f16 or 8-bit integers with one
-//! scale per row ([`KvElem`]); the narrow types are widened in registers, so they read fewer
-//! bytes and compute in f32 all the same. A row's scale multiplies its score (keys) or its
+//! scale per row ([`KvElem`]). f16 and 8-bit values are widened in registers, so they read
+//! fewer bytes and compute in f32 all the same; 8-bit keys are scored in integers against the
+//! query rounded to 8 bits ([`QueryQ8`]). A row's scale multiplies its score (keys) or its
 //! softmax weight (values), never its `d` elements.
 
 use half::f16;

@@ -199,6 +199,10 @@ unsafe fn scores_q8(q: &QueryQ8, k: &[i8], d: usize, out: &mut [f32]) {
 
 /// [`QueryQ8::score`] of eight keys: `(k + 128)` as unsigned bytes times `q`, eight
 /// independent chains, less `128 · Σ q` once per key; integers, so the same sums.
+///
+/// # Safety
+/// The CPU must support AVX2 and AVX-512 F/VL/BW/VNNI; `k` must hold eight rows of `d`, a
+/// multiple of 32.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
 unsafe fn scores8_vnni(q: &QueryQ8, k: *const i8, d: usize) -> __m256 {
