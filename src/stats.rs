@@ -44,7 +44,6 @@ impl ModelStats {
         // Q·Kᵀ and att·V: 2 multiply-adds per head dim per attended token.
         let attn_scores: u64 =
             cfg.layers.iter().map(|s| 2 * 2 * (s.mha_width() as u64) * context as u64).sum();
-        let kv_elems: u64 = cfg.layers.iter().map(|s| 2 * s.kv_width() as u64).sum();
         Self {
             params_total: attn + mlp + norms + embed + lm_head,
             params_non_embedding: attn + mlp + norms,
@@ -53,8 +52,8 @@ impl ModelStats {
             flops_per_token: 2 * (attn + mlp + v * h) + attn_scores,
             flops_lm_head: 2 * v * h,
             context,
-            kv_bytes_per_token_f32: kv_elems * 4,
-            kv_bytes_per_token_f16: kv_elems * 2,
+            kv_bytes_per_token_f32: Self::kv_bytes_per_token(cfg, crate::KvDtype::F32),
+            kv_bytes_per_token_f16: Self::kv_bytes_per_token(cfg, crate::KvDtype::F16),
         }
     }
 

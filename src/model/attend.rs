@@ -154,7 +154,7 @@ pub fn partial<T: KvElem>(q: &[f32], kv: KvRows<T>, o: &mut [f32], d: usize, n: 
     if d.is_multiple_of(8) && super::vmath::avx2() && is_x86_feature_detected!("f16c") {
         return unsafe { avx2::partial(q, kv, o, d) };
     }
-    portable(q, kv, o, d)
+    portable(q, None, kv, o, d)
 }
 
 /// [`partial`] for the `g` queries of one KV group at once (`q`, `o`: `[g, d]`, `ms`: `[g]`),
@@ -171,10 +171,9 @@ pub fn group_partial<T: KvElem>(q: &[f32], q8: &[QueryQ8], kv: KvRows<T>, o: &mu
         }
         return unsafe { avx2::group_partial(q, q8, kv, o, ms, d) };
     }
-    for ((q, o), ms) in q.chunks_exact(d).zip(o.chunks_exact_mut(d)).zip(ms) {
-        *ms = portable(q, kv, o, d);
+    for (h, ((q, o), ms)) in q.chunks_exact(d).zip(o.chunks_exact_mut(d)).zip(ms).enumerate() {
+        *ms = portable(q, q8.get(h), kv, o, d);
     }
-    let _ = q8; // The portable kernel rounds each query itself.
 }
 
 /// Merges [`partial`] results `(m, sum, o)` of one query over disjoint key ranges into the
@@ -192,10 +191,18 @@ pub fn combine<'a>(parts: impl Iterator<Item = (f32, f32, &'a [f32])> + Clone, o
     out.iter_mut().for_each(|o| *o /= sum);
 }
 
-fn portable<T: KvElem>(q: &[f32], kv: KvRows<T>, o: &mut [f32], d: usize) -> (f32, f32) {
+/// The plain loops; for 8-bit keys `q8` is `q` rounded when the caller has it already.
+fn portable<T: KvElem>(q: &[f32], q8: Option<&QueryQ8>, kv: KvRows<T>, o: &mut [f32], d: usize) -> (f32, f32) {
     let mut p: Vec<f32> = match T::as_i8(kv.k) {
         Some(k8) => {
-            let q8 = QueryQ8::new(q);
+            let rounded;
+            let q8 = match q8 {
+                Some(q8) => q8,
+                None => {
+                    rounded = QueryQ8::new(q);
+                    &rounded
+                }
+            };
             k8.chunks_exact(d).map(|kj| q8.score(kj)).collect()
         }
         None => kv.k.chunks_exact(d).map(|kj| dot(q, kj)).collect(),

@@ -184,12 +184,8 @@ impl Simd {
 
     fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
-            let vnni = is_x86_feature_detected!("avx512f")
-                && is_x86_feature_detected!("avx512vl")
-                && is_x86_feature_detected!("avx512bw")
-                && is_x86_feature_detected!("avx512vnni");
-            return if vnni { Simd::Vnni } else { Simd::Avx2 };
+        if super::vmath::avx2() && is_x86_feature_detected!("f16c") {
+            return if super::vmath::vnni() { Simd::Vnni } else { Simd::Avx2 };
         }
         Simd::Portable
     }

@@ -80,7 +80,8 @@ pub(crate) fn avx2() -> bool {
     is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
 }
 
-/// Whether the CPU also has AVX-512 VNNI on 256-bit registers (the 8-bit KV cache's scores).
+/// Whether the CPU also has AVX-512 VNNI on 256-bit registers (Q8_0 decode, the 8-bit KV
+/// cache's scores).
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn vnni() -> bool {
     avx2()
