@@ -64,7 +64,7 @@ fn gemm_few_rows(c: &mut Criterion) {
     let mut g = c.benchmark_group("gemm_few_rows");
     for (name, n, k) in [("gate_up", MLP, HIDDEN), ("down", HIDDEN, MLP), ("lm_head", VOCAB, HIDDEN)] {
         let w = randn((n, k)).flatten_all().and_then(|w| w.to_vec1::<f32>()).expect("w");
-        for m in [8, 32, 64, 128] {
+        for m in [8, 32, 64, 128, 256] {
             let x: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
             g.throughput(Throughput::Elements((2 * m * n * k) as u64));
             g.bench_function(BenchmarkId::new(format!("{name}_gemm_crate"), m), |b| on_worker(|| b.iter(|| big::matmul(1, m, n, k, &x, &w, true))));
