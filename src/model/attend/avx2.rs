@@ -73,7 +73,7 @@ pub unsafe fn partial<T: KvElem>(q: &[f32], kv: KvRows<T>, o: &mut [f32], d: usi
 /// [`super::group_partial`] for `d` a multiple of 8: one pass over the keys and values in
 /// blocks of eight, each block scored and accumulated by every query of the group while it
 /// is in L1 (an online softmax: each query's running max, and its sum and outputs rescaled
-/// when the max grows).
+/// when a block's largest score passes that max by more than [`LAZY_RESCALE`]).
 ///
 /// Why one pass: from memory, the two-pass kernel ([`partial`]) cost about its time in cache
 /// plus its bytes at the bandwidth roof. Its phases (scores, exponentials, values, and the
@@ -135,7 +135,7 @@ unsafe fn group_partial_with<T: KvElem, const VNNI: bool>(q: &[f32], q8: &[Query
                     scores8_vnni(&q8[h], kp.cast(), d)
                 } else if let Some(k8) = T::as_i8(&k[j * d..(j + b) * d]) {
                     let mut s = [f32::NEG_INFINITY; 8];
-                    s.iter_mut().zip(k8.chunks_exact(d)).for_each(|(s, kj)| *s = q8[h].score(kj));
+                    scores_q8(&q8[h], k8, d, &mut s[..b]);
                     _mm256_loadu_ps(s.as_ptr())
                 } else if b == 8 {
                     scores8(qp, kp, d)
@@ -250,18 +250,18 @@ unsafe fn dot<T: KvElem>(q: *const f32, k: *const T, d: usize) -> f32 {
     hsum(a)
 }
 
-/// `o ← Σ_j p_j v_j` (`v`: rows of `d`), or with `rescale`, `o ← rescale · o + Σ_j p_j v_j`;
-/// 64 columns at a time in eight registers.
+/// `o ← start + Σ_j p_j v_j` (`v`: rows of `d`), `start` being zero, `o` or `scale · o` as
+/// [`Start`] says; 64 columns at a time in eight registers.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn weighted_sums<T: KvElem>(p: &[f32], v: &[T], d: usize, rescale: Start, o: &mut [f32]) {
+fn weighted_sums<T: KvElem>(p: &[f32], v: &[T], d: usize, start: Start, o: &mut [f32]) {
     let mut c = 0;
     while c + 64 <= d {
-        weighted_sum::<T, 8>(p, v, d, c, rescale, o);
+        weighted_sum::<T, 8>(p, v, d, c, start, o);
         c += 64;
     }
     while c < d {
-        weighted_sum::<T, 1>(p, v, d, c, rescale, o);
+        weighted_sum::<T, 1>(p, v, d, c, start, o);
         c += 8;
     }
 }
@@ -270,11 +270,11 @@ fn weighted_sums<T: KvElem>(p: &[f32], v: &[T], d: usize, rescale: Start, o: &mu
 /// registers.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn weighted_sum<T: KvElem, const W: usize>(p: &[f32], v: &[T], d: usize, c: usize, rescale: Start, o: &mut [f32]) {
+fn weighted_sum<T: KvElem, const W: usize>(p: &[f32], v: &[T], d: usize, c: usize, start: Start, o: &mut [f32]) {
     assert!(c + 8 * W <= d && v.len() >= p.len() * d);
     let o = &mut o[c..c + 8 * W];
     let mut acc = [_mm256_setzero_ps(); W];
-    match rescale {
+    match start {
         Start::Zero => {}
         Start::Add => {
             for (r, a) in acc.iter_mut().enumerate() {
