@@ -20,18 +20,18 @@ CU=$(ls -d "$VENV"/lib/python*/site-packages/nvidia/cu13)
 TARGET=${CUDA_TARGET_DIR:-/tmp/cuda-target}
 build() {
     PATH=$CU/bin:$PATH CUDA_ROOT=$CU CUDA_PATH=$CU CUDARC_CUDA_VERSION=13000 CUDA_COMPUTE_CAP=90 \
-        CARGO_TARGET_DIR=$TARGET cargo build --release --locked --features cuda "$@"
+        CARGO_TARGET_DIR=$TARGET cargo build --release --locked "$@"
 }
 # candle links the CUDA libraries at build time (cudarc's dynamic-linking): the wheels give
 # versioned names only, and no wheel has the driver's libcuda, so the linker gets a stub that
 # defines every driver symbol the compiled crates use. The device's real libcuda.so.1 loads
 # at run time.
-build --lib
+build -p transact --lib --features cuda
 (cd "$CU/lib" && for l in cublas cublasLt cudart nvrtc; do ln -sf lib$l.so.13 lib$l.so; done && ln -sf libcurand.so.10 libcurand.so)
 nm -u "$TARGET"/release/deps/*.rlib 2>/dev/null | grep -oE " U cu[A-Z][A-Za-z0-9_]*" | sort -u |
     awk '{print "void " $2 "(void) {}"}' > "$TARGET/libcuda-stub.c"
 gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$CU/lib/libcuda.so" "$TARGET/libcuda-stub.c"
-build --bin transact
+build -p transact-cli --bin transact --features cuda
 rm -rf .gpu && mkdir -p .gpu/a .gpu/b
 # Two calls, each under 64 MiB: the binary with the model's first half (call 1 can already
 # check that the binary finds its libraries and the GPU), then the second half.

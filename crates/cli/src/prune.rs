@@ -1,0 +1,159 @@
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::{Args, ValueEnum};
+use transact::WeightDtype;
+use transact::model::cost::human;
+use transact::model::io::export::ExportFormat;
+use transact::prune::job::PruneJob;
+use transact::prune::plan::{AttnUnit, GqaMode, TargetSpec};
+use transact::prune::scorer::ScorerKind;
+use transact::prune::shots::PruneOptions;
+
+use crate::calibrate::CalibArgs;
+use crate::common::{self, Bars, choice};
+
+/// What the output directory holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Formats {
+    /// Hugging Face files.
+    Hf,
+    /// `model.gguf`.
+    Gguf,
+    /// Both.
+    Both,
+}
+
+#[derive(Args)]
+pub struct PruneArgs {
+    /// GGUF file or Hugging Face model directory to prune.
+    model: crate::ModelPath,
+    /// Output directory: Hugging Face files and/or model.gguf, plus prune_report.json. Written
+    /// to a temporary name and renamed when complete.
+    #[arg(long)]
+    out: PathBuf,
+    /// Fraction of non-embedding parameters to remove (0–1); attention loses the same fraction
+    /// rounded up to whole heads/groups, the MLP width makes the total exact.
+    #[arg(long, conflicts_with_all = ["mha_width", "mlp_width"], allow_negative_numbers = true)]
+    ratio: Option<f64>,
+    /// Attention width per layer after pruning (query heads × head dim); default: unchanged.
+    #[arg(long)]
+    mha_width: Option<usize>,
+    /// SwiGLU intermediate width per layer after pruning; default: unchanged.
+    #[arg(long)]
+    mlp_width: Option<usize>,
+    /// What attention pruning removes: whole `head`s (stock-loadable everywhere), or rotary
+    /// pairs of dims inside heads (`head-dim`: original frequencies kept, so only transact's own
+    /// directory format can hold the result).
+    #[arg(long, default_value = "head", value_parser = choice::<AttnUnit>())]
+    attn_unit: AttnUnit,
+    /// Head-dim mode: the kept head dim is a multiple of this (even; e.g. 16 for kernel-friendly shapes).
+    #[arg(long, default_value_t = 2)]
+    head_dim_multiple: usize,
+    /// Under GQA, remove whole KV groups (`groups`: smaller KV cache) or the same number of
+    /// query heads in every group (`queries`: KV heads kept).
+    #[arg(long, default_value = "groups", value_parser = choice::<GqaMode>())]
+    gqa: GqaMode,
+    /// Channel/head salience.
+    #[arg(long, default_value = "transact", value_parser = choice::<ScorerKind>())]
+    scorer: ScorerKind,
+    /// Weight α of the max term in the TransAct head score mean + α·max (default 10 / head dim).
+    #[arg(long, allow_negative_numbers = true)]
+    alpha: Option<f64>,
+    /// Number of shots K: each re-collects statistics, moves the widths one linear step toward
+    /// the target, prunes and recovers (the paper uses 8; 1 = one-shot).
+    #[arg(long, default_value_t = 1)]
+    shots: usize,
+    /// Statistics from `transact calibrate` on this model, used instead of calibrating (one shot only).
+    #[arg(long)]
+    stats: Option<PathBuf>,
+    /// External recovery after every shot, e.g. 'torchrun train.py --in {in} --out {out}': {in}
+    /// is the pruned model as an HF directory, {out} must receive the trained one. Default: none.
+    #[arg(long)]
+    recover_cmd: Option<String>,
+    /// Continue an interrupted run after its last finished shot (same model, target, options).
+    #[arg(long)]
+    resume: bool,
+    /// For checkpoints larger than memory: read a Hugging Face safetensors directory one decoder
+    /// layer at a time (peak memory ≈ one layer in f32 plus the hidden states) and write the
+    /// sliced tensors one at a time. One shot, whole heads, HF output; use --dtype f16 to keep
+    /// an f16 checkpoint's size.
+    #[arg(long)]
+    stream: bool,
+    /// Round the MLP width to a multiple of this (e.g. 64 for kernel-friendly shapes).
+    #[arg(long, default_value_t = 1)]
+    mlp_multiple: usize,
+    #[command(flatten)]
+    calib: CalibArgs,
+    /// What the output directory holds.
+    #[arg(long, value_enum, default_value = "hf")]
+    format: Formats,
+    /// Weight type of the output (norms stay f32 in GGUF; q8_0 is GGUF only).
+    #[arg(long, default_value = "f32", value_parser = choice::<WeightDtype>())]
+    dtype: WeightDtype,
+    /// Replace the output directory if it exists.
+    #[arg(long)]
+    force: bool,
+}
+
+pub fn run(a: PruneArgs) -> Result<()> {
+    let target = match (a.ratio, a.mha_width, a.mlp_width) {
+        (Some(r), _, _) => TargetSpec::Ratio(r),
+        (None, None, None) => bail!("give a target: --ratio R, or --mha-width W and/or --mlp-width F"),
+        (None, mha, mlp) => TargetSpec::Widths { mha, mlp },
+    };
+    let job = PruneJob {
+        model: a.model,
+        device: common::device(),
+        out: a.out,
+        formats: match a.format {
+            Formats::Hf => vec![ExportFormat::Hf],
+            Formats::Gguf => vec![ExportFormat::Gguf],
+            Formats::Both => vec![ExportFormat::Hf, ExportFormat::Gguf],
+        },
+        dtype: a.dtype,
+        force: a.force,
+        target,
+        options: PruneOptions {
+            scorer: a.scorer,
+            alpha: a.alpha,
+            seed: a.calib.seed,
+            attn_unit: a.attn_unit,
+            gqa: a.gqa,
+            head_dim_multiple: a.head_dim_multiple,
+            shots: a.shots,
+            calib: a.calib.spec(),
+            calib_batch: a.calib.calib_batch,
+            mlp_multiple: a.mlp_multiple,
+            recover_cmd: a.recover_cmd,
+        },
+        stats: a.stats,
+        resume: a.resume,
+        stream: a.stream,
+    };
+    let r = job.run(&Bars::new())?;
+    let (b, f) = (&r.before, &r.after);
+    println!("pruned {} → {}", r.input.path, job.out.display());
+    println!(
+        "widths       mha {} ({} heads, {} KV heads), mlp {} per layer",
+        r.target.widths.mha,
+        r.shots.last().map_or(0, |s| s.n_heads),
+        r.shots.last().map_or(0, |s| s.n_kv_heads),
+        r.target.widths.mlp
+    );
+    println!(
+        "parameters   {} → {} total, {} → {} non-embedding ({:.1}% removed)",
+        human(b.params_total),
+        human(f.params_total),
+        human(b.params_non_embedding),
+        human(f.params_non_embedding),
+        100.0 * r.removed_non_embedding
+    );
+    println!("KV cache     {} → {} bytes/token (f32)", b.kv_bytes_per_token_f32, f.kv_bytes_per_token_f32);
+    println!("FLOPs/token  {} → {} at context 2048", human(b.flops_per_token), human(f.flops_per_token));
+    println!(
+        "time         {:.1} s (calibrate {:.1}, prune {:.1}, recover {:.1}, export {:.1}); report in prune_report.json",
+        r.seconds.total, r.seconds.calibrate, r.seconds.prune, r.seconds.recover, r.seconds.export
+    );
+    Ok(())
+}

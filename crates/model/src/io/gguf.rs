@@ -1,0 +1,223 @@
+//! GGUF (v2/v3, `llama` architecture) → f32 model, using candle's GGUF reader.
+
+use std::collections::HashMap;
+use std::io::Cursor;
+use std::path::Path;
+
+use anyhow::{Context, Result, anyhow, bail};
+use candle_core::Device;
+use candle_core::quantized::GgmlDType;
+use candle_core::quantized::gguf_file::{Content, Value};
+use transact_kernels::mmap::Mapped;
+
+use crate::config::{LayerShape, ModelConfig, RopeLayout};
+use crate::tokenizer::Tokenizer;
+use crate::weights::{TensorRole, Weights};
+
+/// Tensor types we dequantize at load (all to f32).
+pub const SUPPORTED_TYPES: [GgmlDType; 9] = [
+    GgmlDType::F32,
+    GgmlDType::F16,
+    GgmlDType::BF16,
+    GgmlDType::Q8_0,
+    GgmlDType::Q4_0,
+    GgmlDType::Q4_1,
+    GgmlDType::Q4K,
+    GgmlDType::Q5K,
+    GgmlDType::Q6K,
+];
+
+/// Any integer metadata value as u64.
+fn as_u64(v: &Value) -> Option<u64> {
+    Some(match v {
+        Value::U8(x) => *x as u64,
+        Value::I8(x) => u64::try_from(*x).ok()?,
+        Value::U16(x) => *x as u64,
+        Value::I16(x) => u64::try_from(*x).ok()?,
+        Value::U32(x) => *x as u64,
+        Value::I32(x) => u64::try_from(*x).ok()?,
+        Value::U64(x) => *x,
+        Value::I64(x) => u64::try_from(*x).ok()?,
+        _ => return None,
+    })
+}
+
+fn as_f64(v: &Value) -> Option<f64> {
+    match v {
+        Value::F32(x) => Some(*x as f64),
+        Value::F64(x) => Some(*x),
+        other => as_u64(other).map(|x| x as f64),
+    }
+}
+
+struct Meta<'a>(&'a HashMap<String, Value>);
+
+impl Meta<'_> {
+    fn usize(&self, key: &str) -> Result<Option<usize>> {
+        match self.0.get(key) {
+            None => Ok(None),
+            Some(v) => as_u64(v)
+                .map(|x| Some(x as usize))
+                .ok_or_else(|| anyhow!("metadata `{key}` is not an unsigned integer")),
+        }
+    }
+
+    fn require_usize(&self, key: &str) -> Result<usize> {
+        self.usize(key)?.ok_or_else(|| anyhow!("missing metadata `{key}`"))
+    }
+
+    fn f64(&self, key: &str) -> Result<Option<f64>> {
+        match self.0.get(key) {
+            None => Ok(None),
+            Some(v) => as_f64(v).map(Some).ok_or_else(|| anyhow!("metadata `{key}` is not a number")),
+        }
+    }
+
+    /// A scalar for every layer, or an array with one value per layer (llama.cpp allows both).
+    fn per_layer(&self, key: &str, n_layers: usize) -> Result<Option<Vec<usize>>> {
+        match self.0.get(key) {
+            None => Ok(None),
+            Some(Value::Array(a)) => {
+                if a.len() != n_layers {
+                    bail!("metadata `{key}` has {} entries for {n_layers} layers", a.len());
+                }
+                a.iter()
+                    .map(|v| as_u64(v).map(|x| x as usize))
+                    .collect::<Option<Vec<_>>>()
+                    .map(Some)
+                    .ok_or_else(|| anyhow!("metadata `{key}` holds a non-integer"))
+            }
+            Some(_) => Ok(Some(vec![self.require_usize(key)?; n_layers])),
+        }
+    }
+}
+
+/// The model config described by GGUF metadata.
+pub fn config_from_metadata(md: &HashMap<String, Value>) -> Result<ModelConfig> {
+    let m = Meta(md);
+    let arch = md
+        .get("general.architecture")
+        .and_then(|v| v.to_string().ok())
+        .ok_or_else(|| anyhow!("missing metadata `general.architecture`"))?;
+    if arch != "llama" {
+        bail!("unsupported architecture `{arch}`: only `llama` models are supported");
+    }
+    if let Some(Value::String(t)) = md.get("llama.rope.scaling.type")
+        && t != "none"
+    {
+        bail!("RoPE scaling `{t}` is not supported");
+    }
+    let hidden = m.require_usize("llama.embedding_length")?;
+    let n_layers = m.require_usize("llama.block_count")?;
+    let heads = m
+        .per_layer("llama.attention.head_count", n_layers)?
+        .ok_or_else(|| anyhow!("missing metadata `llama.attention.head_count`"))?;
+    let kv_heads = m.per_layer("llama.attention.head_count_kv", n_layers)?.unwrap_or_else(|| heads.clone());
+    let ffn = m
+        .per_layer("llama.feed_forward_length", n_layers)?
+        .ok_or_else(|| anyhow!("missing metadata `llama.feed_forward_length`"))?;
+    if heads.contains(&0) {
+        bail!("metadata `llama.attention.head_count` has a layer with 0 heads");
+    }
+    let head_dim = match m.usize("llama.attention.key_length")? {
+        Some(d) => d,
+        None => hidden / heads[0],
+    };
+    if let Some(dv) = m.usize("llama.attention.value_length")?
+        && dv != head_dim
+    {
+        bail!("key length {head_dim} differs from value length {dv}; this is not supported");
+    }
+    if let Some(rot) = m.usize("llama.rope.dimension_count")?
+        && rot != head_dim
+    {
+        bail!("partial rotary embedding ({rot} of {head_dim} dims) is not supported");
+    }
+    let vocab = match m.usize("llama.vocab_size")? {
+        Some(v) => v,
+        None => md
+            .get("tokenizer.ggml.tokens")
+            .and_then(|v| v.to_vec().ok())
+            .map(|a| a.len())
+            .ok_or_else(|| anyhow!("missing metadata `llama.vocab_size` and no tokenizer tokens"))?,
+    };
+    let layers = (0..n_layers)
+        .map(|l| LayerShape { n_heads: heads[l], n_kv_heads: kv_heads[l], head_dim, mlp_width: ffn[l] })
+        .collect();
+    Ok(ModelConfig {
+        name: md
+            .get("general.name")
+            .and_then(|v| v.to_string().ok())
+            .cloned()
+            .unwrap_or_else(|| "llama".into()),
+        hidden_size: hidden,
+        vocab_size: vocab,
+        layers,
+        rope_theta: m.f64("llama.rope.freq_base")?.unwrap_or(10_000.0),
+        rope_layout: RopeLayout::Adjacent,
+        rms_eps: m
+            .f64("llama.attention.layer_norm_rms_epsilon")?
+            .ok_or_else(|| anyhow!("missing metadata `llama.attention.layer_norm_rms_epsilon`"))?,
+        tied_embeddings: false, // decided by the presence of `output.weight`
+        max_position: m.usize("llama.context_length")?.unwrap_or(4096),
+        rope_inv_freq: None,
+    })
+}
+
+pub struct GgufModel {
+    pub config: ModelConfig,
+    pub weights: Weights,
+    pub tokenizer: Tokenizer,
+    /// The file's `tokenizer.*` metadata, copied verbatim when exporting GGUF.
+    pub tokenizer_metadata: Vec<(String, Value)>,
+}
+
+/// Loads a GGUF file: memory-mapped, each tensor dequantized to f32 once.
+pub fn load(path: &Path, device: &Device) -> Result<GgufModel> {
+    let p = path.display();
+    let mmap = Mapped::open(path).with_context(|| format!("{p}: cannot open"))?;
+    if mmap.len() < 4 || &mmap[..4] != b"GGUF" {
+        let got = String::from_utf8_lossy(&mmap[..mmap.len().min(4)]).into_owned();
+        bail!("{p}: not a GGUF file (magic bytes {got:?}, expected \"GGUF\")");
+    }
+    let mut reader = Cursor::new(&mmap[..]);
+    let content = Content::read(&mut reader).map_err(|e| anyhow!("{p}: invalid GGUF header: {}", super::msg(e)))?;
+    let mut config = config_from_metadata(&content.metadata).map_err(|e| anyhow!("{p}: {e}"))?;
+    config.tied_embeddings = !content.tensor_infos.contains_key("output.weight");
+    config.validate().map_err(|e| anyhow!("{p}: {e}"))?;
+    let tokenizer = Tokenizer::from_gguf(&content.metadata).map_err(|e| anyhow!("{p}: {e}"))?;
+
+    let weights = Weights::from_roles(&config, |role: TensorRole| {
+        let name = role.gguf_name();
+        let info = content
+            .tensor_infos
+            .get(&name)
+            .ok_or_else(|| anyhow!("{p}: missing tensor `{name}`"))?;
+        if !SUPPORTED_TYPES.contains(&info.ggml_dtype) {
+            bail!(
+                "{p}: tensor `{name}` has unsupported type {:?} (supported: {:?})",
+                info.ggml_dtype,
+                SUPPORTED_TYPES
+            );
+        }
+        let expected = role.shape(&config);
+        if info.shape.dims() != expected.as_slice() {
+            bail!(
+                "{p}: tensor `{name}` has shape {:?} but the metadata implies {:?}",
+                info.shape.dims(),
+                expected
+            );
+        }
+        let q = info
+            .read(&mut reader, content.tensor_data_offset, device)
+            .map_err(|e| anyhow!("{p}: tensor `{name}`: {}", super::msg(e)))?;
+        q.dequantize(device).map_err(|e| anyhow!("{p}: tensor `{name}`: {}", super::msg(e)))
+    })?;
+    let tokenizer_metadata = content
+        .metadata
+        .iter()
+        .filter(|(k, _)| k.starts_with("tokenizer."))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    Ok(GgufModel { config, weights, tokenizer, tokenizer_metadata })
+}

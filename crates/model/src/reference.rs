@@ -1,0 +1,115 @@
+//! The LLaMA forward in plain, differentiable candle ops: the definition of the model.
+//!
+//! It reads top to bottom like llama2.c's `forward`: embed, then per layer RMSNorm → Q, K, V →
+//! RoPE → causal softmax attention (GQA: each KV head serves its group of query heads) → O,
+//! residual; RMSNorm → SwiGLU MLP, residual; then the final norm and the LM head.
+//!
+//! Every op has a backward in candle, so with the weights as `Var`s a loss's `backward()`
+//! reaches each of them. candle's fused `rms_norm`, `softmax_last_dim` and `rotary_emb` kernels
+//! have no backward (they would silently freeze everything upstream), so the norm, the softmax
+//! and the rotation are written out here. It computes in the weights' dtype: f32, or f64 for
+//! gradient checks. The fast forward ([`crate::forward`]) and decode are tested against it.
+
+use candle_core::{D, DType, Result, Tensor};
+
+use crate::config::{LayerShape, ModelConfig, RopeLayout};
+use crate::weights::Weights;
+
+/// Logits `[b, t, vocab]` of `tokens` (`[b, t]`, u32), every sequence starting at position 0.
+pub fn forward(cfg: &ModelConfig, w: &Weights, tokens: &Tensor) -> Result<Tensor> {
+    let (b, t) = tokens.dims2()?;
+    if t > cfg.max_position {
+        candle_core::bail!("sequence of {t} tokens exceeds the model's context of {}", cfg.max_position);
+    }
+    let (dtype, device) = (w.embed.dtype(), w.embed.device());
+    let eps = cfg.rms_eps;
+    // Query i sees keys 0 ..= i: −∞ above the diagonal.
+    let mask: Vec<f64> = (0..t * t).map(|i| if i % t > i / t { f64::NEG_INFINITY } else { 0.0 }).collect();
+    let mask = Tensor::from_vec(mask, (t, t), device)?.to_dtype(dtype)?;
+
+    let mut x = w.embed.index_select(&tokens.flatten_all()?, 0)?.reshape((b, t, cfg.hidden_size))?;
+    for (l, s) in cfg.layers.iter().enumerate() {
+        let lw = &w.layers[l];
+        let LayerShape { n_heads: hq, n_kv_heads: hkv, head_dim: d, .. } = *s;
+        let g = s.group_size();
+
+        // Attention.
+        let xb = rms_norm(&x, &lw.attn_norm, eps)?;
+        let heads = |y: Tensor, n: usize| y.reshape((b, t, n, d))?.transpose(1, 2); // [b, n, t, d]
+        let q = heads(linear(&xb, &lw.q_proj)?, hq)?;
+        let k = heads(linear(&xb, &lw.k_proj)?, hkv)?;
+        let v = heads(linear(&xb, &lw.v_proj)?, hkv)?;
+        // Each KV group rotates its query heads and its key head with its own frequencies
+        // (the same for every group unless head-dim pruning kept different pairs).
+        let (mut qs, mut ks) = (Vec::with_capacity(hkv), Vec::with_capacity(hkv));
+        for grp in 0..hkv {
+            let (cos, sin) = rope_tables(&cfg.inv_freq(l, grp), t, dtype, device)?;
+            qs.push(rope(&q.narrow(1, grp * g, g)?, &cos, &sin, cfg.rope_layout)?);
+            ks.push(rope(&k.narrow(1, grp, 1)?, &cos, &sin, cfg.rope_layout)?);
+        }
+        let (q, k) = (Tensor::cat(&qs, 1)?, Tensor::cat(&ks, 1)?);
+        // Query head h reads KV head h / g.
+        let per_query = |y: &Tensor| y.unsqueeze(2)?.expand((b, hkv, g, t, d))?.reshape((b, hq, t, d));
+        let (k, v) = (per_query(&k)?, per_query(&v)?);
+        let att = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?.broadcast_add(&mask)?;
+        let y = softmax(&att)?.matmul(&v)?; // [b, hq, t, d]
+        let y = y.transpose(1, 2)?.reshape((b, t, hq * d))?;
+        x = (x + linear(&y, &lw.o_proj)?)?;
+
+        // SwiGLU MLP.
+        let xb = rms_norm(&x, &lw.mlp_norm, eps)?;
+        let h = (candle_nn::ops::silu(&linear(&xb, &lw.gate_proj)?)? * linear(&xb, &lw.up_proj)?)?;
+        x = (x + linear(&h, &lw.down_proj)?)?;
+    }
+    let x = rms_norm(&x, &w.final_norm, eps)?;
+    linear(&x, w.lm_head.as_ref().unwrap_or(&w.embed))
+}
+
+/// `x · Wᵀ` for `x` `[b, t, in]` and `W` `[out, in]`.
+fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (b, t, n_in) = x.dims3()?;
+    x.reshape((b * t, n_in))?.matmul(&w.t()?)?.reshape((b, t, w.dim(0)?))
+}
+
+/// `x / √(mean(x²) + eps) · w` over the last axis.
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    let rms = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?;
+    x.broadcast_div(&rms)?.broadcast_mul(w)
+}
+
+/// Softmax over the last axis. The max only keeps `exp` in range: it cancels from the result,
+/// so no gradient flows through it.
+fn softmax(x: &Tensor) -> Result<Tensor> {
+    let e = x.broadcast_sub(&x.max_keepdim(D::Minus1)?.detach())?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+}
+
+/// cos and sin `[t, d/2]` of position p times each pair's inverse frequency (angles in f64).
+fn rope_tables(inv_freq: &[f64], t: usize, dtype: DType, device: &candle_core::Device) -> Result<(Tensor, Tensor)> {
+    let angles: Vec<f64> = (0..t).flat_map(|p| inv_freq.iter().map(move |f| p as f64 * f)).collect();
+    let cos = Tensor::from_vec(angles.iter().map(|a| a.cos()).collect::<Vec<_>>(), (t, inv_freq.len()), device)?;
+    let sin = Tensor::from_vec(angles.iter().map(|a| a.sin()).collect::<Vec<_>>(), (t, inv_freq.len()), device)?;
+    Ok((cos.to_dtype(dtype)?, sin.to_dtype(dtype)?))
+}
+
+/// Rotates each rotary pair (x₀, x₁) of every head of `x` (`[b, heads, t, d]`) at position p by
+/// angle p·f: (x₀ cos − x₁ sin, x₀ sin + x₁ cos). Where the two members of a pair live is
+/// `layout`'s business ([`RopeLayout::pair`]).
+fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, layout: RopeLayout) -> Result<Tensor> {
+    let d = x.dim(D::Minus1)?;
+    let member = |m: usize| -> Result<Tensor> {
+        let idx: Vec<u32> = (0..d / 2).map(|i| layout.pair(i, d)[m] as u32).collect();
+        x.contiguous()?.index_select(&Tensor::new(idx, x.device())?, 3)
+    };
+    let (x0, x1) = (member(0)?, member(1)?);
+    let y0 = (x0.broadcast_mul(cos)? - x1.broadcast_mul(sin)?)?;
+    let y1 = (x0.broadcast_mul(sin)? + x1.broadcast_mul(cos)?)?;
+    // [first members, second members] back into the layout's order.
+    let mut back = vec![0u32; d];
+    for i in 0..d / 2 {
+        let [a, b] = layout.pair(i, d);
+        back[a] = i as u32;
+        back[b] = (d / 2 + i) as u32;
+    }
+    Tensor::cat(&[y0, y1], 3)?.index_select(&Tensor::new(back, x.device())?, 3)
+}

@@ -1,0 +1,123 @@
+//! Log-likelihood of continuations, following lm-eval's `loglikelihood` rules.
+//!
+//! Tokenization (`_encode_pair`): trailing spaces of the context move onto the continuation;
+//! `whole = enc(context + continuation)`, `ctx = enc(context)`, `cont = whole[len(ctx):]`. No BOS
+//! unless the tokenizer asks for one. The choices of one doc share their common token prefix: it is
+//! run once into a KV cache, then all suffixes run as one batch on copies of that cache.
+
+use anyhow::Result;
+use candle_core::{D, Tensor};
+
+use super::task::Request;
+use crate::model::forward::{Logits, Model, log_softmax};
+use crate::model::kv_cache::KvCache;
+use crate::model::tokenizer::Tokenizer;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Scored {
+    /// Σ log p over the continuation tokens.
+    pub loglik: f64,
+    /// Every continuation token is the argmax at its position.
+    pub is_greedy: bool,
+    pub tokens: usize,
+}
+
+/// Token ids of one request and where its continuation starts.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    pub ids: Vec<u32>,
+    pub cont_start: usize,
+}
+
+pub fn encode(tok: &Tokenizer, r: &Request, max_len: usize) -> Result<Encoded> {
+    let trimmed = r.context.trim_end_matches(' ');
+    let moved = &r.context[trimmed.len()..];
+    let (context, continuation) = (trimmed, format!("{moved}{}", r.continuation));
+    let ctx = tok.encode(context)?;
+    let whole = tok.encode(&format!("{context}{continuation}"))?;
+    let cont = &whole[ctx.len().min(whole.len())..];
+    anyhow::ensure!(!cont.is_empty(), "continuation {:?} has no tokens of its own", r.continuation);
+    let mut ids = Vec::with_capacity(ctx.len() + cont.len() + 1);
+    // An empty context is conditioned on the prefix token (BOS, else EOS), as in lm-eval.
+    if ctx.is_empty() || tok.meta.add_bos {
+        ids.extend(tok.meta.bos.or(tok.meta.eos));
+    }
+    ids.extend(&ctx);
+    let cont_start = ids.len();
+    ids.extend(cont);
+    // Left-truncate to max_len + 1 tokens, as lm-eval does.
+    let cut = ids.len().saturating_sub(max_len + 1);
+    let cont_start = cont_start.saturating_sub(cut).max(1);
+    Ok(Encoded { ids: ids[cut..].to_vec(), cont_start })
+}
+
+fn common_prefix(seqs: &[&[u32]]) -> usize {
+    let first = seqs[0];
+    (0..first.len()).take_while(|&i| seqs.iter().all(|s| s.get(i) == Some(&first[i]))).count()
+}
+
+/// Scores all requests of one doc together.
+pub fn score_group(model: &Model, encoded: &[Encoded]) -> Result<Vec<Scored>> {
+    let dev = &model.device;
+    // Model inputs drop the last token; targets are ids[cont_start..].
+    let inputs: Vec<&[u32]> = encoded.iter().map(|e| &e.ids[..e.ids.len() - 1]).collect();
+    let min_input = inputs.iter().map(|s| s.len()).min().unwrap_or(0);
+    let min_cont = encoded.iter().map(|e| e.cont_start).min().unwrap_or(0);
+    // Shared prefix: positions no choice needs logits from, except its last one. Each suffix keeps
+    // at least one token.
+    let p = common_prefix(&inputs).min(min_cont).min(min_input.saturating_sub(1));
+
+    let mut cache = KvCache::new(&model.config);
+    let prefix_logp = if p > 0 {
+        let x = Tensor::new(&inputs[0][..p], dev)?.unsqueeze(0)?;
+        // The prefix's last log-probabilities and their argmax, shared by every choice.
+        let lp = log_softmax(&model.forward(&x, Some(&mut cache), Logits::Last)?.flatten_to(1)?)?.squeeze(0)?;
+        let best = lp.argmax(0)?.to_scalar::<u32>()?;
+        Some((lp, best))
+    } else {
+        None
+    };
+    let s_len = inputs.iter().map(|s| s.len() - p).max().unwrap_or(0);
+    let pad = 0u32; // padding sits after every real token, so the causal mask hides it
+    let mut batch = Vec::with_capacity(inputs.len() * s_len);
+    for s in &inputs {
+        batch.extend_from_slice(&s[p..]);
+        batch.extend(std::iter::repeat_n(pad, s_len - (s.len() - p)));
+    }
+    let x = Tensor::from_vec(batch, (inputs.len(), s_len), dev)?;
+    let mut cache = cache.expand(inputs.len())?;
+    let logits = model.forward(&x, if p > 0 { Some(&mut cache) } else { None }, Logits::All)?;
+    let logp = log_softmax(&logits)?; // [k, s_len, vocab]
+    let greedy = logp.argmax(D::Minus1)?.to_vec2::<u32>()?;
+
+    let mut out = Vec::with_capacity(encoded.len());
+    for (i, e) in encoded.iter().enumerate() {
+        let targets = &e.ids[e.cont_start..];
+        let mut loglik = 0.0;
+        let mut is_greedy = true;
+        // Target at position t is predicted by the logits at input position t - 1.
+        let row = logp.get(i)?;
+        let mut suffix_pos = Vec::new();
+        let mut suffix_tok = Vec::new();
+        for (j, &tgt) in targets.iter().enumerate() {
+            let q = e.cont_start + j - 1;
+            if q + 1 == p {
+                let (lp, best) = prefix_logp.as_ref().expect("q < p implies a prefix");
+                loglik += lp.get(tgt as usize)?.to_scalar::<f32>()? as f64;
+                is_greedy &= *best == tgt;
+            } else {
+                suffix_pos.push((q - p) as u32);
+                suffix_tok.push(tgt);
+                is_greedy &= greedy[i][q - p] == tgt;
+            }
+        }
+        if !suffix_pos.is_empty() {
+            let pos = Tensor::new(suffix_pos.as_slice(), dev)?;
+            let tok = Tensor::new(suffix_tok.as_slice(), dev)?.unsqueeze(1)?;
+            let picked = row.index_select(&pos, 0)?.gather(&tok, 1)?.flatten_all()?.to_vec1::<f32>()?;
+            loglik += picked.iter().map(|&x| x as f64).sum::<f64>();
+        }
+        out.push(Scored { loglik, is_greedy, tokens: targets.len() });
+    }
+    Ok(out)
+}

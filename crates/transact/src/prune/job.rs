@@ -1,0 +1,242 @@
+//! One pruning run end to end: validate everything, prune (in memory over K shots, or streamed
+//! layer by layer), write the output directory atomically with `prune_report.json`.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Result;
+use candle_core::Device;
+
+use super::plan::{AttnUnit, TargetSpec, Widths, resolve};
+use super::report::{Input, PruneReport, Run};
+use super::shots::{self, PruneOptions, PruneRun, ShotRecord};
+use super::stream;
+use crate::SettingError;
+use crate::calibrate::activations::{ActivationStats, StatsMeta};
+use crate::calibrate::blocks::prepare;
+use crate::model::WeightDtype;
+use crate::model::io::export::ExportFormat;
+use crate::model::io::gguf_write::write_gguf;
+use crate::model::io::hf_write::{hf_dtype, write_hf, write_hf_metadata};
+use crate::model::ModelConfig;
+use crate::model::io::load::{load_model, model_sha256};
+use crate::model::io::{atomic, hf_config};
+use crate::model::tokenizer::Tokenizer;
+use crate::progress::Progress;
+
+pub struct PruneJob {
+    pub model: PathBuf,
+    pub device: Device,
+    /// The output directory: Hugging Face files and/or `model.gguf`, and `prune_report.json`.
+    pub out: PathBuf,
+    /// What the output directory holds (at least one).
+    pub formats: Vec<ExportFormat>,
+    pub dtype: WeightDtype,
+    pub force: bool,
+    pub target: TargetSpec,
+    pub options: PruneOptions,
+    /// Statistics of the dense model from `calibrate`, used by the first shot.
+    pub stats: Option<PathBuf>,
+    pub resume: bool,
+    /// Layer by layer over the memory-mapped checkpoint (see [`super::stream`]).
+    pub stream: bool,
+}
+
+fn refuse(setting: &'static str, problem: impl Into<String>) -> Result<()> {
+    Err(SettingError::new(setting, problem).into())
+}
+
+impl PruneJob {
+    fn writes(&self, f: ExportFormat) -> bool {
+        self.formats.contains(&f)
+    }
+
+    /// Checks everything that does not need the model, so mistakes fail in milliseconds.
+    fn check_options(&self) -> Result<()> {
+        let o = &self.options;
+        atomic::check_output(&self.out, self.force)?;
+        if self.formats.is_empty() {
+            refuse("format", "must name at least one output format")?;
+        }
+        if o.shots == 0 {
+            refuse("shots", "must be at least 1")?;
+        }
+        if self.stats.is_some() && o.shots > 1 {
+            refuse("stats", "holds statistics of the dense model, but every shot after the first needs fresh ones; use `shots` 1 or drop `stats`")?;
+        }
+        if let Some(cmd) = &o.recover_cmd
+            && !(cmd.contains("{in}") && cmd.contains("{out}"))
+        {
+            refuse("recover_cmd", format!("must contain {{in}} and {{out}} (HF directories it reads and writes), got `{cmd}`"))?;
+        }
+        if o.attn_unit == AttnUnit::HeadDim && o.recover_cmd.is_some() {
+            refuse("recover_cmd", "hands the model to a stock trainer as a Hugging Face directory, which cannot hold head-dim pruning; use `attn_unit` head")?;
+        }
+        if self.dtype == WeightDtype::Q8_0 && self.writes(ExportFormat::Hf) {
+            refuse("dtype", "q8_0 is a GGUF block type; use `format` gguf or an f32/f16/bf16 `dtype`")?;
+        }
+        if o.calib_batch == 0 {
+            refuse("calib_batch", "must be at least 1")?;
+        }
+        if let Some(a) = o.alpha
+            && !(a.is_finite() && a >= 0.0)
+        {
+            refuse("alpha", format!("weights the max term of the head score and must be a number ≥ 0, got {a}"))?;
+        }
+        if self.stream {
+            let why = if !self.model.is_dir() {
+                Some("reads a Hugging Face safetensors directory (convert a GGUF to one first, in f16 to keep its size)")
+            } else if o.shots != 1 {
+                Some("runs one shot (`shots` 1)")
+            } else if o.recover_cmd.is_some() || self.resume {
+                Some("has no recovery or resume")
+            } else if self.stats.is_some() {
+                Some("collects its statistics while streaming (drop `stats`)")
+            } else if o.attn_unit != AttnUnit::Head {
+                Some("prunes whole heads (`attn_unit` head)")
+            } else if self.formats != [ExportFormat::Hf] {
+                Some("writes a Hugging Face directory (`format` hf)")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                refuse("stream", why)?;
+            }
+            hf_dtype(self.dtype)?;
+        }
+        Ok(())
+    }
+
+    /// Sibling folder for per-shot checkpoints and recovery exchanges.
+    pub fn work_dir(&self) -> PathBuf {
+        let name = self.out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        self.out.with_file_name(format!(".{name}.shots"))
+    }
+
+    pub fn run(&self, progress: &dyn Progress) -> Result<PruneReport> {
+        let t0 = Instant::now();
+        self.check_options()?;
+        if self.stream {
+            return self.run_stream(t0, progress);
+        }
+        let dense = load_model(&self.model, &self.device)?;
+        let target = resolve(&dense.model.config, self.target, self.options.units(), self.options.mlp_multiple)?;
+        // The output must be representable before hours of work.
+        if self.options.attn_unit == AttnUnit::HeadDim && self.writes(ExportFormat::Gguf) {
+            refuse(
+                "attn_unit",
+                "head-dim keeps each rotary pair's original frequency, which differs between KV groups; \
+                 llama.cpp's GGUF has one frequency table for all heads. Use `format` hf (transact's own \
+                 directory format) or `attn_unit` head for a GGUF",
+            )?;
+        }
+        if self.writes(ExportFormat::Hf) || self.options.recover_cmd.is_some() {
+            hf_config::config_json(&dense.model.config, &dense.tokenizer.meta, "float32", false)?;
+        }
+        let sha = model_sha256(&self.model)?;
+        let stats = match &self.stats {
+            None => None,
+            Some(p) => {
+                let s = ActivationStats::load(p)?;
+                s.check_matches(&dense.model, &sha, p)?;
+                Some(s)
+            }
+        };
+        let stats_file = stats.as_ref().map(|s| s.meta.clone());
+        let work_dir = self.work_dir();
+        let (pruned, shots) = shots::run(PruneRun {
+            dense: &dense,
+            dense_sha256: &sha,
+            target,
+            options: &self.options,
+            stats,
+            work_dir: work_dir.clone(),
+            resume: self.resume,
+            progress,
+        })?;
+        let mut outputs = Vec::new();
+        if self.writes(ExportFormat::Hf) {
+            outputs.push("config.json + model.safetensors (Hugging Face)".to_string());
+        }
+        if self.writes(ExportFormat::Gguf) {
+            outputs.push("model.gguf".to_string());
+        }
+        let (dense_cfg, pruned_cfg) = (&dense.model.config, &pruned.model.config);
+        let report = self.report(&sha, target, stats_file, shots, dense_cfg, pruned_cfg, outputs);
+        let report = self.write(report, t0, |dir| {
+            if self.writes(ExportFormat::Hf) {
+                write_hf(&pruned, dir, self.dtype)?;
+            }
+            if self.writes(ExportFormat::Gguf) {
+                write_gguf(&pruned, &dir.join("model.gguf"), self.dtype)?;
+            }
+            Ok(())
+        })?;
+        let _ = std::fs::remove_dir_all(&work_dir);
+        Ok(report)
+    }
+
+    /// Streaming: calibrate, choose and slice one layer at a time (checked by `check_options`).
+    fn run_stream(&self, t0: Instant, progress: &dyn Progress) -> Result<PruneReport> {
+        let o = &self.options;
+        let read = hf_config::read_config(&self.model)?;
+        let cfg = read.config;
+        let tokenizer = Tokenizer::from_hf_dir(&self.model, read.bos, read.eos)?;
+        let target = resolve(&cfg, self.target, o.units(), o.mlp_multiple)?;
+        let (st_dtype, torch_dtype) = hf_dtype(self.dtype)?;
+        hf_config::config_json(&cfg, &tokenizer.meta, torch_dtype, false)?;
+        let sha = model_sha256(&self.model)?;
+        let data = prepare(&tokenizer, &o.calib, progress)?;
+        let t1 = Instant::now();
+        let choice = stream::calibrate_and_choose(&self.model, &cfg, &data, o, target, &self.device, progress)?;
+        let pruned = stream::pruned_config(&cfg, &choice.keeps);
+        let s = pruned.layers[0];
+        let shot = ShotRecord {
+            shot: 1,
+            widths: target,
+            n_heads: s.n_heads,
+            n_kv_heads: s.n_kv_heads,
+            calibration_tokens: choice.tokens,
+            calibration_data_sha256: Some(data.data_sha256.clone()),
+            calibration_seed: Some(data.spec.seed),
+            kept: choice.keeps.clone(),
+            scores: choice.scores,
+            seconds_calibrate: t1.elapsed().as_secs_f64(),
+            seconds_prune: 0.0,
+            seconds_recover: 0.0,
+        };
+        let outputs = vec!["config.json + model.safetensors (Hugging Face), written layer by layer".to_string()];
+        let report = self.report(&sha, target, None, vec![shot], &cfg, &pruned, outputs);
+        self.write(report, t0, |dir| {
+            stream::write_sliced(&self.model, &cfg, &choice.keeps, st_dtype, dir, progress)?;
+            write_hf_metadata(&pruned, &tokenizer, torch_dtype, dir)
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn report(&self, sha: &str, target: Widths, stats_file: Option<StatsMeta>, shots: Vec<ShotRecord>, dense: &ModelConfig, pruned: &ModelConfig, outputs: Vec<String>) -> PruneReport {
+        PruneReport::new(Run {
+            input: Input { path: self.model.display().to_string(), sha256: sha.to_string() },
+            options: &self.options,
+            spec: self.target,
+            target,
+            stats_file,
+            shots,
+            dense,
+            pruned,
+            outputs,
+        })
+    }
+
+    /// Writes the output directory through `model` (the model files) and the report, atomically.
+    fn write(&self, mut report: PruneReport, t0: Instant, model: impl FnOnce(&Path) -> Result<()>) -> Result<PruneReport> {
+        let t_export = Instant::now();
+        atomic::write_dir(&self.out, self.force, |dir| {
+            model(dir)?;
+            report.finish(t_export, t0);
+            std::fs::write(dir.join("prune_report.json"), serde_json::to_string_pretty(&report)?)?;
+            Ok(())
+        })?;
+        Ok(report)
+    }
+}

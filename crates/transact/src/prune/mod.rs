@@ -1,0 +1,19 @@
+//! TransAct structured pruning: score the transitional channels, choose what each layer keeps,
+//! slice, over K shots.
+//!
+//! - [`plan`]: the units removed, the target widths, the K-shot schedule;
+//! - [`scorer`]: salience per channel (the paper's and the ablations');
+//! - [`choose`]: per layer, scores → kept heads and channels;
+//! - [`slice`]: the smaller model (and the masked one the exactness tests compare with);
+//! - [`shots`]: the K-shot loop with checkpoints, resume and external recovery;
+//! - [`stream`]: one layer at a time, for checkpoints larger than memory;
+//! - [`job`]: one run end to end, its outputs and [`report`].
+
+pub mod choose;
+pub mod job;
+pub mod plan;
+pub mod report;
+pub mod scorer;
+pub mod shots;
+pub mod slice;
+pub mod stream;

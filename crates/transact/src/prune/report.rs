@@ -1,0 +1,115 @@
+//! `prune_report.json`: everything needed to reproduce and judge a pruning run. The in-memory
+//! and the streaming paths build it the same way ([`PruneReport::new`]).
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::plan::{AttnUnit, TargetSpec, Widths};
+use super::shots::{PruneOptions, ShotRecord};
+use crate::bench::roof::peak_rss;
+use crate::calibrate::activations::StatsMeta;
+use crate::model::config::ModelConfig;
+use crate::model::cost::ModelCost;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Input {
+    pub path: String,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    /// As given: `ratio 0.5` or `mha_width 384, mlp_width 768`.
+    pub spec: String,
+    pub widths: Widths,
+    /// How a ratio is split between attention and MLP.
+    pub split: &'static str,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Seconds {
+    pub calibrate: f64,
+    pub prune: f64,
+    pub recover: f64,
+    pub export: f64,
+    pub total: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PruneReport {
+    pub input: Input,
+    pub attn_unit: AttnUnit,
+    pub options: PruneOptions,
+    pub target: Target,
+    /// Statistics reused from `transact calibrate` for the first shot, if any.
+    pub stats_file: Option<StatsMeta>,
+    pub shots: Vec<ShotRecord>,
+    pub before: ModelCost,
+    pub after: ModelCost,
+    /// Fraction of non-embedding parameters removed.
+    pub removed_non_embedding: f64,
+    pub outputs: Vec<String>,
+    pub seconds: Seconds,
+    /// Peak resident memory of the process (Linux `VmHWM`), in bytes.
+    pub peak_rss_bytes: Option<u64>,
+}
+
+pub const RATIO_SPLIT: &str = "attention loses the same fraction as the whole, rounded up to whole units; \
+    the MLP width makes the non-embedding total exact (rounded to mlp_multiple)";
+
+/// What a run was, before its outputs are written.
+pub struct Run<'a> {
+    pub input: Input,
+    pub options: &'a PruneOptions,
+    pub spec: TargetSpec,
+    pub target: Widths,
+    pub stats_file: Option<StatsMeta>,
+    pub shots: Vec<ShotRecord>,
+    pub dense: &'a ModelConfig,
+    pub pruned: &'a ModelConfig,
+    pub outputs: Vec<String>,
+}
+
+impl PruneReport {
+    /// The report of `run`; the export time, the total and the peak memory are set by
+    /// [`PruneReport::finish`].
+    pub fn new(run: Run) -> Self {
+        let (before, after) = (ModelCost::new(run.dense, 2048), ModelCost::new(run.pruned, 2048));
+        let sum = |f: fn(&ShotRecord) -> f64| run.shots.iter().map(f).sum::<f64>();
+        PruneReport {
+            input: run.input,
+            attn_unit: run.options.attn_unit,
+            options: run.options.clone(),
+            target: Target { spec: spec_text(run.spec), widths: run.target, split: RATIO_SPLIT },
+            stats_file: run.stats_file,
+            removed_non_embedding: 1.0 - after.params_non_embedding as f64 / before.params_non_embedding as f64,
+            before,
+            after,
+            outputs: run.outputs,
+            seconds: Seconds {
+                calibrate: sum(|s| s.seconds_calibrate),
+                prune: sum(|s| s.seconds_prune),
+                recover: sum(|s| s.seconds_recover),
+                export: 0.0,
+                total: 0.0,
+            },
+            shots: run.shots,
+            peak_rss_bytes: None,
+        }
+    }
+
+    /// Records the export's and the whole run's times and the peak memory so far.
+    pub fn finish(&mut self, export_started: Instant, run_started: Instant) {
+        self.seconds.export = export_started.elapsed().as_secs_f64();
+        self.seconds.total = run_started.elapsed().as_secs_f64();
+        self.peak_rss_bytes = peak_rss();
+    }
+}
+
+fn spec_text(t: TargetSpec) -> String {
+    match t {
+        TargetSpec::Ratio(r) => format!("ratio {r}"),
+        TargetSpec::Widths { mha, mlp } => format!("mha_width {mha:?}, mlp_width {mlp:?}"),
+    }
+}
