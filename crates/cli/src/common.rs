@@ -120,16 +120,29 @@ fn flag(setting: &str) -> String {
 }
 
 /// An error as the user reads it: every message of the chain (as anyhow's `{:#}`), a refused
-/// setting under its flag, and settings a message mentions (`` `shots` ``) as flags too.
+/// setting under its flag, settings a message mentions (`` `shots` ``) as flags too, and no
+/// backtraces.
 pub fn render(e: &anyhow::Error) -> String {
     let mut parts = Vec::new();
     for cause in e.chain() {
-        parts.push(match cause.downcast_ref::<SettingError>() {
-            Some(s) => format!("{} {}", flag(s.setting), s.problem),
-            None => cause.to_string(),
+        parts.push(if let Some(s) = cause.downcast_ref::<SettingError>() {
+            format!("{} {}", flag(s.setting), s.problem)
+        } else if let Some(e) = cause.downcast_ref::<candle_core::Error>() {
+            without_backtrace(e)
+        } else {
+            cause.to_string()
         });
     }
     mention_flags(&parts.join(": "))
+}
+
+/// A candle error's message without the backtrace candle attaches when `RUST_BACKTRACE` is set:
+/// users see what went wrong, not the stack.
+fn without_backtrace(e: &candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => without_backtrace(inner),
+        other => other.to_string(),
+    }
 }
 
 /// `` `name` `` → `--name` for the names of settings (lower case, underscores, no spaces), which

@@ -1,4 +1,7 @@
-//! The LLaMA forward pass: full-sequence logits, causal mask, GQA, both RoPE layouts, KV cache.
+//! The fast forward: full-sequence logits, causal mask, GQA, both RoPE layouts, KV cache, on the
+//! CPU kernels where the tensors allow (candle's ops elsewhere, e.g. on a GPU), with hooks that
+//! hand calibration the transitional activations. It computes what [`crate::reference`] defines
+//! (tested to f32 rounding), but gives no gradients: its fast paths leave candle's graph.
 //!
 //! Shapes follow llama2.c's naming: `x` is the residual stream `[b, t, hidden]`, `xb` its
 //! normalised copy, `q`/`k`/`v` heads `[b, heads, t, d]`.

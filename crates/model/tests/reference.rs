@@ -106,6 +106,7 @@ fn every_weight_gets_the_gradient_finite_differences_give() {
             // Element by element too, for every element whose gradient is not negligible.
             let big = fd.iter().fold(0f64, |a, v| a.max(v.abs()));
             let worst = g.iter().zip(&fd).filter(|(_, d)| d.abs() > 1e-3 * big).map(|(a, d)| (a - d).abs() / d.abs()).fold(0f64, f64::max);
+            eprintln!("{role:?} (varied {varied}): {} weights, relative error {rel:.1e}, worst element {worst:.1e}", fd.len());
             assert!(rel <= 1e-4 && worst <= 1e-4, "{role:?} (varied {varied}): relative error {rel:.2e}, worst element {worst:.2e}");
         }
     }
