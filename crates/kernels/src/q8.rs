@@ -39,7 +39,9 @@ pub fn quantize(x: &[f32]) -> (Vec<i8>, Vec<f32>) {
 }
 
 /// `x` (rows whose lengths are multiples of 32) as stored Q8_0 blocks: each block's f16 scale,
-/// then its 32 values; the rule of GGML's (and candle's) Q8_0 quantizer.
+/// then its 32 values; the rule of GGML's (and candle's) Q8_0 quantizer, which the model uses to
+/// store weights. The kernels' tests make their Q8_0 matrices with it.
+#[cfg(test)]
 pub fn encode(x: &[f32]) -> Vec<u8> {
     let mut out = Vec::with_capacity(x.len() / Q8_BLOCK * Q8_BYTES);
     for blk in x.chunks_exact(Q8_BLOCK) {

@@ -39,15 +39,20 @@ pub fn forward(cfg: &ModelConfig, w: &Weights, tokens: &Tensor) -> Result<Tensor
         let q = heads(linear(&xb, &lw.q_proj)?, hq)?;
         let k = heads(linear(&xb, &lw.k_proj)?, hkv)?;
         let v = heads(linear(&xb, &lw.v_proj)?, hkv)?;
-        // Each KV group rotates its query heads and its key head with its own frequencies
-        // (the same for every group unless head-dim pruning kept different pairs).
-        let (mut qs, mut ks) = (Vec::with_capacity(hkv), Vec::with_capacity(hkv));
-        for grp in 0..hkv {
-            let (cos, sin) = rope_tables(&cfg.inv_freq(l, grp), t, dtype, device)?;
-            qs.push(rope(&q.narrow(1, grp * g, g)?, &cos, &sin, cfg.rope_layout)?);
-            ks.push(rope(&k.narrow(1, grp, 1)?, &cos, &sin, cfg.rope_layout)?);
-        }
-        let (q, k) = (Tensor::cat(&qs, 1)?, Tensor::cat(&ks, 1)?);
+        // Every head rotates with the same frequencies, unless head-dim pruning kept different
+        // pairs in different KV groups: then each group rotates its query heads and key head.
+        let (q, k) = if cfg.rope_inv_freq.is_none() {
+            let (cos, sin) = rope_tables(&cfg.inv_freq(l, 0), t, dtype, device)?;
+            (rope(&q, &cos, &sin, cfg.rope_layout)?, rope(&k, &cos, &sin, cfg.rope_layout)?)
+        } else {
+            let (mut qs, mut ks) = (Vec::with_capacity(hkv), Vec::with_capacity(hkv));
+            for grp in 0..hkv {
+                let (cos, sin) = rope_tables(&cfg.inv_freq(l, grp), t, dtype, device)?;
+                qs.push(rope(&q.narrow(1, grp * g, g)?, &cos, &sin, cfg.rope_layout)?);
+                ks.push(rope(&k.narrow(1, grp, 1)?, &cos, &sin, cfg.rope_layout)?);
+            }
+            (Tensor::cat(&qs, 1)?, Tensor::cat(&ks, 1)?)
+        };
         // Query head h reads KV head h / g.
         let per_query = |y: &Tensor| y.unsqueeze(2)?.expand((b, hkv, g, t, d))?.reshape((b, hq, t, d));
         let (k, v) = (per_query(&k)?, per_query(&v)?);

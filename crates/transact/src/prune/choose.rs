@@ -76,8 +76,9 @@ pub struct LayerScores {
 pub fn score_and_choose(scorer: &dyn Scorer, input: &LayerInput, shape: &LayerShape, layout: RopeLayout, w: Widths, u: Units) -> Result<(LayerKeep, LayerScores)> {
     let attn = scorer.channels(Site::Attn, input)?;
     let mlp = scorer.channels(Site::Mlp, input)?;
-    let keep = choose(shape, layout, &attn, &mlp, scorer, w, u);
-    let scores = LayerScores { heads: head_scores(shape, &attn, scorer), mlp: summary(&mlp, &keep.mlp) };
+    let heads = head_scores(shape, &attn, scorer);
+    let keep = choose(shape, layout, &attn, &heads, &mlp, w, u);
+    let scores = LayerScores { heads, mlp: summary(&mlp, &keep.mlp) };
     Ok((keep, scores))
 }
 
@@ -95,16 +96,9 @@ pub fn head_scores(s: &LayerShape, channels: &[f64], scorer: &dyn Scorer) -> Vec
     channels.chunks(s.head_dim).map(|c| scorer.head(c)).collect()
 }
 
-/// Chooses the kept heads (or head dims) and channels of one layer from per-channel scores.
-pub fn choose(
-    s: &LayerShape,
-    layout: RopeLayout,
-    attn: &[f64],
-    mlp: &[f64],
-    scorer: &dyn Scorer,
-    w: Widths,
-    u: Units,
-) -> LayerKeep {
+/// Chooses the kept heads (or head dims) and channels of one layer from per-channel scores
+/// (`attn`, `mlp`) and the heads' scores (`heads`, [`head_scores`]).
+pub fn choose(s: &LayerShape, layout: RopeLayout, attn: &[f64], heads: &[f64], mlp: &[f64], w: Widths, u: Units) -> LayerKeep {
     let gs = s.group_size();
     let target = shape_for(s, w, u);
     if u.attn == AttnUnit::HeadDim {
@@ -132,7 +126,6 @@ pub fn choose(
             head_dims: Some(head_dims),
         };
     }
-    let heads = head_scores(s, attn, scorer);
     let (q_heads, kv_heads) = match u.gqa {
         GqaMode::Groups => {
             let group: Vec<f64> = heads.chunks(gs).map(|h| h.iter().sum()).collect();
