@@ -6,9 +6,11 @@ use std::sync::Mutex;
 
 use anyhow::Result;
 use candle_core::Device;
+use clap::ValueEnum;
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use indicatif::{ProgressBar, ProgressStyle};
 use transact::model::choice::Choice;
+use transact::model::io::export::ExportFormat;
 use transact::{KvDtype, LoadedModel, SettingError};
 
 static DEVICE: std::sync::OnceLock<Device> = std::sync::OnceLock::new();
@@ -71,6 +73,49 @@ pub fn choice<T: Choice + Send + Sync + Clone>() -> impl TypedValueParser<Value 
     PossibleValuesParser::new(values).map(|name| T::parse(&name).expect("clap checked the name"))
 }
 
+/// What the output directory holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Formats {
+    /// Hugging Face files.
+    Hf,
+    /// `model.gguf`.
+    Gguf,
+    /// Both.
+    Both,
+}
+
+impl Formats {
+    pub fn formats(self) -> Vec<ExportFormat> {
+        match self {
+            Formats::Hf => vec![ExportFormat::Hf],
+            Formats::Gguf => vec![ExportFormat::Gguf],
+            Formats::Both => vec![ExportFormat::Hf, ExportFormat::Gguf],
+        }
+    }
+}
+
+/// Parses a count with an optional K/M/B suffix (powers of 1000): `100K`, `1.5M`, `2B`, `100000`.
+pub fn count(s: &str) -> Result<u64, String> {
+    let t = s.trim().replace('_', "");
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&t[..i], 1e3),
+        Some((i, 'm' | 'M')) => (&t[..i], 1e6),
+        Some((i, 'b' | 'B' | 'g' | 'G')) => (&t[..i], 1e9),
+        _ => (t.as_str(), 1.0),
+    };
+    if let Ok(n) = num.parse::<u64>()
+        && mult == 1.0
+    {
+        return if n == 0 { Err("must be at least 1".into()) } else { Ok(n) };
+    }
+    let x: f64 = num.parse().map_err(|_| format!("`{s}` is not a count (e.g. 100000, 100K, 1.5M, 2B)"))?;
+    let n = x * mult;
+    if !(1.0..1e18).contains(&n) {
+        return Err(format!("`{s}` must be at least 1 and below 10^18"));
+    }
+    Ok(n.round() as u64)
+}
+
 /// Progress bars on stderr for the library's stages; notes go to stderr as lines.
 pub struct Bars(Mutex<Option<ProgressBar>>);
 
@@ -84,7 +129,7 @@ impl transact::Progress for Bars {
     fn start(&self, label: &str, total: u64) {
         let pb = ProgressBar::new(total);
         pb.set_style(
-            ProgressStyle::with_template("{prefix:>14} [{bar:30}] {pos}/{len} {per_sec} ETA {eta}")
+            ProgressStyle::with_template("{prefix:>14} [{bar:30}] {pos}/{len} {per_sec} ETA {eta} {msg}")
                 .expect("valid template")
                 .progress_chars("=> "),
         );
@@ -97,6 +142,12 @@ impl transact::Progress for Bars {
     fn advance(&self, n: u64) {
         if let Some(pb) = &*self.0.lock().unwrap_or_else(|p| p.into_inner()) {
             pb.inc(n);
+        }
+    }
+
+    fn message(&self, text: &str) {
+        if let Some(pb) = &*self.0.lock().unwrap_or_else(|p| p.into_inner()) {
+            pb.set_message(text.to_string());
         }
     }
 
@@ -170,10 +221,11 @@ fn mention_flags(text: &str) -> String {
 
 /// The library settings this command has a flag for.
 fn is_setting(name: &str) -> bool {
-    const SETTINGS: [&str; 24] = [
+    const SETTINGS: &[&str] = &[
         "ratio", "mha_width", "mlp_width", "mlp_multiple", "head_dim_multiple", "attn_unit", "gqa", "alpha", "shots", "stats",
         "recover_cmd", "resume", "stream", "format", "dtype", "kv_dtype", "calib", "calib_batch", "samples", "seq_len", "temperature",
-        "top_p", "max_tokens", "force",
+        "top_p", "max_tokens", "force", "teacher", "loss", "kd_weight", "tokens", "steps", "batch", "grad_accum", "lr", "warmup",
+        "schedule", "weight_decay", "clip", "seed", "data", "freeze", "eval_every", "checkpoint_every",
     ];
     SETTINGS.contains(&name)
 }
@@ -181,6 +233,17 @@ fn is_setting(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_take_suffixes() {
+        assert_eq!(count("100K"), Ok(100_000));
+        assert_eq!(count("1.5M"), Ok(1_500_000));
+        assert_eq!(count("2B"), Ok(2_000_000_000));
+        assert_eq!(count("100_000"), Ok(100_000));
+        for bad in ["0", "-5", "NaN", "infK", "1e30", "ten", ""] {
+            assert!(count(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn settings_render_as_flags() {

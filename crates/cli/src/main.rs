@@ -15,6 +15,7 @@ mod eval;
 mod generate;
 mod inspect;
 mod prune;
+mod train;
 
 #[derive(Parser)]
 #[command(name = "transact", version, about = "Prune LLaMA-family models with TransAct, then evaluate, export and run them")]
@@ -40,6 +41,8 @@ enum Command {
     Calibrate(calibrate::CalibrateArgs),
     /// Prune with TransAct: score transitional activations, keep the top heads and channels.
     Prune(prune::PruneArgs),
+    /// Recovery training after pruning: distil from the dense model (or train on text), full-parameter AdamW.
+    Train(train::TrainArgs),
     /// Two models side by side: size, KV cache, perplexity, task subsets, speed (same run).
     Compare(compare::CompareArgs),
     /// Prefill and decode speed against this machine's GEMM and bandwidth roofs (--vs: two models).
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => eval::run(a),
         Command::Calibrate(a) => calibrate::run(a),
         Command::Prune(a) => prune::run(a),
+        Command::Train(a) => train::run(a),
         Command::Compare(a) => compare::run(a),
         Command::Bench(a) => bench::run(a),
     };

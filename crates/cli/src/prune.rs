@@ -1,28 +1,16 @@
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use transact::WeightDtype;
 use transact::model::cost::human;
-use transact::model::io::export::ExportFormat;
 use transact::prune::job::PruneJob;
 use transact::prune::plan::{AttnUnit, GqaMode, TargetSpec};
 use transact::prune::scorer::ScorerKind;
 use transact::prune::shots::PruneOptions;
 
 use crate::calibrate::CalibArgs;
-use crate::common::{self, Bars, choice};
-
-/// What the output directory holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Formats {
-    /// Hugging Face files.
-    Hf,
-    /// `model.gguf`.
-    Gguf,
-    /// Both.
-    Both,
-}
+use crate::common::{self, Bars, Formats, choice};
 
 #[derive(Args)]
 pub struct PruneArgs {
@@ -106,11 +94,7 @@ pub fn run(a: PruneArgs) -> Result<()> {
         model: a.model,
         device: common::device(),
         out: a.out,
-        formats: match a.format {
-            Formats::Hf => vec![ExportFormat::Hf],
-            Formats::Gguf => vec![ExportFormat::Gguf],
-            Formats::Both => vec![ExportFormat::Hf, ExportFormat::Gguf],
-        },
+        formats: a.format.formats(),
         dtype: a.dtype,
         force: a.force,
         target,

@@ -22,6 +22,7 @@ pub mod data;
 pub mod eval;
 pub mod progress;
 pub mod prune;
+pub mod train;
 
 pub use progress::{Progress, Silent};
 pub use transact_model as model;

@@ -13,6 +13,11 @@ pub trait Progress: Sync {
         let _ = n;
     }
 
+    /// A short live status of the current stage (a training loss, a speed), shown beside its bar.
+    fn message(&self, text: &str) {
+        let _ = text;
+    }
+
     /// The current stage is done.
     fn finish(&self) {}
 

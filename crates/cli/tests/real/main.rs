@@ -10,3 +10,4 @@ mod forward;
 mod prune;
 mod stream;
 mod tokenizer;
+mod train;

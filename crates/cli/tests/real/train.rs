@@ -1,0 +1,220 @@
+//! `transact train` on the real model: distillation from the dense SmolLM2 into a pruned copy.
+//! Runs are a few steps of short sequences: enough to see the loss move, cheap enough for CI.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use candle_core::Device;
+use transact::calibrate::blocks::CalibSpec;
+use transact::model::io::export::ExportFormat;
+use transact::model::weights::TensorRole;
+use transact::prune::job::PruneJob;
+use transact::prune::plan::{AttnUnit, GqaMode, TargetSpec};
+use transact::prune::scorer::ScorerKind;
+use transact::prune::shots::PruneOptions;
+use transact::train::log::StepRecord;
+use transact::train::{Budget, LossKind, ParamGroup, TrainJob, TrainOptions};
+use transact::{Progress, Silent, WeightDtype, load_model};
+
+use crate::common::{gguf_path, path_str, run_cli, scratch};
+
+/// The bundled model with half of its non-embedding parameters pruned (one shot, small
+/// calibration), as an HF directory shared by this file's tests.
+fn student() -> &'static Path {
+    static DIR: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    &DIR.get_or_init(|| {
+        let d = scratch();
+        let out = d.path().join("half");
+        PruneJob {
+            model: gguf_path(),
+            device: Device::Cpu,
+            out: out.clone(),
+            formats: vec![ExportFormat::Hf],
+            dtype: WeightDtype::F32,
+            force: false,
+            target: TargetSpec::Ratio(0.5),
+            options: PruneOptions {
+                scorer: ScorerKind::Transact,
+                alpha: None,
+                seed: 0,
+                attn_unit: AttnUnit::Head,
+                gqa: GqaMode::Groups,
+                head_dim_multiple: 2,
+                shots: 1,
+                calib: CalibSpec { source: "mix".into(), samples: 8, seq_len: 64, seed: 0 },
+                calib_batch: 4,
+                mlp_multiple: 8,
+                recover_cmd: None,
+            },
+            stats: None,
+            resume: false,
+            stream: false,
+        }
+        .run(&Silent)
+        .unwrap();
+        (d, out)
+    })
+    .1
+}
+
+fn options(steps: u64) -> TrainOptions {
+    TrainOptions {
+        loss: LossKind::Kd,
+        budget: Budget::Steps(steps),
+        batch: 2,
+        seq_len: 64,
+        grad_accum: 2,
+        lr: 5e-4,
+        ..Default::default()
+    }
+}
+
+fn job(out: &Path, o: TrainOptions) -> TrainJob {
+    TrainJob {
+        model: student().to_path_buf(),
+        teacher: Some(gguf_path()),
+        data: "mix".into(),
+        out: out.to_path_buf(),
+        formats: vec![ExportFormat::Hf],
+        dtype: WeightDtype::F32,
+        device: Device::Cpu,
+        options: o,
+        resume: false,
+        force: false,
+    }
+}
+
+fn read_log(dir: &Path) -> Vec<StepRecord> {
+    transact::train::log::read(&dir.join("train_log.jsonl")).unwrap()
+}
+
+#[test]
+fn distillation_lowers_held_out_perplexity_and_frozen_groups_stay() {
+    let d = scratch();
+    let out = d.path().join("trained");
+    let o = TrainOptions { eval_every: Some(4), freeze: vec![ParamGroup::Embeddings], ..options(4) };
+    let r = job(&out, o).run(&Silent).unwrap();
+    let (before, after) = (r.eval.first().unwrap().wiki_perplexity, r.eval.last().unwrap().wiki_perplexity);
+    eprintln!("4 KD steps of 256 tokens: held-out wiki perplexity {before:.1} → {after:.1}, loss {:.3} → {:.3}", r.loss_start, r.loss_end);
+    assert!(after < 0.9 * before, "KD should recover: {before} → {after}");
+    assert_eq!(r.eval.len(), 2, "before training and after step 4");
+    let log = read_log(&out);
+    assert_eq!(log.len(), 4);
+    assert!(log.iter().all(|s| s.kd.is_some() && s.ce.is_none() && s.loss.is_finite() && s.grad_norm > 0.0));
+    assert!(log[0].lr < log[1].lr || r.warmup_steps == 1, "warmup");
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "loss.png", "train_report.json"] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("train_report.json")).unwrap()).unwrap();
+    assert_eq!(report["data"]["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(report["tokens"], 4 * 2 * 2 * 64);
+    assert!(!job(&out, options(4)).work_dir().exists(), "the work folder is removed after success");
+
+    // The written model loads; the frozen embedding is bit-identical, the rest moved.
+    let (a, b) = (load_model(student(), &Device::Cpu).unwrap(), load_model(&out, &Device::Cpu).unwrap());
+    assert_eq!(a.model.config.layers, b.model.config.layers);
+    let same = |role| {
+        let (x, y) = (a.model.weights.get(role).unwrap(), b.model.weights.get(role).unwrap());
+        (x - y).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() == 0.0
+    };
+    assert!(same(TensorRole::Embed), "frozen embeddings moved");
+    assert!(!same(TensorRole::Q(0)) && !same(TensorRole::Down(29)) && !same(TensorRole::FinalNorm), "trainable weights did not move");
+}
+
+/// Panics (like a killed process) when the training stage passes `steps` steps.
+struct CrashAfter {
+    steps: u64,
+    training: AtomicBool,
+    done: AtomicU64,
+}
+
+impl Progress for CrashAfter {
+    fn start(&self, label: &str, _: u64) {
+        self.training.store(label == "train", Ordering::SeqCst);
+    }
+
+    fn advance(&self, n: u64) {
+        if self.training.load(Ordering::SeqCst) && self.done.fetch_add(n, Ordering::SeqCst) + n > self.steps {
+            panic!("simulated crash after step {}", self.steps);
+        }
+    }
+}
+
+#[test]
+fn resume_after_a_crash_is_bit_identical() {
+    let d = scratch();
+    let (straight, resumed) = (d.path().join("straight"), d.path().join("resumed"));
+    let o = TrainOptions { checkpoint_every: Some(2), loss: LossKind::KdCe, ..options(4) };
+    job(&straight, o.clone()).run(&Silent).unwrap();
+
+    let crash = CrashAfter { steps: 2, training: AtomicBool::new(false), done: AtomicU64::new(0) };
+    let first = job(&resumed, o.clone());
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| first.run(&crash)));
+    assert!(r.is_err(), "the run should have crashed");
+    assert!(!resumed.exists(), "nothing in place after a crash");
+    assert!(first.work_dir().join("checkpoint").is_dir(), "the step-2 checkpoint survives");
+
+    // Without --resume (or --force) the checkpoint is not silently thrown away ...
+    let e = job(&resumed, o.clone()).run(&Silent).unwrap_err();
+    assert!(format!("{e:#}").contains("interrupted run"), "{e:#}");
+    // ... and a resume with other settings is refused, naming what differs.
+    let e = TrainJob { resume: true, ..job(&resumed, TrainOptions { lr: 1e-3, ..o.clone() }) }.run(&Silent).unwrap_err();
+    assert!(format!("{e:#}").contains("`lr` differs"), "{e:#}");
+
+    let r = TrainJob { resume: true, ..job(&resumed, o) }.run(&Silent).unwrap();
+    assert_eq!(r.resumed_from_step, Some(2));
+    let same_bytes = |f: &str| std::fs::read(straight.join(f)).unwrap() == std::fs::read(resumed.join(f)).unwrap();
+    assert!(same_bytes("model.safetensors"), "final weights differ after resume");
+    let key = |s: &StepRecord| (s.step, s.tokens, s.loss.to_bits(), s.kd.map(f64::to_bits), s.ce.map(f64::to_bits), s.lr.to_bits(), s.grad_norm.to_bits());
+    let (a, b): (Vec<_>, Vec<_>) = (read_log(&straight).iter().map(key).collect(), read_log(&resumed).iter().map(key).collect());
+    assert_eq!(a, b, "the loss curve differs after resume");
+}
+
+#[test]
+fn bad_training_input_errors_before_work_and_writes_nothing() {
+    let d = scratch();
+    let out = d.path().join("out");
+    let pruned = path_str(student()).to_string();
+    let gguf = gguf_path();
+    let empty = d.path().join("empty.txt");
+    std::fs::write(&empty, " \n").unwrap();
+    let short = d.path().join("short.txt");
+    std::fs::write(&short, "Just a few words of text.").unwrap();
+    // A teacher whose tokenizer gives two tokens each other's ids.
+    let other = d.path().join("other-vocab");
+    std::fs::create_dir(&other).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer_config.json"] {
+        std::fs::copy(student().join(f), other.join(f)).unwrap();
+    }
+    let mut tok: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(student().join("tokenizer.json")).unwrap()).unwrap();
+    let vocab = tok["model"]["vocab"].as_object_mut().unwrap();
+    let (a, b) = (vocab["the"].clone(), vocab["and"].clone());
+    vocab.insert("the".into(), b);
+    vocab.insert("and".into(), a);
+    std::fs::write(other.join("tokenizer.json"), serde_json::to_string(&tok).unwrap()).unwrap();
+
+    let cases: [(&[&str], &str); 10] = [
+        (&["--loss", "mse"], "invalid value 'mse'"),
+        (&["--loss", "kd"], "--teacher is needed by loss `kd`"),
+        (&["--teacher", path_str(&gguf), "--data", path_str(&empty)], "contains no text"),
+        (&["--teacher", path_str(&gguf), "--data", path_str(&short)], "--seq-len 256 is longer than training text"),
+        (&["--teacher", path_str(&gguf), "--data", "wiki"], "evaluation corpus"),
+        (&["--teacher", path_str(&other)], "the teacher's token"),
+        (&["--lr", "NaN"], "--lr must be a number"),
+        (&["--tokens", "0"], "must be at least 1"),
+        (&["--seq-len", "100000"], "exceeds the model's context"),
+        (&["--freeze", "embeddings,norms,attention,mlp"], "leaves nothing to train"),
+    ];
+    for (args, want) in cases {
+        let mut all = vec!["train", pruned.as_str(), "--out", path_str(&out)];
+        all.extend_from_slice(args);
+        let (code, _, err) = run_cli(&all);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!err.contains("panicked"));
+        let mut left: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        left.sort();
+        assert_eq!(left, ["empty.txt", "other-vocab", "short.txt"], "{args:?} left files behind");
+    }
+}

@@ -1,0 +1,150 @@
+//! Training text: a source tokenized once, documents separated by end-of-sequence, cut into
+//! blocks of `seq_len` tokens that never overlap, drawn in a seeded order that is reshuffled
+//! every epoch. Sequence number n of a run is a pure function of (seed, n), which is what makes
+//! `--resume` continue on exactly the blocks an uninterrupted run would have seen.
+
+use anyhow::Result;
+use rand::seq::SliceRandom;
+use rand::{SeedableRng, rngs::StdRng};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::SettingError;
+use crate::calibrate::blocks::source_corpus;
+use crate::model::tokenizer::Tokenizer;
+use crate::progress::Progress;
+
+/// Built-in corpora that are evaluation sets: never training text.
+const EVALUATION: [&str; 2] = ["wiki", "book"];
+
+pub struct TrainText {
+    pub source: String,
+    /// Where the text came from, in words.
+    pub description: String,
+    pub documents: usize,
+    /// All tokens, documents joined by end-of-sequence.
+    ids: Vec<u32>,
+    /// SHA-256 of the documents (UTF-8, joined by "\n\n"), as the calibration reports hash them.
+    pub sha256: String,
+    seq_len: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TextSummary {
+    pub source: String,
+    pub description: String,
+    pub sha256: String,
+    pub documents: usize,
+    pub tokens: usize,
+    pub seq_len: usize,
+    pub blocks: usize,
+}
+
+impl TrainText {
+    /// Tokenizes `source` (`mix`, a text or JSONL file, or a folder of them) for blocks of
+    /// `seq_len` tokens; refuses evaluation corpora and text shorter than one block.
+    pub fn load(tok: &Tokenizer, source: &str, seq_len: usize, progress: &dyn Progress) -> Result<Self> {
+        if EVALUATION.contains(&source) {
+            return Err(SettingError::new(
+                "data",
+                format!("`{source}` is an evaluation corpus (its perplexity is what training is measured by); train on `mix` or your own text"),
+            )
+            .into());
+        }
+        let corpus = source_corpus(source, progress)?;
+        let eos = tok.meta.eos;
+        progress.start("tokenize training text", corpus.docs.len() as u64);
+        let mut ids = Vec::new();
+        for doc in &corpus.docs {
+            ids.extend(tok.encode(doc)?);
+            ids.extend(eos);
+            progress.advance(1);
+        }
+        progress.finish();
+        let text = Self {
+            source: source.to_string(),
+            description: corpus.source.clone(),
+            documents: corpus.docs.len(),
+            sha256: format!("{:x}", Sha256::digest(corpus.text().as_bytes())),
+            ids,
+            seq_len,
+        };
+        if text.blocks() == 0 {
+            return Err(SettingError::new(
+                "seq_len",
+                format!("{seq_len} is longer than training text `{source}` ({} tokens); lower it or give more text", text.ids.len()),
+            )
+            .into());
+        }
+        Ok(text)
+    }
+
+    pub fn blocks(&self) -> usize {
+        self.ids.len() / self.seq_len
+    }
+
+    pub fn summary(&self) -> TextSummary {
+        TextSummary {
+            source: self.source.clone(),
+            description: self.description.clone(),
+            sha256: self.sha256.clone(),
+            documents: self.documents,
+            tokens: self.ids.len(),
+            seq_len: self.seq_len,
+            blocks: self.blocks(),
+        }
+    }
+
+    /// Sequences `first .. first + n` of the run with `seed`, flattened `[n · seq_len]`.
+    pub fn sequences(&self, seed: u64, first: u64, n: usize) -> Vec<u32> {
+        let blocks = self.blocks() as u64;
+        let mut out = Vec::with_capacity(n * self.seq_len);
+        let mut cached: Option<(u64, Vec<usize>)> = None;
+        for k in first..first + n as u64 {
+            let epoch = k / blocks;
+            if cached.as_ref().is_none_or(|(e, _)| *e != epoch) {
+                cached = Some((epoch, self.order(seed, epoch)));
+            }
+            let b = cached.as_ref().expect("just set").1[(k % blocks) as usize];
+            out.extend_from_slice(&self.ids[b * self.seq_len..(b + 1) * self.seq_len]);
+        }
+        out
+    }
+
+    /// The block order of `epoch`: a permutation, so no block repeats within an epoch.
+    fn order(&self, seed: u64, epoch: u64) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.blocks()).collect();
+        let mixed = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ epoch;
+        order.shuffle(&mut StdRng::seed_from_u64(mixed));
+        order
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(n: usize, seq_len: usize) -> TrainText {
+        TrainText {
+            source: "t".into(),
+            description: String::new(),
+            documents: 1,
+            ids: (0..n as u32).collect(),
+            sha256: String::new(),
+            seq_len,
+        }
+    }
+
+    #[test]
+    fn an_epoch_visits_every_block_once_and_draws_are_pure() {
+        let t = text(103, 10);
+        let all = t.sequences(7, 0, 10);
+        let mut starts: Vec<u32> = all.chunks(10).map(|c| c[0]).collect();
+        starts.sort();
+        assert_eq!(starts, (0..10).map(|b| b * 10).collect::<Vec<_>>());
+        // Any window of the stream is the same whether drawn alone or as part of a larger draw.
+        assert_eq!(t.sequences(7, 3, 9), t.sequences(7, 0, 12)[30..]);
+        assert_ne!(t.sequences(7, 0, 10), t.sequences(7, 10, 10), "a new epoch reshuffles");
+        assert_ne!(t.sequences(7, 0, 10), t.sequences(8, 0, 10), "the seed matters");
+    }
+}
