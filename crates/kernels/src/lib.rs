@@ -15,6 +15,7 @@
 //! - [`spin_pool`]: helper threads that spin between the short parallel regions of a decode step.
 //! - [`huge_pages`]: one buffer backed by transparent huge pages, for weights read every token.
 //! - [`mmap`]: read-only file mappings, for checkpoints.
+//! - [`heap`]: the C heap's policy for training (freed memory kept for the next step).
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod attend;
@@ -22,6 +23,7 @@ pub mod cpu;
 pub mod elementwise;
 pub mod gemm;
 pub mod gemv;
+pub mod heap;
 pub mod huge_pages;
 pub mod matrix;
 pub mod mmap;

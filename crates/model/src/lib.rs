@@ -20,6 +20,7 @@ pub mod config;
 pub mod cost;
 mod decode;
 pub mod forward;
+pub mod fused;
 pub mod generate;
 pub mod host;
 pub mod io;

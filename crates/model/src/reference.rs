@@ -15,8 +15,45 @@ use candle_core::{D, DType, Result, Tensor};
 use crate::config::{LayerShape, ModelConfig, RopeLayout};
 use crate::weights::Weights;
 
+/// The ops the forward is built from besides attention. [`Plain`] writes them in candle's
+/// differentiable primitives: the definition. [`crate::fused::Fused`] computes the same with
+/// hand-written backward passes, for training speed, and is tested against [`Plain`].
+pub trait Ops {
+    /// `x · Wᵀ` for `x` `[b, t, in]` and `W` `[out, in]`.
+    fn linear(&self, x: &Tensor, w: &Tensor) -> Result<Tensor>;
+    /// `x / √(mean(x²) + eps) · w` over the last axis.
+    fn rms_norm(&self, x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor>;
+    /// `silu(gate) ⊙ up`.
+    fn swiglu(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor>;
+}
+
+/// The definition's ops, in candle primitives.
+pub struct Plain;
+
+impl Ops for Plain {
+    fn linear(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        let (b, t, n_in) = x.dims3()?;
+        x.reshape((b * t, n_in))?.matmul(&w.t()?)?.reshape((b, t, w.dim(0)?))
+    }
+
+    fn rms_norm(&self, x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+        let rms = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?;
+        x.broadcast_div(&rms)?.broadcast_mul(w)
+    }
+
+    fn swiglu(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+        candle_nn::ops::silu(gate)? * up
+    }
+}
+
 /// Logits `[b, t, vocab]` of `tokens` (`[b, t]`, u32), every sequence starting at position 0.
 pub fn forward(cfg: &ModelConfig, w: &Weights, tokens: &Tensor) -> Result<Tensor> {
+    forward_with(&Plain, cfg, w, tokens)
+}
+
+/// [`forward`] built from `ops`.
+pub fn forward_with(ops: &dyn Ops, cfg: &ModelConfig, w: &Weights, tokens: &Tensor) -> Result<Tensor> {
+    let (linear, rms_norm) = (|x: &Tensor, w: &Tensor| ops.linear(x, w), |x: &Tensor, w: &Tensor, eps: f64| ops.rms_norm(x, w, eps));
     let (b, t) = tokens.dims2()?;
     if t > cfg.max_position {
         candle_core::bail!("sequence of {t} tokens exceeds the model's context of {}", cfg.max_position);
@@ -63,23 +100,11 @@ pub fn forward(cfg: &ModelConfig, w: &Weights, tokens: &Tensor) -> Result<Tensor
 
         // SwiGLU MLP.
         let xb = rms_norm(&x, &lw.mlp_norm, eps)?;
-        let h = (candle_nn::ops::silu(&linear(&xb, &lw.gate_proj)?)? * linear(&xb, &lw.up_proj)?)?;
+        let h = ops.swiglu(&linear(&xb, &lw.gate_proj)?, &linear(&xb, &lw.up_proj)?)?;
         x = (x + linear(&h, &lw.down_proj)?)?;
     }
     let x = rms_norm(&x, &w.final_norm, eps)?;
     linear(&x, w.lm_head.as_ref().unwrap_or(&w.embed))
-}
-
-/// `x · Wᵀ` for `x` `[b, t, in]` and `W` `[out, in]`.
-fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let (b, t, n_in) = x.dims3()?;
-    x.reshape((b * t, n_in))?.matmul(&w.t()?)?.reshape((b, t, w.dim(0)?))
-}
-
-/// `x / √(mean(x²) + eps) · w` over the last axis.
-fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
-    let rms = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?;
-    x.broadcast_div(&rms)?.broadcast_mul(w)
 }
 
 /// Softmax over the last axis. The max only keeps `exp` in range: it cancels from the result,

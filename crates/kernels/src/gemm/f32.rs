@@ -50,9 +50,41 @@ pub fn matmul(batch: usize, m: usize, n: usize, k: usize, a: &[f32], b: &[f32], 
     y
 }
 
+/// `y = aᵀ · b` for `a` `[k, m]` and `b` `[k, n]` (both row-major): `y` is `[m, n]`. The
+/// weight gradient of a linear layer, `∂W = ∂yᵀ · x`, without transposing `∂y` first.
+pub fn matmul_tn(m: usize, n: usize, k: usize, a: &[f32], b: &[f32]) -> Vec<f32> {
+    assert_eq!(a.len(), k * m, "matmul_tn: lhs is not [k, m]");
+    assert_eq!(b.len(), k * n, "matmul_tn: rhs is not [k, n]");
+    let threads = Parallelism::Rayon(rayon::current_num_threads());
+    let mut y: Vec<f32> = Vec::with_capacity(m * n);
+    // SAFETY: `a` holds k·m and `b` k·n values (asserted above): element (i, kk) of aᵀ is
+    // a[kk·m + i] (column stride m, row stride 1) and (kk, j) of b is b[kk·n + j]; `y` has
+    // capacity for m·n. With `read_dst` false gemm writes every element of `dst` before reading it.
+    unsafe {
+        gemm(m, n, k, y.as_mut_ptr(), 1, n as isize, false, a.as_ptr(), m as isize, 1, b.as_ptr(), 1, n as isize, 0.0, 1.0, false, false, false, threads)
+    };
+    // SAFETY: every element was written above.
+    unsafe { y.set_len(m * n) };
+    y
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transposed_lhs_matches_a_reference() {
+        let (m, n, k) = (37, 45, 77);
+        let a: Vec<f32> = (0..k * m).map(|i| ((i * 7 % 13) as f32 - 6.0) / 7.0).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| ((i * 5 % 11) as f32 - 5.0) / 5.0).collect();
+        let y = matmul_tn(m, n, k, &a, &b);
+        for i in 0..m {
+            for j in 0..n {
+                let want: f32 = (0..k).map(|kk| a[kk * m + i] * b[kk * n + j]).sum();
+                assert!((y[i * n + j] - want).abs() < 1e-4, "({i}, {j}): {} vs {want}", y[i * n + j]);
+            }
+        }
+    }
 
     #[test]
     fn matches_a_reference_both_ways_round() {

@@ -8,6 +8,7 @@ use candle_core::{Tensor, Var};
 use rayon::prelude::*;
 
 use super::options::{ADAM_EPS, BETAS};
+use crate::model::host::with_cpu_f32;
 use crate::model::weights::TensorRole;
 
 /// Elements per parallel chunk of the update: large enough that a chunk outweighs scheduling.
@@ -35,15 +36,20 @@ impl Param {
         Ok(self.var.as_tensor().flatten_all()?.to_vec1::<f32>()?)
     }
 
-    /// Adds `g` (this tensor's gradient from one micro-batch) to the accumulated gradient.
+    /// Adds `g` (this tensor's gradient from one micro-batch) to the accumulated gradient,
+    /// straight from the tensor's memory where it is a contiguous CPU f32 tensor.
     pub fn accumulate(&mut self, g: &Tensor) -> Result<()> {
-        let g = g.flatten_all()?.to_vec1::<f32>()?;
-        if g.len() != self.grad.len() {
-            bail!("gradient of {:?} has {} elements, the weight {}", self.role, g.len(), self.grad.len());
+        if g.elem_count() != self.grad.len() {
+            bail!("gradient of {:?} has {} elements, the weight {}", self.role, g.elem_count(), self.grad.len());
         }
-        self.grad.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).for_each(|(a, b)| {
-            a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
-        });
+        let add = |acc: &mut [f32], g: &[f32]| {
+            acc.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).for_each(|(a, b)| {
+                a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+            });
+        };
+        if with_cpu_f32(&[g], |d| add(&mut self.grad, d[0]))?.is_none() {
+            add(&mut self.grad, &g.flatten_all()?.to_vec1::<f32>()?);
+        }
         Ok(())
     }
 }

@@ -135,6 +135,7 @@ impl TrainJob {
         let t0 = Instant::now();
         self.check_options()?;
         let o = &self.options;
+        transact_kernels::heap::keep_freed_memory();
         let student = load_model(&self.model, &self.device)?;
         let cfg = &student.model.config;
         if o.seq_len > cfg.max_position {

@@ -4,6 +4,7 @@
 
 pub mod adamw;
 pub mod checkpoint;
+pub mod fused_loss;
 pub mod job;
 pub mod log;
 pub mod loss;

@@ -9,11 +9,13 @@ use candle_core::{Tensor, Var};
 
 use super::adamw::{AdamW, Param};
 use super::log::StepRecord;
-use super::loss::{TeacherTargets, loss};
+use super::fused_loss::fused_loss;
+use super::loss::{Loss, TeacherTargets, loss};
 use super::options::TrainOptions;
 use super::text::TrainText;
 use crate::model::config::ModelConfig;
 use crate::model::forward::{Logits, Model};
+use crate::model::fused::Fused;
 use crate::model::reference;
 use crate::model::weights::{TensorRole, Weights};
 
@@ -70,48 +72,69 @@ impl<'a> Trainer<'a> {
         })
     }
 
+    /// Adds the gradients of `part` × the loss of sequences `first .. first + batch` to the
+    /// accumulated ones (no update) and returns that micro-batch's measurements.
+    pub fn accumulate(&mut self, first: u64, part: f64) -> Result<Micro> {
+        let o = self.options;
+        let device = self.weights.embed.device().clone();
+        let ids = self.text.sequences(o.seed, first, o.batch);
+        let tokens = Tensor::from_vec(ids.clone(), (o.batch, o.seq_len), &device)?;
+        let mut m = Micro::default();
+        let teacher_logits = match (self.teacher, o.loss.needs_teacher()) {
+            (Some(t), true) => {
+                let t1 = Instant::now();
+                let logits = t.forward(&tokens, None, Logits::All)?;
+                m.teacher_seconds = t1.elapsed().as_secs_f64();
+                Some(logits)
+            }
+            _ => None,
+        };
+        let t1 = Instant::now();
+        let logits = reference::forward_with(&Fused, &self.cfg, &self.weights, &tokens)?;
+        let l = match fused_loss(o.loss, &logits, &ids, teacher_logits.as_ref(), o.kd_weight, o.temperature)? {
+            Some(l) => Loss { total: l.total, kd: l.kd, ce: l.ce },
+            None => {
+                let targets = teacher_logits.as_ref().map(|x| TeacherTargets::new(x, o.temperature)).transpose()?;
+                loss(o.loss, &logits, &tokens, targets.as_ref(), o.kd_weight, o.temperature)?
+            }
+        };
+        drop(teacher_logits);
+        (m.loss, m.kd, m.ce) = (l.total.to_scalar::<f32>()? as f64, l.kd, l.ce);
+        m.forward_seconds = t1.elapsed().as_secs_f64();
+        if !m.loss.is_finite() {
+            return Ok(m);
+        }
+        let t2 = Instant::now();
+        let grads = (l.total * part)?.backward()?;
+        for p in &mut self.opt.params {
+            if let Some(g) = grads.get(p.var.as_tensor()) {
+                p.accumulate(g)?;
+            }
+        }
+        m.backward_seconds = t2.elapsed().as_secs_f64();
+        Ok(m)
+    }
+
     /// Runs optimizer step number `self.opt.step + 1` and returns its record.
     pub fn step(&mut self) -> Result<StepRecord> {
         let o = self.options;
         let t0 = Instant::now();
         let step = self.opt.step;
-        let device = self.weights.embed.device().clone();
-        let (mut total, mut kd, mut ce) = (0.0, None::<f64>, None::<f64>);
-        let (mut teacher_s, mut forward_s, mut backward_s) = (0.0, 0.0, 0.0);
+        let part = 1.0 / o.grad_accum as f64;
+        let mut sum = Micro::default();
+        let (mut kd, mut ce) = (None::<f64>, None::<f64>);
         for micro in 0..o.grad_accum {
             let first = (step * o.grad_accum as u64 + micro as u64) * o.batch as u64;
-            let ids = self.text.sequences(o.seed, first, o.batch);
-            let tokens = Tensor::from_vec(ids, (o.batch, o.seq_len), &device)?;
-            let targets = match (self.teacher, o.loss.needs_teacher()) {
-                (Some(t), true) => {
-                    let t1 = Instant::now();
-                    let targets = TeacherTargets::new(&t.forward(&tokens, None, Logits::All)?, o.temperature)?;
-                    teacher_s += t1.elapsed().as_secs_f64();
-                    Some(targets)
-                }
-                _ => None,
-            };
-            let t1 = Instant::now();
-            let logits = reference::forward(&self.cfg, &self.weights, &tokens)?;
-            let l = loss(o.loss, &logits, &tokens, targets.as_ref(), o.kd_weight, o.temperature)?;
-            drop(targets);
-            let part = 1.0 / o.grad_accum as f64;
-            let value = l.total.to_scalar::<f32>()? as f64;
-            if !value.is_finite() {
-                bail!("the loss is {value} at step {} (micro-batch {}): training diverged; lower `lr`", step + 1, micro + 1);
+            let m = self.accumulate(first, part)?;
+            if !m.loss.is_finite() {
+                bail!("the loss is {} at step {} (micro-batch {}): training diverged; lower `lr`", m.loss, step + 1, micro + 1);
             }
-            total += value * part;
-            kd = l.kd.map(|x| kd.unwrap_or(0.0) + x * part);
-            ce = l.ce.map(|x| ce.unwrap_or(0.0) + x * part);
-            forward_s += t1.elapsed().as_secs_f64();
-            let t2 = Instant::now();
-            let grads = (l.total * part)?.backward()?;
-            for p in &mut self.opt.params {
-                if let Some(g) = grads.get(p.var.as_tensor()) {
-                    p.accumulate(g)?;
-                }
-            }
-            backward_s += t2.elapsed().as_secs_f64();
+            sum.loss += m.loss * part;
+            kd = m.kd.map(|x| kd.unwrap_or(0.0) + x * part);
+            ce = m.ce.map(|x| ce.unwrap_or(0.0) + x * part);
+            sum.teacher_seconds += m.teacher_seconds;
+            sum.forward_seconds += m.forward_seconds;
+            sum.backward_seconds += m.backward_seconds;
         }
         let grad_norm = self.opt.grad_norm();
         if !grad_norm.is_finite() {
@@ -121,23 +144,34 @@ impl<'a> Trainer<'a> {
         let lr = o.lr_at(step);
         let t3 = Instant::now();
         self.opt.update(lr, o.weight_decay, scale)?;
-        let optimizer_s = t3.elapsed().as_secs_f64();
+        let optimizer_seconds = t3.elapsed().as_secs_f64();
         let seconds = t0.elapsed().as_secs_f64();
         Ok(StepRecord {
             step: step + 1,
             tokens: (step + 1) * o.tokens_per_step(),
-            loss: total,
+            loss: sum.loss,
             kd,
             ce,
             lr,
             grad_norm,
             seconds,
-            teacher_seconds: teacher_s,
-            forward_seconds: forward_s,
-            backward_seconds: backward_s,
-            optimizer_seconds: optimizer_s,
+            teacher_seconds: sum.teacher_seconds,
+            forward_seconds: sum.forward_seconds,
+            backward_seconds: sum.backward_seconds,
+            optimizer_seconds,
             tokens_per_s: o.tokens_per_step() as f64 / seconds,
             eval_perplexity: None,
         })
     }
+}
+
+/// What one micro-batch measured.
+#[derive(Debug, Clone, Default)]
+pub struct Micro {
+    pub loss: f64,
+    pub kd: Option<f64>,
+    pub ce: Option<f64>,
+    pub teacher_seconds: f64,
+    pub forward_seconds: f64,
+    pub backward_seconds: f64,
 }
