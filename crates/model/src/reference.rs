@@ -25,6 +25,29 @@ pub trait Ops {
     fn rms_norm(&self, x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor>;
     /// `silu(gate) ⊙ up`.
     fn swiglu(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor>;
+    /// `x` (`[b, t, heads · d]`, positions 0 .. t) with each head's rotary pairs turned.
+    fn rope(&self, x: &Tensor, r: &Rotation) -> Result<Tensor>;
+    /// Causal attention of `q` (`[b, t, heads · d]`, rotated) over `k` and `v` (`[b, t,
+    /// kv_heads · d]`), query head h reading KV head h / (heads / kv_heads); `[b, t, heads · d]`.
+    fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, kv_heads: usize) -> Result<Tensor>;
+}
+
+/// How one projection's heads rotate.
+pub struct Rotation<'a> {
+    pub heads: usize,
+    pub head_dim: usize,
+    /// Consecutive heads sharing a frequency table (the query heads of a KV group; 1 for keys).
+    pub heads_per_group: usize,
+    /// Each group's inverse frequency per rotary pair; one entry when all heads share it.
+    pub inv_freq: &'a [Vec<f64>],
+    pub layout: RopeLayout,
+}
+
+impl Rotation<'_> {
+    /// The frequency table of head `h`.
+    pub fn inv_freq_of(&self, h: usize) -> &[f64] {
+        &self.inv_freq[if self.inv_freq.len() == 1 { 0 } else { h / self.heads_per_group }]
+    }
 }
 
 /// The definition's ops, in candle primitives.
@@ -44,6 +67,42 @@ impl Ops for Plain {
     fn swiglu(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
         candle_nn::ops::silu(gate)? * up
     }
+
+    fn rope(&self, x: &Tensor, r: &Rotation) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let (n, d) = (r.heads, r.head_dim);
+        let x = x.reshape((b, t, n, d))?.transpose(1, 2)?; // [b, n, t, d]
+        let (dtype, device) = (x.dtype(), x.device());
+        // Every head rotates with the same frequencies, unless head-dim pruning kept different
+        // pairs in different KV groups: then each group rotates its own heads.
+        let y = if r.inv_freq.len() == 1 {
+            let (cos, sin) = rope_tables(&r.inv_freq[0], t, dtype, device)?;
+            rope(&x, &cos, &sin, r.layout)?
+        } else {
+            let mut parts = Vec::with_capacity(r.inv_freq.len());
+            for (grp, f) in r.inv_freq.iter().enumerate() {
+                let (cos, sin) = rope_tables(f, t, dtype, device)?;
+                parts.push(rope(&x.narrow(1, grp * r.heads_per_group, r.heads_per_group)?, &cos, &sin, r.layout)?);
+            }
+            Tensor::cat(&parts, 1)?
+        };
+        y.transpose(1, 2)?.reshape((b, t, n * d))
+    }
+
+    fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, hq: usize, hkv: usize) -> Result<Tensor> {
+        let (b, t, width) = q.dims3()?;
+        let (d, g) = (width / hq, hq / hkv);
+        let heads = |y: &Tensor, n: usize| y.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous(); // [b, n, t, d]
+        // Query head h reads KV head h / g.
+        let per_query = |y: &Tensor| heads(y, hkv)?.unsqueeze(2)?.expand((b, hkv, g, t, d))?.reshape((b, hq, t, d));
+        let (q, k, v) = (heads(q, hq)?, per_query(k)?, per_query(v)?);
+        // Query i sees keys 0 ..= i: −∞ above the diagonal.
+        let mask: Vec<f64> = (0..t * t).map(|i| if i % t > i / t { f64::NEG_INFINITY } else { 0.0 }).collect();
+        let mask = Tensor::from_vec(mask, (t, t), q.device())?.to_dtype(q.dtype())?;
+        let att = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?.broadcast_add(&mask)?;
+        let y = softmax(&att)?.matmul(&v)?; // [b, hq, t, d]
+        y.transpose(1, 2)?.reshape((b, t, hq * d))
+    }
 }
 
 /// Logits `[b, t, vocab]` of `tokens` (`[b, t]`, u32), every sequence starting at position 0.
@@ -58,44 +117,25 @@ pub fn forward_with(ops: &dyn Ops, cfg: &ModelConfig, w: &Weights, tokens: &Tens
     if t > cfg.max_position {
         candle_core::bail!("sequence of {t} tokens exceeds the model's context of {}", cfg.max_position);
     }
-    let (dtype, device) = (w.embed.dtype(), w.embed.device());
     let eps = cfg.rms_eps;
-    // Query i sees keys 0 ..= i: −∞ above the diagonal.
-    let mask: Vec<f64> = (0..t * t).map(|i| if i % t > i / t { f64::NEG_INFINITY } else { 0.0 }).collect();
-    let mask = Tensor::from_vec(mask, (t, t), device)?.to_dtype(dtype)?;
 
     let mut x = w.embed.index_select(&tokens.flatten_all()?, 0)?.reshape((b, t, cfg.hidden_size))?;
     for (l, s) in cfg.layers.iter().enumerate() {
         let lw = &w.layers[l];
         let LayerShape { n_heads: hq, n_kv_heads: hkv, head_dim: d, .. } = *s;
-        let g = s.group_size();
+        // One frequency table for all heads, or one per KV group (head-dim pruning).
+        let inv_freq: Vec<Vec<f64>> = match cfg.rope_inv_freq {
+            None => vec![cfg.inv_freq(l, 0)],
+            Some(_) => (0..hkv).map(|grp| cfg.inv_freq(l, grp)).collect(),
+        };
+        let rotation = |heads, heads_per_group| Rotation { heads, head_dim: d, heads_per_group, inv_freq: &inv_freq, layout: cfg.rope_layout };
 
         // Attention.
         let xb = rms_norm(&x, &lw.attn_norm, eps)?;
-        let heads = |y: Tensor, n: usize| y.reshape((b, t, n, d))?.transpose(1, 2); // [b, n, t, d]
-        let q = heads(linear(&xb, &lw.q_proj)?, hq)?;
-        let k = heads(linear(&xb, &lw.k_proj)?, hkv)?;
-        let v = heads(linear(&xb, &lw.v_proj)?, hkv)?;
-        // Every head rotates with the same frequencies, unless head-dim pruning kept different
-        // pairs in different KV groups: then each group rotates its query heads and key head.
-        let (q, k) = if cfg.rope_inv_freq.is_none() {
-            let (cos, sin) = rope_tables(&cfg.inv_freq(l, 0), t, dtype, device)?;
-            (rope(&q, &cos, &sin, cfg.rope_layout)?, rope(&k, &cos, &sin, cfg.rope_layout)?)
-        } else {
-            let (mut qs, mut ks) = (Vec::with_capacity(hkv), Vec::with_capacity(hkv));
-            for grp in 0..hkv {
-                let (cos, sin) = rope_tables(&cfg.inv_freq(l, grp), t, dtype, device)?;
-                qs.push(rope(&q.narrow(1, grp * g, g)?, &cos, &sin, cfg.rope_layout)?);
-                ks.push(rope(&k.narrow(1, grp, 1)?, &cos, &sin, cfg.rope_layout)?);
-            }
-            (Tensor::cat(&qs, 1)?, Tensor::cat(&ks, 1)?)
-        };
-        // Query head h reads KV head h / g.
-        let per_query = |y: &Tensor| y.unsqueeze(2)?.expand((b, hkv, g, t, d))?.reshape((b, hq, t, d));
-        let (k, v) = (per_query(&k)?, per_query(&v)?);
-        let att = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?.broadcast_add(&mask)?;
-        let y = softmax(&att)?.matmul(&v)?; // [b, hq, t, d]
-        let y = y.transpose(1, 2)?.reshape((b, t, hq * d))?;
+        let q = ops.rope(&linear(&xb, &lw.q_proj)?, &rotation(hq, s.group_size()))?;
+        let k = ops.rope(&linear(&xb, &lw.k_proj)?, &rotation(hkv, 1))?;
+        let v = linear(&xb, &lw.v_proj)?;
+        let y = ops.attention(&q, &k, &v, hq, hkv)?;
         x = (x + linear(&y, &lw.o_proj)?)?;
 
         // SwiGLU MLP.

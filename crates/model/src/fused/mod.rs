@@ -10,7 +10,9 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 use transact_kernels::gemm::f32::{matmul, matmul_tn};
 
-use crate::reference::{Ops, Plain};
+use crate::reference::{Ops, Plain, Rotation};
+
+mod attention;
 
 /// Rows per parallel task of the row-wise ops.
 const ROWS: usize = 16;
@@ -43,6 +45,21 @@ impl Ops for Fused {
             return Plain.swiglu(gate, up);
         }
         gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)
+    }
+
+    fn rope(&self, x: &Tensor, r: &Rotation) -> Result<Tensor> {
+        if !cpu_f32(&[x]) {
+            return Plain.rope(x, r);
+        }
+        let t = x.dim(1)?;
+        x.contiguous()?.apply_op1(attention::Rope::new(r, t))
+    }
+
+    fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, kv_heads: usize) -> Result<Tensor> {
+        if !cpu_f32(&[q, k, v]) {
+            return Plain.attention(q, k, v, heads, kv_heads);
+        }
+        q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, attention::Attention { heads, kv_heads })
     }
 }
 
@@ -210,11 +227,24 @@ mod tests {
     fn fused_ops_match_the_definition() -> Result<()> {
         let (x, w, wn) = (rand(&[2, 7, 12], 1), rand(&[5, 12], 2), rand(&[12], 3));
         let up = rand(&[2, 7, 12], 4);
+        // Attention: 4 query heads over 2 KV heads of dim 6 (3 rotary pairs).
+        let (q, k, v) = (rand(&[2, 7, 24], 5), rand(&[2, 7, 12], 6), rand(&[2, 7, 12], 7));
+        let one = vec![vec![1.0, 0.1, 0.01]];
+        let per_group = vec![vec![1.0, 0.1, 0.01], vec![0.5, 0.05, 0.3]];
+        let rot = |heads, per, f: &'static str| {
+            let inv_freq = if f == "one" { &one } else { &per_group };
+            let layout = if f == "one" { crate::config::RopeLayout::HalfSplit } else { crate::config::RopeLayout::Adjacent };
+            Rotation { heads, head_dim: 6, heads_per_group: per, inv_freq, layout }
+        };
         type Case<'a> = (&'a str, Box<dyn Fn(&dyn Ops) -> Result<Tensor> + 'a>, Vec<&'a Var>);
         let cases: Vec<Case> = vec![
             ("linear", Box::new(|o: &dyn Ops| o.linear(&x, &w)), vec![&x, &w]),
             ("rms_norm", Box::new(|o: &dyn Ops| o.rms_norm(&x, &wn, 1e-5)), vec![&x, &wn]),
             ("swiglu", Box::new(|o: &dyn Ops| o.swiglu(&x, &up)), vec![&x, &up]),
+            ("rope, one table", Box::new(|o: &dyn Ops| o.rope(&q, &rot(4, 2, "one"))), vec![&q]),
+            ("rope, a table per group", Box::new(|o: &dyn Ops| o.rope(&q, &rot(4, 2, "per"))), vec![&q]),
+            ("rope of keys", Box::new(|o: &dyn Ops| o.rope(&k, &rot(2, 1, "per"))), vec![&k]),
+            ("attention", Box::new(|o: &dyn Ops| o.attention(&q, &k, &v, 4, 2)), vec![&q, &k, &v]),
         ];
         for (name, f, vars) in cases {
             let (a, b) = (f(&Plain)?, f(&Fused)?);
