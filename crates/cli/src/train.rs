@@ -149,9 +149,14 @@ pub fn run(a: TrainArgs) -> Result<()> {
         transact::model::cost::human(r.trainable_params as u64),
         transact::model::cost::human(r.frozen_params as u64)
     );
+    let roof = match (r.gemm_roof_gflops, r.roof_fraction) {
+        (Some(g), Some(f)) => format!(", {:.0}% of this machine's {g:.0} GFLOP/s GEMM roof", 100.0 * f),
+        _ => String::new(),
+    };
     println!(
-        "speed        {:.1} tokens/s ({:.0}% of the step in the teacher); peak RSS {}",
+        "speed        {:.1} tokens/s = {:.0} GFLOP/s{roof}; {:.0}% of the step in the teacher; peak RSS {}",
         r.tokens_per_s,
+        r.achieved_gflops,
         100.0 * r.teacher_fraction,
         r.peak_rss_bytes.map_or("n/a".into(), |b| format!("{:.2} GB", b as f64 / 1e9))
     );

@@ -194,7 +194,7 @@ fn bad_training_input_errors_before_work_and_writes_nothing() {
     vocab.insert("and".into(), a);
     std::fs::write(other.join("tokenizer.json"), serde_json::to_string(&tok).unwrap()).unwrap();
 
-    let cases: [(&[&str], &str); 10] = [
+    let cases: [(&[&str], &str); 12] = [
         (&["--loss", "mse"], "invalid value 'mse'"),
         (&["--loss", "kd"], "--teacher is needed by loss `kd`"),
         (&["--teacher", path_str(&gguf), "--data", path_str(&empty)], "contains no text"),
@@ -205,6 +205,8 @@ fn bad_training_input_errors_before_work_and_writes_nothing() {
         (&["--tokens", "0"], "must be at least 1"),
         (&["--seq-len", "100000"], "exceeds the model's context"),
         (&["--freeze", "embeddings,norms,attention,mlp"], "leaves nothing to train"),
+        (&["--data", "teacher:100"], "samples text from the teacher: give --teacher"),
+        (&["--teacher", path_str(&gguf), "--data", "teacher:0"], "expected teacher:N with N ≥ 1"),
     ];
     for (args, want) in cases {
         let mut all = vec!["train", pruned.as_str(), "--out", path_str(&out)];
@@ -217,4 +219,18 @@ fn bad_training_input_errors_before_work_and_writes_nothing() {
         left.sort();
         assert_eq!(left, ["empty.txt", "other-vocab", "short.txt"], "{args:?} left files behind");
     }
+}
+
+#[test]
+fn text_sampled_from_the_teacher_is_seeded_and_trains() {
+    let d = scratch();
+    let o = TrainOptions { seq_len: 32, batch: 1, grad_accum: 1, budget: Budget::Steps(1), ..options(1) };
+    let run = |name: &str| {
+        let out = d.path().join(name);
+        let r = TrainJob { data: "teacher:48".into(), ..job(&out, o.clone()) }.run(&Silent).unwrap();
+        assert!(r.data.tokens >= 48 + 16, "prompt and sampled tokens: {}", r.data.tokens);
+        assert!(read_log(&out)[0].loss.is_finite());
+        r.data.sha256
+    };
+    assert_eq!(run("a"), run("b"), "the same seed samples the same text");
 }

@@ -30,6 +30,7 @@ use crate::model::io::hf_write::{hf_dtype, write_hf};
 use crate::model::io::{atomic, hf_config};
 use crate::model::linear::WeightDtype;
 use crate::model::tokenizer::Tokenizer;
+use crate::model::weights::TensorRole;
 use crate::model::{LoadedModel, load_model};
 use crate::progress::{Progress, Silent};
 use crate::prune::report::Input;
@@ -91,6 +92,15 @@ pub struct TrainReport {
     pub tokens_per_s: f64,
     /// The teacher's share of the step time.
     pub teacher_fraction: f64,
+    /// Model FLOPs per training token: 6 × trainable parameters (forward and backward), plus
+    /// 2 × the teacher's parameters when it runs (attention and the loss not counted).
+    pub flops_per_token: f64,
+    /// `flops_per_token` × tokens/s, in GFLOP/s.
+    pub achieved_gflops: f64,
+    /// This machine's f32 GEMM rate measured after training (CPU: [512×2048]·[2048×2048]).
+    pub gemm_roof_gflops: Option<f64>,
+    /// `achieved_gflops` / `gemm_roof_gflops`.
+    pub roof_fraction: Option<f64>,
     /// Peak resident memory of the process (Linux `VmHWM`), in bytes.
     pub peak_rss_bytes: Option<u64>,
     pub dtype: String,
@@ -144,7 +154,9 @@ impl TrainJob {
         if self.writes(ExportFormat::Hf) {
             hf_config::config_json(cfg, &student.tokenizer.meta, "float32", false)?;
         }
-        let teacher = match (&self.teacher, o.loss.needs_teacher()) {
+        // The teacher runs for a KD loss and for text sampled from it.
+        let samples_teacher = self.data.starts_with("teacher:");
+        let teacher = match (&self.teacher, o.loss.needs_teacher() || samples_teacher) {
             (Some(p), true) => {
                 let t = load_model(p, &self.device)?;
                 same_vocabulary(&t, &student, p)?;
@@ -156,7 +168,7 @@ impl TrainJob {
             }
             (None, _) => None,
         };
-        let text = TrainText::load(&student.tokenizer, &self.data, o.seq_len, progress)?;
+        let text = TrainText::load(&student.tokenizer, &self.data, o.seq_len, teacher.as_ref().map(|t| &t.model), o.seed, progress)?;
         let wiki = if o.eval_every.is_some() { Some(corpus::load("wiki")?) } else { None };
         let student_sha = transact_model::io::load::model_sha256(&self.model)?;
         let teacher_input = match (&self.teacher, &teacher) {
@@ -223,6 +235,13 @@ impl TrainJob {
         progress.finish();
         let seconds_training = seconds_before + t_train.elapsed().as_secs_f64();
         let records = log::read(&log_path)?;
+        let roof = crate::bench::roof::gemm(&self.device).ok();
+        let teacher_params: usize = teacher.as_ref().map_or(0, |t| {
+            TensorRole::all(&t.model.config).iter().filter_map(|r| t.model.weights.get(*r)).map(|w| w.elem_count()).sum()
+        });
+        let flops_per_token = 6.0 * trainer.trainable_params() as f64 + 2.0 * teacher_params as f64;
+        let tokens_per_s = (records.len() as u64 * o.tokens_per_step()) as f64 / records.iter().map(|r| r.seconds).sum::<f64>().max(1e-9);
+        let achieved_gflops = flops_per_token * tokens_per_s / 1e9;
         let evals: Vec<EvalPoint> = before
             .into_iter()
             .chain(records.iter().filter_map(|r| {
@@ -263,8 +282,12 @@ impl TrainJob {
             resumed_from_step,
             seconds_training,
             seconds_total: 0.0,
-            tokens_per_s: (records.len() as u64 * o.tokens_per_step()) as f64 / records.iter().map(|r| r.seconds).sum::<f64>().max(1e-9),
+            tokens_per_s,
             teacher_fraction: records.iter().map(|r| r.teacher_seconds).sum::<f64>() / records.iter().map(|r| r.seconds).sum::<f64>().max(1e-9),
+            flops_per_token,
+            achieved_gflops,
+            gemm_roof_gflops: roof,
+            roof_fraction: roof.map(|r| achieved_gflops / r),
             peak_rss_bytes: None,
             dtype: transact_model::choice::Choice::name(self.dtype).to_string(),
             outputs,

@@ -1,6 +1,6 @@
-//! Training text: a source tokenized once, documents separated by end-of-sequence, cut into
-//! blocks of `seq_len` tokens that never overlap, drawn in a seeded order that is reshuffled
-//! every epoch. Sequence number n of a run is a pure function of (seed, n), which is what makes
+//! Training text: a source tokenized once (or sampled from the teacher), documents separated by
+//! end-of-sequence, cut into blocks of `seq_len` tokens that never overlap, drawn in a seeded
+//! order that is reshuffled every epoch. Sequence number n of a run is a pure function of (seed, n), which is what makes
 //! `--resume` continue on exactly the blocks an uninterrupted run would have seen.
 
 use anyhow::Result;
@@ -11,6 +11,8 @@ use sha2::{Digest, Sha256};
 
 use crate::SettingError;
 use crate::calibrate::blocks::source_corpus;
+use super::sampled;
+use crate::model::forward::Model;
 use crate::model::tokenizer::Tokenizer;
 use crate::progress::Progress;
 
@@ -41,9 +43,10 @@ pub struct TextSummary {
 }
 
 impl TrainText {
-    /// Tokenizes `source` (`mix`, a text or JSONL file, or a folder of them) for blocks of
-    /// `seq_len` tokens; refuses evaluation corpora and text shorter than one block.
-    pub fn load(tok: &Tokenizer, source: &str, seq_len: usize, progress: &dyn Progress) -> Result<Self> {
+    /// Tokenizes `source` (`mix`, a text or JSONL file, or a folder of them; or `teacher:N`,
+    /// N tokens sampled from `teacher`) for blocks of `seq_len` tokens; refuses evaluation
+    /// corpora and text shorter than one block.
+    pub fn load(tok: &Tokenizer, source: &str, seq_len: usize, teacher: Option<&Model>, seed: u64, progress: &dyn Progress) -> Result<Self> {
         if EVALUATION.contains(&source) {
             return Err(SettingError::new(
                 "data",
@@ -51,23 +54,44 @@ impl TrainText {
             )
             .into());
         }
-        let corpus = source_corpus(source, progress)?;
-        let eos = tok.meta.eos;
-        progress.start("tokenize training text", corpus.docs.len() as u64);
-        let mut ids = Vec::new();
-        for doc in &corpus.docs {
-            ids.extend(tok.encode(doc)?);
-            ids.extend(eos);
-            progress.advance(1);
-        }
-        progress.finish();
-        let text = Self {
-            source: source.to_string(),
-            description: corpus.source.clone(),
-            documents: corpus.docs.len(),
-            sha256: format!("{:x}", Sha256::digest(corpus.text().as_bytes())),
-            ids,
-            seq_len,
+        let text = if let Some(n) = sampled::parse(source) {
+            let n = n.map_err(|e| SettingError::new("data", e.to_string()))?;
+            let Some(teacher) = teacher else {
+                return Err(SettingError::new("data", format!("`{source}` samples text from the teacher: give `teacher`")).into());
+            };
+            let docs = sampled::sample(teacher, tok, n, seq_len.max(sampled::PROMPT_TOKENS + 1), seed, progress)?;
+            let mut hash = Sha256::new();
+            docs.iter().flatten().for_each(|id| hash.update(id.to_le_bytes()));
+            Self {
+                source: source.to_string(),
+                description: format!(
+                    "{n} tokens sampled from the teacher at temperature 1, each document after the first {} tokens of a `mix` document",
+                    sampled::PROMPT_TOKENS
+                ),
+                documents: docs.len(),
+                sha256: format!("{:x}", hash.finalize()),
+                ids: docs.concat(),
+                seq_len,
+            }
+        } else {
+            let corpus = source_corpus(source, progress)?;
+            let eos = tok.meta.eos;
+            progress.start("tokenize training text", corpus.docs.len() as u64);
+            let mut ids = Vec::new();
+            for doc in &corpus.docs {
+                ids.extend(tok.encode(doc)?);
+                ids.extend(eos);
+                progress.advance(1);
+            }
+            progress.finish();
+            Self {
+                source: source.to_string(),
+                description: corpus.source.clone(),
+                documents: corpus.docs.len(),
+                sha256: format!("{:x}", Sha256::digest(corpus.text().as_bytes())),
+                ids,
+                seq_len,
+            }
         };
         if text.blocks() == 0 {
             return Err(SettingError::new(
