@@ -67,7 +67,7 @@ fn distillation_lowers_held_out_perplexity_and_frozen_groups_stay() {
     let d = scratch();
     let out = d.path().join("trained");
     let o = TrainOptions { eval_every: Some(4), freeze: vec![ParamGroup::Embeddings], ..options(4) };
-    let r = job(&out, o).run(&Silent).unwrap();
+    let r = TrainJob { formats: vec![ExportFormat::Hf, ExportFormat::Gguf], ..job(&out, o) }.run(&Silent).unwrap();
     let (before, after) = (r.eval.first().unwrap().wiki_perplexity, r.eval.last().unwrap().wiki_perplexity);
     eprintln!("4 KD steps of 256 tokens: held-out wiki perplexity {before:.1} → {after:.1}, loss {:.3} → {:.3}", r.loss_start, r.loss_end);
     assert!(after < 0.9 * before, "KD should recover: {before} → {after}");
@@ -76,7 +76,7 @@ fn distillation_lowers_held_out_perplexity_and_frozen_groups_stay() {
     assert_eq!(log.len(), 4);
     assert!(log.iter().all(|s| s.kd.is_some() && s.ce.is_none() && s.loss.is_finite() && s.grad_norm > 0.0));
     assert!(log[0].lr < log[1].lr || r.warmup_steps == 1, "warmup");
-    for f in ["config.json", "model.safetensors", "tokenizer.json", "loss.png", "train_report.json"] {
+    for f in ["config.json", "model.safetensors", "model.gguf", "tokenizer.json", "loss.png", "train_report.json"] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("train_report.json")).unwrap()).unwrap();
@@ -93,6 +93,12 @@ fn distillation_lowers_held_out_perplexity_and_frozen_groups_stay() {
     };
     assert!(same(TensorRole::Embed), "frozen embeddings moved");
     assert!(!same(TensorRole::Q(0)) && !same(TensorRole::Down(29)) && !same(TensorRole::FinalNorm), "trainable weights did not move");
+    // The GGUF beside it holds the same trained weights.
+    let g = load_model(&out.join("model.gguf"), &Device::Cpu).unwrap();
+    for role in [TensorRole::O(3), TensorRole::Down(7), TensorRole::FinalNorm] {
+        let (x, y) = (b.model.weights.get(role).unwrap(), g.model.weights.get(role).unwrap());
+        assert_eq!((x - y).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0, "{role:?}");
+    }
 }
 
 /// Panics (like a killed process) when the training stage passes `steps` steps.
