@@ -1,6 +1,7 @@
 //! One optimizer step at a time: draw the step's sequences, run the teacher on the fast engine
-//! (no graph), the student through the differentiable reference forward, back-propagate each
-//! micro-batch's loss, accumulate, clip, and update with AdamW.
+//! (no graph), the student through the reference forward built from the fused ops (custom ops
+//! with hand-written backward passes, `transact_model::fused`), the loss as one fused op,
+//! back-propagate each micro-batch, accumulate, clip, and update with AdamW.
 
 use std::time::Instant;
 
@@ -8,8 +9,8 @@ use anyhow::{Result, bail};
 use candle_core::{Tensor, Var};
 
 use super::adamw::{AdamW, Param};
-use super::log::StepRecord;
 use super::fused_loss::fused_loss;
+use super::log::StepRecord;
 use super::loss::{Loss, TeacherTargets, loss};
 use super::options::TrainOptions;
 use super::text::TrainText;
