@@ -6,7 +6,10 @@ use transact::model::cost::human;
 use transact::prune::job::PruneJob;
 use transact::prune::plan::{AttnUnit, GqaMode, TargetSpec};
 use transact::prune::scorer::ScorerKind;
+use transact::prune::compensate::Compensate;
+use transact::prune::recover::Recovery;
 use transact::prune::shots::PruneOptions;
+use transact::train::{LossKind, TrainOptions};
 
 use crate::calibrate::CalibArgs;
 use crate::common::{self, Bars, OutputArgs, choice};
@@ -56,8 +59,31 @@ pub struct PruneArgs {
     stats: Option<PathBuf>,
     /// External recovery after every shot, e.g. 'torchrun train.py --in {in} --out {out}': {in}
     /// is the pruned model as an HF directory, {out} must receive the trained one. Default: none.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "recover")]
     recover_cmd: Option<String>,
+    /// Built-in recovery between shots: training tokens in all (K/M/B suffixes), distilling from
+    /// the input model as `transact train` does (batch 4 × 2 × 256). Shot i of K trains on
+    /// p/2 + p·(i−1)/(K−1) tokens (p = TOKENS / K) at peak lr × 2i/K, as the paper splits its
+    /// 1B tokens; one shot gets them all at --recover-lr [default: none].
+    #[arg(long, value_parser = common::count)]
+    recover: Option<u64>,
+    /// Built-in recovery after the last shot: training tokens at --recover-lr [default: none].
+    #[arg(long, value_parser = common::count)]
+    final_recover: Option<u64>,
+    /// Loss of the built-in recovery (kd and kd+ce distil from the input model).
+    #[arg(long, default_value = "kd", value_parser = choice::<LossKind>())]
+    recover_loss: LossKind,
+    /// Peak learning rate of the built-in recovery (AdamW, 10 % warmup, cosine to 10 %).
+    #[arg(long, default_value_t = 3e-4)]
+    recover_lr: f64,
+    /// Training text of the built-in recovery (as `transact train --data`).
+    #[arg(long, default_value = "mix")]
+    recover_data: String,
+    /// After slicing, refit the kept columns of every o_proj and down_proj in closed form so
+    /// each module's output matches the unpruned one on the calibration tokens (`ls`: ridge
+    /// least squares, layer by layer on the pruned model's own inputs; seconds).
+    #[arg(long, default_value = "none", value_parser = choice::<Compensate>())]
+    compensate: Compensate,
     /// Continue an interrupted run after its last finished shot (same model, target, options).
     #[arg(long)]
     resume: bool,
@@ -102,6 +128,13 @@ pub fn run(a: PruneArgs) -> Result<()> {
             calib_batch: a.calib.calib_batch,
             mlp_multiple: a.mlp_multiple,
             recover_cmd: a.recover_cmd,
+            compensate: a.compensate,
+            recover: (a.recover.is_some() || a.final_recover.is_some()).then(|| Recovery {
+                tokens: a.recover.unwrap_or(0),
+                final_tokens: a.final_recover.unwrap_or(0),
+                data: a.recover_data,
+                train: TrainOptions { loss: a.recover_loss, lr: a.recover_lr, seed: a.calib.seed, ..TrainOptions::default() },
+            }),
         },
         stats: a.stats,
         resume: a.resume,
@@ -127,9 +160,19 @@ pub fn run(a: PruneArgs) -> Result<()> {
     );
     println!("KV cache     {} → {} bytes/token (f32)", b.kv_bytes_per_token_f32, f.kv_bytes_per_token_f32);
     println!("FLOPs/token  {} → {} at context 2048", human(b.flops_per_token), human(f.flops_per_token));
+    let held_out: Vec<String> = r
+        .shots
+        .iter()
+        .filter_map(|s| s.held_out.as_ref().map(|h| h.recovered.or(h.compensated).unwrap_or(h.sliced)))
+        .chain(r.final_held_out_perplexity)
+        .map(|p| format!("{p:.1}"))
+        .collect();
+    if !held_out.is_empty() {
+        println!("held-out ppl {} (wiki, 8 × 512 tokens, after each shot{})", held_out.join(" → "), if r.final_recovery.is_some() { " and the final recovery" } else { "" });
+    }
     println!(
-        "time         {:.1} s (calibrate {:.1}, prune {:.1}, recover {:.1}, export {:.1}); report in prune_report.json",
-        r.seconds.total, r.seconds.calibrate, r.seconds.prune, r.seconds.recover, r.seconds.export
+        "time         {:.1} s (calibrate {:.1}, prune {:.1}, compensate {:.1}, recover {:.1}, export {:.1}); report in prune_report.json",
+        r.seconds.total, r.seconds.calibrate, r.seconds.prune, r.seconds.compensate, r.seconds.recover, r.seconds.export
     );
     Ok(())
 }

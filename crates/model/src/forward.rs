@@ -17,7 +17,7 @@ use crate::host::{self, with_cpu_f32};
 use crate::kv_cache::{KvCache, KvDtype, KvStorage, LayerKv, append_and_attend};
 use crate::linear::{WeightDtype, convert, into_huge_pages, linear, linear_many};
 use crate::rope::{RopeTables, permute_rows};
-use crate::weights::Weights;
+use crate::weights::{LayerWeights, Weights};
 
 /// Which positions get logits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,6 +170,23 @@ impl Model {
             return Ok(x);
         }
         linear(&x, self.weights.lm_head.as_ref().unwrap_or(&self.weights.embed))
+    }
+
+    /// Layer `l` of a model of `config` as a model of its own, for [`Model::forward_layers`]
+    /// (no embedding lookup, no final norm, no LM head). The MLP width is read from `layer`, so
+    /// a layer whose attention is pruned but whose MLP is not yet can run too.
+    pub fn single_layer(config: &ModelConfig, l: usize, layer: LayerWeights) -> Result<Model> {
+        let device = layer.q_proj.device().clone();
+        let mut one = config.clone();
+        one.layers = vec![crate::config::LayerShape { mlp_width: layer.gate_proj.dim(0)?, ..config.layers[l] }];
+        one.rope_inv_freq = config.rope_inv_freq.as_ref().map(|f| vec![f[l].clone()]);
+        let weights = Weights {
+            embed: Tensor::zeros((1, config.hidden_size), DType::F32, &device)?,
+            layers: vec![layer],
+            final_norm: Tensor::ones(config.hidden_size, DType::F32, &device)?,
+            lm_head: None,
+        };
+        Ok(Model::new(one, weights))
     }
 
     /// Runs the decoder layers on hidden states `x` `[b, t, hidden]` from scratch: no embedding,

@@ -9,6 +9,7 @@ mod eval;
 mod export;
 mod forward;
 mod prune;
+mod recover;
 mod stream;
 mod tokenizer;
 mod train;

@@ -32,7 +32,7 @@ fn dense_stats() -> &'static ActivationStats {
     })
 }
 
-fn keeps(kind: ScorerKind, w: Widths, gqa: GqaMode) -> Vec<LayerKeep> {
+pub fn keeps(kind: ScorerKind, w: Widths, gqa: GqaMode) -> Vec<LayerKeep> {
     keeps_for(&model().model, kind, w, Units { attn: AttnUnit::Head, gqa, head_dim_multiple: 2 })
 }
 
@@ -150,7 +150,7 @@ fn pruned_exports_reload_with_identical_logits() {
     assert_eq!(diff, 0.0, "pruned → GGUF f32 is lossless");
 }
 
-fn wiki_ppl(m: &transact::Model) -> f64 {
+pub fn wiki_ppl(m: &transact::Model) -> f64 {
     let lm = model();
     // Held-out text: the first BoolQ passages, never used for calibration.
     let wiki = transact::data::corpus::load("wiki").unwrap();
@@ -195,6 +195,8 @@ pub fn job(out: &Path, shots: usize, stats: Option<std::path::PathBuf>, recover:
             calib_batch: 4,
             mlp_multiple: 8,
             recover_cmd: recover,
+            compensate: Default::default(),
+            recover: None,
         },
         stats,
         resume: false,
@@ -202,7 +204,7 @@ pub fn job(out: &Path, shots: usize, stats: Option<std::path::PathBuf>, recover:
     }
 }
 
-fn same_files(a: &Path, b: &Path) {
+pub fn same_files(a: &Path, b: &Path) {
     for f in ["model.safetensors", "config.json", "model.gguf", "tokenizer.json"] {
         assert!(std::fs::read(a.join(f)).unwrap() == std::fs::read(b.join(f)).unwrap(), "{f} differs");
     }

@@ -9,6 +9,7 @@ use candle_core::Device;
 
 use super::plan::{AttnUnit, TargetSpec, Widths, resolve};
 use super::report::{Input, PruneReport, Run};
+use super::compensate::Compensate;
 use super::shots::{self, PruneOptions, PruneRun, ShotRecord};
 use super::stream;
 use crate::SettingError;
@@ -64,6 +65,12 @@ impl PruneJob {
         if self.stats.is_some() && o.shots > 1 {
             refuse("stats", "holds statistics of the dense model, but every shot after the first needs fresh ones; use `shots` 1 or drop `stats`")?;
         }
+        if let Some(rec) = &o.recover {
+            rec.check()?;
+            if o.recover_cmd.is_some() {
+                refuse("recover", "and `recover_cmd` are two ways to recover; give one")?;
+            }
+        }
         if let Some(cmd) = &o.recover_cmd
             && !(cmd.contains("{in}") && cmd.contains("{out}"))
         {
@@ -84,12 +91,14 @@ impl PruneJob {
             refuse("alpha", format!("weights the max term of the head score and must be a number ≥ 0, got {a}"))?;
         }
         if self.stream {
-            let why = if !self.model.is_dir() {
+            let why = if o.recover_cmd.is_some() || o.recover.is_some() || self.resume {
+                Some("has no recovery or resume")
+            } else if o.compensate != Compensate::None {
+                Some("has no compensation")
+            } else if !self.model.is_dir() {
                 Some("reads a Hugging Face safetensors directory (convert a GGUF to one first, in f16 to keep its size)")
             } else if o.shots != 1 {
                 Some("runs one shot (`shots` 1)")
-            } else if o.recover_cmd.is_some() || self.resume {
-                Some("has no recovery or resume")
             } else if self.stats.is_some() {
                 Some("collects its statistics while streaming (drop `stats`)")
             } else if o.attn_unit != AttnUnit::Head {
@@ -121,6 +130,11 @@ impl PruneJob {
         }
         let dense = load_model(&self.model, &self.device)?;
         let target = resolve(&dense.model.config, self.target, self.options.units(), self.options.mlp_multiple)?;
+        if let Some(rec) = &self.options.recover
+            && rec.train.seq_len > dense.model.config.max_position
+        {
+            refuse("recover_seq_len", format!("{} exceeds the model's context of {}", rec.train.seq_len, dense.model.config.max_position))?;
+        }
         // The output must be representable before hours of work.
         if self.options.attn_unit == AttnUnit::HeadDim && self.writes(ExportFormat::Gguf) {
             refuse(
@@ -144,7 +158,7 @@ impl PruneJob {
         };
         let stats_file = stats.as_ref().map(|s| s.meta.clone());
         let work_dir = self.work_dir();
-        let (pruned, shots) = shots::run(PruneRun {
+        let outcome = shots::run(PruneRun {
             dense: &dense,
             dense_sha256: &sha,
             target,
@@ -161,8 +175,14 @@ impl PruneJob {
         if self.writes(ExportFormat::Gguf) {
             outputs.push("model.gguf".to_string());
         }
+        let pruned = outcome.model;
         let (dense_cfg, pruned_cfg) = (&dense.model.config, &pruned.model.config);
-        let report = self.report(&sha, target, stats_file, shots, dense_cfg, pruned_cfg, outputs);
+        let mut report = self.report(&sha, target, stats_file, outcome.shots, dense_cfg, pruned_cfg, outputs);
+        if let Some(f) = &outcome.final_recovery {
+            report.seconds.recover += f.seconds;
+        }
+        report.final_recovery = outcome.final_recovery;
+        report.final_held_out_perplexity = outcome.final_held_out;
         let report = self.write(report, t0, |dir| {
             if self.writes(ExportFormat::Hf) {
                 write_hf(&pruned, dir, self.dtype)?;
@@ -203,7 +223,10 @@ impl PruneJob {
             scores: choice.scores,
             seconds_calibrate: t1.elapsed().as_secs_f64(),
             seconds_prune: 0.0,
+            seconds_compensate: 0.0,
             seconds_recover: 0.0,
+            recovery: None,
+            held_out: None,
         };
         let outputs = vec!["config.json + model.safetensors (Hugging Face), written layer by layer".to_string()];
         let report = self.report(&sha, target, None, vec![shot], &cfg, &pruned, outputs);

@@ -5,14 +5,19 @@
 //! - [`scorer`]: salience per channel (the paper's and the ablations');
 //! - [`choose`]: per layer, scores → kept heads and channels;
 //! - [`slice`]: the smaller model (and the masked one the exactness tests compare with);
-//! - [`shots`]: the K-shot loop with checkpoints, resume and external recovery;
+//! - [`compensate`] (with [`ridge`]): the closed-form refit of the kept weights after slicing;
+//! - [`recover`]: built-in recovery training between shots and after the last;
+//! - [`shots`]: the K-shot loop with checkpoints, resume and recovery;
 //! - [`stream`]: one layer at a time, for checkpoints larger than memory;
 //! - [`job`]: one run end to end, its outputs and [`report`].
 
 pub mod choose;
+pub mod compensate;
 pub mod job;
 pub mod plan;
+pub mod recover;
 pub mod report;
+pub mod ridge;
 pub mod scorer;
 pub mod shots;
 pub mod slice;

@@ -11,6 +11,7 @@ use crate::bench::roof::peak_rss;
 use crate::calibrate::activations::StatsMeta;
 use crate::model::config::ModelConfig;
 use crate::model::cost::ModelCost;
+use crate::train::recover::RecoveryRecord;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Input {
@@ -31,6 +32,7 @@ pub struct Target {
 pub struct Seconds {
     pub calibrate: f64,
     pub prune: f64,
+    pub compensate: f64,
     pub recover: f64,
     pub export: f64,
     pub total: f64,
@@ -45,6 +47,10 @@ pub struct PruneReport {
     /// Statistics reused from `transact calibrate` for the first shot, if any.
     pub stats_file: Option<StatsMeta>,
     pub shots: Vec<ShotRecord>,
+    /// The built-in recovery after the last shot.
+    pub final_recovery: Option<RecoveryRecord>,
+    /// Held-out wiki perplexity after it.
+    pub final_held_out_perplexity: Option<f64>,
     pub before: ModelCost,
     pub after: ModelCost,
     /// Fraction of non-embedding parameters removed.
@@ -90,11 +96,14 @@ impl PruneReport {
             seconds: Seconds {
                 calibrate: sum(|s| s.seconds_calibrate),
                 prune: sum(|s| s.seconds_prune),
+                compensate: sum(|s| s.seconds_compensate),
                 recover: sum(|s| s.seconds_recover),
                 export: 0.0,
                 total: 0.0,
             },
             shots: run.shots,
+            final_recovery: None,
+            final_held_out_perplexity: None,
             peak_rss_bytes: None,
         }
     }

@@ -1,5 +1,6 @@
 //! The K-shot loop: re-collect statistics on the current model, step the widths, choose, slice,
-//! recover; checkpoint after every shot so a run can resume after the last finished one.
+//! compensate, recover; checkpoint after every shot so a run can resume after the last finished
+//! one; then the final recovery.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -8,11 +9,16 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use super::choose::{LayerKeep, LayerScores, score_and_choose};
+use super::compensate::{Compensate, compensate};
 use super::plan::{AttnUnit, GqaMode, Units, Widths, attn_unit, schedule};
+use super::recover::Recovery;
 use super::scorer::{self, LayerInput, ScorerKind};
 use super::slice::slice;
 use crate::calibrate::activations::{ActivationStats, LayerStats, collect};
 use crate::calibrate::blocks::{CalibSpec, TokenizedSource, tokenize_source};
+use crate::data::corpus;
+use crate::train::recover::{RecoveryRecord, train_in_memory};
+use crate::train::text::TrainText;
 use crate::model::WeightDtype;
 use crate::model::io::atomic;
 use crate::model::io::hf_write::write_hf;
@@ -36,6 +42,12 @@ pub struct PruneOptions {
     pub mlp_multiple: usize,
     /// External recovery after each shot: `{in}` and `{out}` are HF directories.
     pub recover_cmd: Option<String>,
+    /// Refit of the kept weights after slicing.
+    #[serde(default)]
+    pub compensate: Compensate,
+    /// Built-in recovery training after each shot and after the last.
+    #[serde(default)]
+    pub recover: Option<Recovery>,
 }
 
 impl PruneOptions {
@@ -61,7 +73,33 @@ pub struct ShotRecord {
     pub scores: Vec<LayerScores>,
     pub seconds_calibrate: f64,
     pub seconds_prune: f64,
+    #[serde(default)]
+    pub seconds_compensate: f64,
     pub seconds_recover: f64,
+    /// The built-in recovery of this shot.
+    #[serde(default)]
+    pub recovery: Option<RecoveryRecord>,
+    /// Held-out wiki perplexity along the shot (with compensation or built-in recovery).
+    #[serde(default)]
+    pub held_out: Option<HeldOut>,
+}
+
+/// Held-out wiki perplexity ([`crate::train::job::EVAL_WINDOWS`] × `EVAL_SEQ_LEN` tokens) after
+/// each stage of a shot.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeldOut {
+    pub sliced: f64,
+    pub compensated: Option<f64>,
+    pub recovered: Option<f64>,
+}
+
+/// What the K shots and the final recovery produced.
+pub struct Outcome {
+    pub model: LoadedModel,
+    pub shots: Vec<ShotRecord>,
+    pub final_recovery: Option<RecoveryRecord>,
+    /// Held-out wiki perplexity after the final recovery.
+    pub final_held_out: Option<f64>,
 }
 
 /// Progress of an interrupted run, stored next to the checkpoints.
@@ -101,8 +139,8 @@ fn clone_with(lm: &LoadedModel, model: crate::model::Model) -> Result<LoadedMode
     })
 }
 
-/// Runs all shots; returns the pruned model and one record per shot.
-pub fn run(r: PruneRun) -> Result<(LoadedModel, Vec<ShotRecord>)> {
+/// Runs all shots and the final recovery.
+pub fn run(r: PruneRun) -> Result<Outcome> {
     let (o, progress) = (r.options, r.progress);
     let dense_shape = r.dense.model.config.uniform_shape().expect("targets are resolved on uniform models");
     let start = Widths { mha: dense_shape.mha_width(), mlp: dense_shape.mlp_width };
@@ -129,23 +167,45 @@ pub fn run(r: PruneRun) -> Result<(LoadedModel, Vec<ShotRecord>)> {
         state = saved;
     }
     let scorer = scorer::build(o.scorer, o.alpha, o.seed);
-    let source: Option<TokenizedSource> =
-        if scorer.needs_stats() { Some(tokenize_source(&r.dense.tokenizer, &o.calib.source, progress)?) } else { None };
+    let compensating = o.compensate != Compensate::None;
+    let source: Option<TokenizedSource> = if scorer.needs_stats() || compensating {
+        Some(tokenize_source(&r.dense.tokenizer, &o.calib.source, progress)?)
+    } else {
+        None
+    };
     let mut stats_file = r.stats;
+    let text = match &o.recover {
+        Some(rec) => {
+            Some(TrainText::load(&r.dense.tokenizer, &rec.data, rec.train.seq_len, Some(&r.dense.model), rec.train.seed, progress)?)
+        }
+        None => None,
+    };
+    let teacher = o.recover.as_ref().filter(|rec| rec.train.loss.needs_teacher()).map(|_| &r.dense.model);
+    // Shots measure themselves when something besides slicing changes the weights.
+    let wiki = if compensating || o.recover.is_some() { Some(corpus::load("wiki")?) } else { None };
+    let held_out = |m: &crate::model::Model| -> Result<Option<f64>> {
+        wiki.as_ref().map(|w| crate::train::job::held_out(m, &r.dense.tokenizer, w)).transpose()
+    };
 
     for shot in state.shots.len() + 1..=o.shots {
         let w = widths[shot - 1];
         let t0 = Instant::now();
         let m = &current.model;
-        let (layer_stats, meta) = match (&source, stats_file.take()) {
-            (None, _) => (m.config.layers.iter().map(LayerStats::zeros).collect(), None),
-            (Some(_), Some(s)) if shot == 1 => (s.layers, Some(s.meta)),
-            (Some(src), _) => {
-                // Each shot draws fresh blocks (seed + shot − 1), as the release re-draws every shot.
-                let data = src.draw(o.calib.samples, o.calib.seq_len, o.calib.seed.wrapping_add(shot as u64 - 1))?;
-                let s = collect(m, &data, "", o.calib_batch, &format!("calib {shot}/{}", o.shots), progress)?;
+        let from_file = stats_file.take().filter(|_| shot == 1);
+        // Each shot draws fresh blocks (seed + shot − 1), as the release re-draws every shot.
+        let data = match &source {
+            Some(src) if from_file.is_none() || compensating => {
+                Some(src.draw(o.calib.samples, o.calib.seq_len, o.calib.seed.wrapping_add(shot as u64 - 1))?)
+            }
+            _ => None,
+        };
+        let (layer_stats, meta) = match (from_file, &data) {
+            (Some(s), _) => (s.layers, Some(s.meta)),
+            (None, Some(data)) if scorer.needs_stats() => {
+                let s = collect(m, data, "", o.calib_batch, &format!("calib {shot}/{}", o.shots), progress)?;
                 (s.layers, Some(s.meta))
             }
+            _ => (m.config.layers.iter().map(LayerStats::zeros).collect(), None),
         };
         let tokens = meta.as_ref().map_or(0, |m| m.tokens);
         let seconds_calibrate = t0.elapsed().as_secs_f64();
@@ -161,15 +221,37 @@ pub fn run(r: PruneRun) -> Result<(LoadedModel, Vec<ShotRecord>)> {
             scores.push(s);
         }
         progress.finish();
-        let sliced = slice(m, &keeps)?;
+        let mut sliced = slice(m, &keeps)?;
         for ((k, keep), shape) in kept.iter_mut().zip(&keeps).zip(&m.config.layers) {
             *k = k.then(keep, shape);
         }
-        current = clone_with(r.dense, sliced)?;
         let seconds_prune = t1.elapsed().as_secs_f64();
+        let t_comp = Instant::now();
+        let mut measured = held_out(&sliced)?.map(|p| HeldOut { sliced: p, compensated: None, recovered: None });
+        if compensating {
+            let data = data.as_ref().expect("compensation draws calibration blocks");
+            sliced = compensate(m, &sliced, &keeps, data, o.calib_batch, &format!("compensate {shot}/{}", o.shots), progress)?;
+            if let Some(h) = &mut measured {
+                h.compensated = held_out(&sliced)?;
+            }
+        }
+        let seconds_compensate = t_comp.elapsed().as_secs_f64();
+        current = clone_with(r.dense, sliced)?;
         let t2 = Instant::now();
         if let Some(cmd) = &o.recover_cmd {
             current = recover(&current, cmd, &r.work_dir, shot, progress)?;
+        }
+        let mut recovery = None;
+        if let (Some(rec), Some(text)) = (&o.recover, &text)
+            && let Some(opts) = rec.shot_options(shot, o.shots)
+        {
+            let label = format!("recover {shot}/{}", o.shots);
+            let (trained, record) = train_in_memory(&current.model, teacher, text, next_sequence(&state.shots), &opts, &label, progress)?;
+            current = clone_with(r.dense, trained)?;
+            recovery = Some(record);
+            if let Some(h) = &mut measured {
+                h.recovered = held_out(&current.model)?;
+            }
         }
         let s = current.model.config.layers[0];
         state.shots.push(ShotRecord {
@@ -184,10 +266,22 @@ pub fn run(r: PruneRun) -> Result<(LoadedModel, Vec<ShotRecord>)> {
             scores,
             seconds_calibrate,
             seconds_prune,
+            seconds_compensate,
             seconds_recover: t2.elapsed().as_secs_f64(),
+            recovery,
+            held_out: measured,
+        });
+        let ppl = state.shots.last().and_then(|r| r.held_out.as_ref()).map_or(String::new(), |h| {
+            let mut p = format!("; held-out ppl {:.1} sliced", h.sliced);
+            for (what, v) in [("compensated", h.compensated), ("recovered", h.recovered)] {
+                if let Some(v) = v {
+                    p += &format!(", {v:.1} {what}");
+                }
+            }
+            p
         });
         progress.note(&format!(
-            "shot {shot}/{}: mha_width {} ({} heads, {} KV heads), mlp_width {} ({:.1} s)",
+            "shot {shot}/{}: mha_width {} ({} heads, {} KV heads), mlp_width {} ({:.1} s{ppl})",
             o.shots,
             w.mha,
             s.n_heads,
@@ -195,11 +289,25 @@ pub fn run(r: PruneRun) -> Result<(LoadedModel, Vec<ShotRecord>)> {
             w.mlp,
             t0.elapsed().as_secs_f64()
         ));
-        if shot < o.shots {
+        let final_recovery = o.recover.as_ref().and_then(|rec| rec.final_options());
+        if shot < o.shots || final_recovery.is_some() {
             checkpoint(&current, &r.work_dir, shot, &state, &state_path)?;
         }
     }
-    Ok((current, state.shots))
+    let (mut final_recovery, mut final_held_out) = (None, None);
+    if let (Some(opts), Some(text)) = (o.recover.as_ref().and_then(|rec| rec.final_options()), &text) {
+        let (trained, record) = train_in_memory(&current.model, teacher, text, next_sequence(&state.shots), &opts, "final recovery", progress)?;
+        current = clone_with(r.dense, trained)?;
+        final_recovery = Some(record);
+        final_held_out = held_out(&current.model)?;
+    }
+    Ok(Outcome { model: current, shots: state.shots, final_recovery, final_held_out })
+}
+
+/// Each recovery continues in the training text where the previous one stopped, so the shots
+/// together see as much distinct text as one run of their total budget.
+fn next_sequence(shots: &[ShotRecord]) -> u64 {
+    shots.iter().filter_map(|s| s.recovery.as_ref()).map(|r| r.first_sequence + r.tokens / r.seq_len.max(1) as u64).max().unwrap_or(0)
 }
 
 fn checkpoint(lm: &LoadedModel, work: &Path, shot: usize, state: &State, state_path: &Path) -> Result<()> {

@@ -23,6 +23,13 @@ fn kept_rows(s: &LayerShape, heads: &[usize], group_of: impl Fn(usize) -> usize,
     }
 }
 
+/// The dense inner-attention indices (columns of `o_proj`) that `k` keeps of a layer of `s`, in
+/// the sliced model's column order.
+pub fn o_columns(s: &LayerShape, k: &LayerKeep) -> Vec<usize> {
+    let gs = s.group_size();
+    kept_rows(s, &k.q_heads, |h| h / gs, k.head_dims.as_ref())
+}
+
 /// The model with only the kept heads, head dims and channels of every layer.
 pub fn slice(model: &Model, keep: &[LayerKeep]) -> Result<Model> {
     let mut config = model.config.clone();
@@ -32,8 +39,7 @@ pub fn slice(model: &Model, keep: &[LayerKeep]) -> Result<Model> {
         let s = model.config.layers[l];
         let w = &model.weights.layers[l];
         let dims = k.head_dims.as_ref();
-        let gs = s.group_size();
-        let q = idx(&kept_rows(&s, &k.q_heads, |h| h / gs, dims), &w.q_proj)?;
+        let q = idx(&o_columns(&s, k), &w.q_proj)?;
         let kv = idx(&kept_rows(&s, &k.kv_heads, |g| g, dims), &w.k_proj)?;
         let head_dim = dims.map_or(s.head_dim, |d| d[0].len());
         // Attention scores are scaled by 1/√head_dim: fold √(new/old) into Q so the pruned
@@ -97,8 +103,7 @@ pub fn mask(model: &Model, keep: &[LayerKeep]) -> Result<Model> {
         let s = model.config.layers[l];
         let w = &mut weights.layers[l];
         let dims = k.head_dims.as_ref();
-        let gs = s.group_size();
-        let q_rows = kept_rows(&s, &k.q_heads, |h| h / gs, dims);
+        let q_rows = o_columns(&s, k);
         w.o_proj = w.o_proj.broadcast_mul(&column_mask(s.mha_width(), q_rows.iter().copied(), &w.o_proj)?)?;
         if dims.is_some() {
             // Dropped Q and K dims must not reach the attention scores either.

@@ -10,7 +10,7 @@
 use std::path::Path;
 
 use anyhow::{Result, anyhow};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use safetensors::Dtype;
 
 use super::choose::{LayerKeep, LayerScores, score_and_choose};
@@ -22,7 +22,7 @@ use crate::calibrate::blocks::CalibData;
 use crate::model::config::{LayerShape, ModelConfig};
 use crate::model::forward::{Model, Observer};
 use crate::model::io::safetensors::{self as st, LazyTensor, SafetensorsFiles, decode, encode, with_tensor};
-use crate::model::weights::{LayerWeights, TensorRole, Weights};
+use crate::model::weights::{LayerWeights, TensorRole};
 use crate::progress::Progress;
 
 /// Layer `l` as f32, through a mapping that is dropped on return so its pages leave this
@@ -74,17 +74,7 @@ pub fn calibrate_and_choose(
     progress.start("stream layers", cfg.n_layers() as u64);
     let (mut keeps, mut scores) = (Vec::new(), Vec::new());
     for (l, shape) in cfg.layers.iter().enumerate() {
-        let mut one = cfg.clone();
-        one.layers = vec![*shape];
-        one.rope_inv_freq = None;
-        let weights = Weights {
-            // The one-layer model runs on hidden states: no embedding lookup, no final norm.
-            embed: Tensor::zeros((1, cfg.hidden_size), DType::F32, device)?,
-            layers: vec![load_layer(src, cfg, l, device)?],
-            final_norm: Tensor::ones(cfg.hidden_size, DType::F32, device)?,
-            lm_head: None,
-        };
-        let model = Model::new(one, weights);
+        let model = Model::single_layer(cfg, l, load_layer(src, cfg, l, device)?)?;
         let mut obs = LayerObserver(LayerStats::zeros(shape));
         let batch = o.calib_batch.max(1);
         let mut outs = Vec::with_capacity(n.div_ceil(batch));

@@ -332,7 +332,7 @@ impl TrainJob {
 }
 
 /// Held-out perplexity of `model` ([`EVAL_WINDOWS`] × [`EVAL_SEQ_LEN`] of `wiki`).
-fn held_out(model: &Model, tok: &Tokenizer, wiki: &Corpus) -> Result<f64> {
+pub fn held_out(model: &Model, tok: &Tokenizer, wiki: &Corpus) -> Result<f64> {
     let seq = EVAL_SEQ_LEN.min(model.config.max_position);
     let ppl = corpus_perplexity(model, tok, wiki, seq, Some(EVAL_WINDOWS), &Silent)?.token_perplexity;
     if !ppl.is_finite() {

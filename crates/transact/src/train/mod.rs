@@ -10,6 +10,7 @@ pub mod log;
 pub mod loss;
 pub mod options;
 pub mod plot;
+pub mod recover;
 pub mod sampled;
 pub mod text;
 pub mod trainer;

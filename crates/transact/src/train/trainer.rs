@@ -30,6 +30,8 @@ pub struct Trainer<'a> {
     teacher: Option<&'a Model>,
     text: &'a TrainText,
     pub frozen_params: usize,
+    /// Sequences of the text skipped before step 1 (a run that continues where another stopped).
+    pub first_sequence: u64,
 }
 
 impl<'a> Trainer<'a> {
@@ -53,7 +55,7 @@ impl<'a> Trainer<'a> {
         if params.is_empty() {
             bail!("every parameter group is frozen: nothing to train");
         }
-        Ok(Self { cfg, weights, opt: AdamW::new(params), options, teacher, text, frozen_params })
+        Ok(Self { cfg, weights, opt: AdamW::new(params), options, teacher, text, frozen_params, first_sequence: 0 })
     }
 
     pub fn trainable_params(&self) -> usize {
@@ -125,7 +127,7 @@ impl<'a> Trainer<'a> {
         let mut sum = Micro::default();
         let (mut kd, mut ce) = (None::<f64>, None::<f64>);
         for micro in 0..o.grad_accum {
-            let first = (step * o.grad_accum as u64 + micro as u64) * o.batch as u64;
+            let first = self.first_sequence + (step * o.grad_accum as u64 + micro as u64) * o.batch as u64;
             let m = self.accumulate(first, part)?;
             if !m.loss.is_finite() {
                 bail!("the loss is {} at step {} (micro-batch {}): training diverged; lower `lr`", m.loss, step + 1, micro + 1);
