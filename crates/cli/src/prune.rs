@@ -7,6 +7,7 @@ use transact::prune::job::PruneJob;
 use transact::prune::plan::{AttnUnit, GqaMode, TargetSpec};
 use transact::prune::scorer::ScorerKind;
 use transact::prune::compensate::Compensate;
+use transact::prune::hidden::Axis;
 use transact::prune::recover::Recovery;
 use transact::prune::shots::PruneOptions;
 use transact::train::{LossKind, TrainOptions};
@@ -44,6 +45,11 @@ pub struct PruneArgs {
     /// query heads in every group (`queries`: KV heads kept).
     #[arg(long, default_value = "groups", value_parser = choice::<GqaMode>())]
     gqa: GqaMode,
+    /// What is pruned: `transitional` (TransAct: heads and MLP channels, hidden size kept) or
+    /// `hidden` (the ablation: channels of the residual stream, scored by the L2 norm of the
+    /// RMSNorm-ed hidden states; one shot, --ratio only).
+    #[arg(long, default_value = "transitional", value_parser = choice::<Axis>())]
+    axis: Axis,
     /// Channel/head salience.
     #[arg(long, default_value = "transact", value_parser = choice::<ScorerKind>())]
     scorer: ScorerKind,
@@ -129,6 +135,7 @@ pub fn run(a: PruneArgs) -> Result<()> {
             mlp_multiple: a.mlp_multiple,
             recover_cmd: a.recover_cmd,
             compensate: a.compensate,
+            axis: a.axis,
             recover: (a.recover.is_some() || a.final_recover.is_some()).then(|| Recovery {
                 tokens: a.recover.unwrap_or(0),
                 final_tokens: a.final_recover.unwrap_or(0),
@@ -143,6 +150,9 @@ pub fn run(a: PruneArgs) -> Result<()> {
     let r = job.run(&Bars::new())?;
     let (b, f) = (&r.before, &r.after);
     println!("pruned {} → {}", r.input.path, job.out.display());
+    if r.options.axis == Axis::Hidden {
+        println!("hidden size  {} → {} (heads and MLP widths kept)", r.before_hidden_size, r.after_hidden_size);
+    }
     println!(
         "widths       mha {} ({} heads, {} KV heads), mlp {} per layer",
         r.target.widths.mha,

@@ -37,6 +37,21 @@ pub trait Observer {
     fn attn_inner(&mut self, layer: usize, y: &Tensor) -> Result<()>;
     /// SwiGLU product `silu(gate x) ⊙ up x` before `down_proj`, `[b, t, mlp_width]`.
     fn mlp_inner(&mut self, layer: usize, h: &Tensor) -> Result<()>;
+    /// The RMSNorm-ed residual stream `[b, t, hidden]` entering layer `layer`'s attention
+    /// (`Norm::Attn`) or MLP (`Norm::Mlp`), or the LM head (`Norm::Final`, `layer` = the number
+    /// of layers): hidden-size pruning scores the residual stream's channels on it.
+    fn normed(&mut self, layer: usize, site: Norm, x: &Tensor) -> Result<()> {
+        let _ = (layer, site, x);
+        Ok(())
+    }
+}
+
+/// Which RMSNorm an [`Observer::normed`] call reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Norm {
+    Attn,
+    Mlp,
+    Final,
 }
 
 #[derive(Debug, Clone)]
@@ -158,7 +173,8 @@ impl Model {
             other => other,
         };
         let x = self.weights.embed.index_select(&tokens.flatten_all()?, 0)?.reshape((b, t, cfg.hidden_size))?;
-        let mut x = self.run_layers(x, start, cache.as_deref_mut(), observer)?;
+        let mut observer = observer;
+        let mut x = self.run_layers(x, start, cache.as_deref_mut(), observer.as_deref_mut())?;
         if let Some(c) = cache {
             c.len += t;
         }
@@ -166,6 +182,9 @@ impl Model {
             x = x.narrow(1, t - 1, 1)?;
         }
         let x = rms_norm(&x, &self.weights.final_norm, cfg.rms_eps as f32)?;
+        if let Some(o) = observer {
+            o.normed(cfg.n_layers(), Norm::Final, &x)?;
+        }
         if logits == Logits::None {
             return Ok(x);
         }
@@ -200,7 +219,7 @@ impl Model {
         mut x: Tensor,
         start: usize,
         mut cache: Option<&mut KvCache>,
-        mut observer: Option<&mut dyn Observer>,
+        mut observer: Option<&mut (dyn Observer + '_)>,
     ) -> Result<Tensor> {
         let cfg = &self.config;
         let t = x.dim(1)?;
@@ -214,8 +233,14 @@ impl Model {
             let slot = cache.as_deref_mut().map(|c| (c.storage(), &mut c.layers[l]));
             let w = &self.weights.layers[l];
             let xb = rms_norm(&x, &w.attn_norm, cfg.rms_eps as f32)?;
+            if let Some(o) = observer.as_deref_mut() {
+                o.normed(l, Norm::Attn, &xb)?;
+            }
             x = host::add(&x, &self.attention(l, &xb, rope, slot, observer.as_deref_mut())?)?;
             let xb = rms_norm(&x, &w.mlp_norm, cfg.rms_eps as f32)?;
+            if let Some(o) = observer.as_deref_mut() {
+                o.normed(l, Norm::Mlp, &xb)?;
+            }
             x = host::add(&x, &self.mlp(l, &xb, observer.as_deref_mut())?)?;
         }
         Ok(x)

@@ -8,6 +8,7 @@ mod data;
 mod eval;
 mod export;
 mod forward;
+mod hidden;
 mod prune;
 mod recover;
 mod stream;

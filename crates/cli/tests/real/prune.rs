@@ -197,6 +197,7 @@ pub fn job(out: &Path, shots: usize, stats: Option<std::path::PathBuf>, recover:
             recover_cmd: recover,
             compensate: Default::default(),
             recover: None,
+            axis: Default::default(),
         },
         stats,
         resume: false,

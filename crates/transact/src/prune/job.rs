@@ -10,6 +10,7 @@ use candle_core::Device;
 use super::plan::{AttnUnit, TargetSpec, Widths, resolve};
 use super::report::{Input, PruneReport, Run};
 use super::compensate::Compensate;
+use super::hidden::{Axis, hidden_width};
 use super::shots::{self, PruneOptions, PruneRun, ShotRecord};
 use super::stream;
 use crate::SettingError;
@@ -65,6 +66,24 @@ impl PruneJob {
         if self.stats.is_some() && o.shots > 1 {
             refuse("stats", "holds statistics of the dense model, but every shot after the first needs fresh ones; use `shots` 1 or drop `stats`")?;
         }
+        if o.axis == Axis::Hidden {
+            let why = if o.shots != 1 {
+                Some("runs one shot (`shots` 1)")
+            } else if o.compensate != Compensate::None {
+                Some("has no compensation (it refits transitional widths)")
+            } else if self.stats.is_some() {
+                Some("collects its own statistics of the hidden states (drop `stats`)")
+            } else if !matches!(self.target, TargetSpec::Ratio(_)) {
+                Some("takes its target as `ratio`")
+            } else if o.attn_unit != AttnUnit::Head {
+                Some("keeps every head (`attn_unit` head)")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                refuse("axis", format!("hidden {why}"))?;
+            }
+        }
         if let Some(rec) = &o.recover {
             rec.check()?;
             if o.recover_cmd.is_some() {
@@ -91,7 +110,9 @@ impl PruneJob {
             refuse("alpha", format!("weights the max term of the head score and must be a number ≥ 0, got {a}"))?;
         }
         if self.stream {
-            let why = if o.recover_cmd.is_some() || o.recover.is_some() || self.resume {
+            let why = if o.axis != Axis::Transitional {
+                Some("prunes the transitional activations (`axis` transitional)")
+            } else if o.recover_cmd.is_some() || o.recover.is_some() || self.resume {
                 Some("has no recovery or resume")
             } else if o.compensate != Compensate::None {
                 Some("has no compensation")
@@ -129,7 +150,13 @@ impl PruneJob {
             return self.run_stream(t0, progress);
         }
         let dense = load_model(&self.model, &self.device)?;
-        let target = resolve(&dense.model.config, self.target, self.options.units(), self.options.mlp_multiple)?;
+        let (target, hidden_width) = match (self.options.axis, self.target) {
+            (Axis::Hidden, TargetSpec::Ratio(r)) => {
+                let s = dense.model.config.uniform_shape().ok_or_else(|| anyhow::anyhow!("hidden-size pruning needs a model whose layers have one shape"))?;
+                (Widths { mha: s.mha_width(), mlp: s.mlp_width }, Some(hidden_width(&dense.model.config, r)?))
+            }
+            _ => (resolve(&dense.model.config, self.target, self.options.units(), self.options.mlp_multiple)?, None),
+        };
         if let Some(rec) = &self.options.recover
             && rec.train.seq_len > dense.model.config.max_position
         {
@@ -164,6 +191,7 @@ impl PruneJob {
             target,
             options: &self.options,
             stats,
+            hidden_width,
             work_dir: work_dir.clone(),
             resume: self.resume,
             progress,
@@ -220,6 +248,7 @@ impl PruneJob {
             calibration_data_sha256: Some(data.data_sha256.clone()),
             calibration_seed: Some(data.spec.seed),
             kept: choice.keeps.clone(),
+            hidden_kept: None,
             scores: choice.scores,
             seconds_calibrate: t1.elapsed().as_secs_f64(),
             seconds_prune: 0.0,

@@ -6,6 +6,7 @@
 //! - [`choose`]: per layer, scores → kept heads and channels;
 //! - [`slice`]: the smaller model (and the masked one the exactness tests compare with);
 //! - [`compensate`] (with [`ridge`]): the closed-form refit of the kept weights after slicing;
+//! - [`hidden`]: hidden-size pruning, the inter-module ablation;
 //! - [`recover`]: built-in recovery training between shots and after the last;
 //! - [`shots`]: the K-shot loop with checkpoints, resume and recovery;
 //! - [`stream`]: one layer at a time, for checkpoints larger than memory;
@@ -13,6 +14,7 @@
 
 pub mod choose;
 pub mod compensate;
+pub mod hidden;
 pub mod job;
 pub mod plan;
 pub mod recover;

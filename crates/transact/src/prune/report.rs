@@ -51,6 +51,8 @@ pub struct PruneReport {
     pub final_recovery: Option<RecoveryRecord>,
     /// Held-out wiki perplexity after it.
     pub final_held_out_perplexity: Option<f64>,
+    pub before_hidden_size: usize,
+    pub after_hidden_size: usize,
     pub before: ModelCost,
     pub after: ModelCost,
     /// Fraction of non-embedding parameters removed.
@@ -89,6 +91,8 @@ impl PruneReport {
             options: run.options.clone(),
             target: Target { spec: spec_text(run.spec), widths: run.target, split: RATIO_SPLIT },
             stats_file: run.stats_file,
+            before_hidden_size: run.dense.hidden_size,
+            after_hidden_size: run.pruned.hidden_size,
             removed_non_embedding: 1.0 - after.params_non_embedding as f64 / before.params_non_embedding as f64,
             before,
             after,

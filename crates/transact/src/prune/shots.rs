@@ -10,11 +10,12 @@ use serde::{Deserialize, Serialize};
 
 use super::choose::{LayerKeep, LayerScores, score_and_choose};
 use super::compensate::{Compensate, compensate};
+use super::hidden::{self, Axis};
 use super::plan::{AttnUnit, GqaMode, Units, Widths, attn_unit, schedule};
 use super::recover::Recovery;
 use super::scorer::{self, LayerInput, ScorerKind};
 use super::slice::slice;
-use crate::calibrate::activations::{ActivationStats, LayerStats, collect};
+use crate::calibrate::activations::{ActivationStats, LayerStats, StatsMeta, collect};
 use crate::calibrate::blocks::{CalibSpec, TokenizedSource, tokenize_source};
 use crate::data::corpus;
 use crate::train::recover::{RecoveryRecord, train_in_memory};
@@ -48,6 +49,9 @@ pub struct PruneOptions {
     /// Built-in recovery training after each shot and after the last.
     #[serde(default)]
     pub recover: Option<Recovery>,
+    /// What is pruned: the transitional activations (TransAct) or the hidden size (ablation).
+    #[serde(default)]
+    pub axis: Axis,
 }
 
 impl PruneOptions {
@@ -70,6 +74,9 @@ pub struct ShotRecord {
     pub calibration_seed: Option<u64>,
     /// What each layer keeps of the dense model after this shot.
     pub kept: Vec<LayerKeep>,
+    /// Hidden-size pruning: the kept channels of the residual stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hidden_kept: Option<Vec<usize>>,
     pub scores: Vec<LayerScores>,
     pub seconds_calibrate: f64,
     pub seconds_prune: f64,
@@ -118,6 +125,8 @@ pub struct PruneRun<'a> {
     pub options: &'a PruneOptions,
     /// Statistics of the dense model to use in the first shot instead of calibrating.
     pub stats: Option<ActivationStats>,
+    /// Hidden-size pruning: the kept hidden width.
+    pub hidden_width: Option<usize>,
     /// Where per-shot checkpoints live (needed for `resume`).
     pub work_dir: PathBuf,
     pub resume: bool,
@@ -168,7 +177,8 @@ pub fn run(r: PruneRun) -> Result<Outcome> {
     }
     let scorer = scorer::build(o.scorer, o.alpha, o.seed);
     let compensating = o.compensate != Compensate::None;
-    let source: Option<TokenizedSource> = if scorer.needs_stats() || compensating {
+    let hidden_axis = o.axis == Axis::Hidden;
+    let source: Option<TokenizedSource> = if scorer.needs_stats() || compensating || hidden_axis {
         Some(tokenize_source(&r.dense.tokenizer, &o.calib.source, progress)?)
     } else {
         None
@@ -194,13 +204,25 @@ pub fn run(r: PruneRun) -> Result<Outcome> {
         let from_file = stats_file.take().filter(|_| shot == 1);
         // Each shot draws fresh blocks (seed + shot − 1), as the release re-draws every shot.
         let data = match &source {
-            Some(src) if from_file.is_none() || compensating => {
+            Some(src) if from_file.is_none() || compensating || hidden_axis => {
                 Some(src.draw(o.calib.samples, o.calib.seq_len, o.calib.seed.wrapping_add(shot as u64 - 1))?)
             }
             _ => None,
         };
         let (layer_stats, meta) = match (from_file, &data) {
             (Some(s), _) => (s.layers, Some(s.meta)),
+            (None, Some(data)) if hidden_axis => {
+                let meta = StatsMeta {
+                    model_sha256: String::new(),
+                    data_sha256: data.data_sha256.clone(),
+                    source: data.spec.source.clone(),
+                    samples: data.spec.samples,
+                    seq_len: data.spec.seq_len,
+                    seed: data.spec.seed,
+                    tokens: (data.blocks.len() * data.spec.seq_len) as u64,
+                };
+                (m.config.layers.iter().map(LayerStats::zeros).collect(), Some(meta))
+            }
             (None, Some(data)) if scorer.needs_stats() => {
                 let s = collect(m, data, "", o.calib_batch, &format!("calib {shot}/{}", o.shots), progress)?;
                 (s.layers, Some(s.meta))
@@ -212,16 +234,29 @@ pub fn run(r: PruneRun) -> Result<Outcome> {
         let t1 = Instant::now();
         let mut keeps: Vec<LayerKeep> = Vec::new();
         let mut scores = Vec::new();
-        progress.start(&format!("prune {shot}/{}", o.shots), m.config.n_layers() as u64);
-        for (l, shape) in m.config.layers.iter().enumerate() {
-            progress.advance(1);
-            let input = LayerInput { layer: l, stats: &layer_stats[l], weights: &m.weights.layers[l], tokens };
-            let (k, s) = score_and_choose(scorer.as_ref(), &input, shape, m.config.rope_layout, w, o.units())?;
-            keeps.push(k);
-            scores.push(s);
-        }
-        progress.finish();
-        let mut sliced = slice(m, &keeps)?;
+        let mut hidden_kept = None;
+        let mut sliced = match (r.hidden_width, &data) {
+            (Some(width), Some(data)) if hidden_axis => {
+                let stats = hidden::collect(m, data, o.calib_batch, &format!("calib {shot}/{} (hidden)", o.shots), progress)?;
+                let keep = hidden::choose(&stats, width)?;
+                keeps = m.config.layers.iter().map(LayerKeep::all).collect();
+                let sliced = hidden::slice(m, &keep)?;
+                hidden_kept = Some(keep);
+                sliced
+            }
+            _ => {
+                progress.start(&format!("prune {shot}/{}", o.shots), m.config.n_layers() as u64);
+                for (l, shape) in m.config.layers.iter().enumerate() {
+                    progress.advance(1);
+                    let input = LayerInput { layer: l, stats: &layer_stats[l], weights: &m.weights.layers[l], tokens };
+                    let (k, s) = score_and_choose(scorer.as_ref(), &input, shape, m.config.rope_layout, w, o.units())?;
+                    keeps.push(k);
+                    scores.push(s);
+                }
+                progress.finish();
+                slice(m, &keeps)?
+            }
+        };
         for ((k, keep), shape) in kept.iter_mut().zip(&keeps).zip(&m.config.layers) {
             *k = k.then(keep, shape);
         }
@@ -263,6 +298,7 @@ pub fn run(r: PruneRun) -> Result<Outcome> {
             calibration_data_sha256: meta.as_ref().map(|m| m.data_sha256.clone()),
             calibration_seed: meta.as_ref().map(|m| m.seed),
             kept: kept.clone(),
+            hidden_kept,
             scores,
             seconds_calibrate,
             seconds_prune,
