@@ -26,6 +26,6 @@ mkdir -p "$OUT"
 # Two shots, two optimizer steps of 2 × 2 × 128 tokens after each, on one CPU process.
 CMD="$VENV/bin/accelerate launch --cpu --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
 scripts/recover_accelerate.py --in {in} --out {out} --teacher $OUT/dense-hf --data $TEXT --steps 2 --batch 2 --grad-accum 2 --seq-len 128"
-"$T" prune "$DENSE" --out "$OUT/half" --ratio 0.5 --shots 2 --format hf --force --recover-cmd "$CMD"
+"$T" prune "$DENSE" --out "$OUT/half" --ratio 0.5 --shots 2 --samples 32 --seq-len 128 --format hf --force --recover-cmd "$CMD"
 "$T" eval "$OUT/half" --ppl wiki --limit 4 --seq-len 512
 echo "recover-accelerate-demo: ok ($OUT/half; per-shot training logs were in the recover_report.json of each {out})"

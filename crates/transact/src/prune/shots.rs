@@ -209,9 +209,11 @@ pub fn run(r: PruneRun) -> Result<Outcome> {
             }
             _ => None,
         };
+        let mut hidden_stats = None;
         let (layer_stats, meta) = match (from_file, &data) {
             (Some(s), _) => (s.layers, Some(s.meta)),
             (None, Some(data)) if hidden_axis => {
+                hidden_stats = Some(hidden::collect(m, data, o.calib_batch, &format!("calib {shot}/{} (hidden)", o.shots), progress)?);
                 let meta = StatsMeta {
                     model_sha256: String::new(),
                     data_sha256: data.data_sha256.clone(),
@@ -235,10 +237,9 @@ pub fn run(r: PruneRun) -> Result<Outcome> {
         let mut keeps: Vec<LayerKeep> = Vec::new();
         let mut scores = Vec::new();
         let mut hidden_kept = None;
-        let mut sliced = match (r.hidden_width, &data) {
-            (Some(width), Some(data)) if hidden_axis => {
-                let stats = hidden::collect(m, data, o.calib_batch, &format!("calib {shot}/{} (hidden)", o.shots), progress)?;
-                let keep = hidden::choose(&stats, width)?;
+        let mut sliced = match (r.hidden_width, &hidden_stats) {
+            (Some(width), Some(stats)) => {
+                let keep = hidden::choose(stats, width)?;
                 keeps = m.config.layers.iter().map(LayerKeep::all).collect();
                 let sliced = hidden::slice(m, &keep)?;
                 hidden_kept = Some(keep);
