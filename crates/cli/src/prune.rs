@@ -87,7 +87,8 @@ pub struct PruneArgs {
     recover_data: String,
     /// After slicing, refit the kept columns of every o_proj and down_proj in closed form so
     /// each module's output matches the unpruned one on the calibration tokens (`ls`: ridge
-    /// least squares, layer by layer on the pruned model's own inputs; seconds).
+    /// least squares, layer by layer on the pruned model's own inputs; costs about three forward
+    /// passes of the calibration blocks and wants at least two calibration tokens per MLP channel).
     #[arg(long, default_value = "none", value_parser = choice::<Compensate>())]
     compensate: Compensate,
     /// Continue an interrupted run after its last finished shot (same model, target, options).
