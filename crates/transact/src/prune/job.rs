@@ -160,7 +160,7 @@ impl PruneJob {
         if let Some(rec) = &self.options.recover
             && rec.train.seq_len > dense.model.config.max_position
         {
-            refuse("recover_seq_len", format!("{} exceeds the model's context of {}", rec.train.seq_len, dense.model.config.max_position))?;
+            refuse("recover", format!("trains on sequences of {} tokens, beyond the model's context of {}", rec.train.seq_len, dense.model.config.max_position))?;
         }
         // The output must be representable before hours of work.
         if self.options.attn_unit == AttnUnit::HeadDim && self.writes(ExportFormat::Gguf) {
