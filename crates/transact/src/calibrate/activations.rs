@@ -117,6 +117,21 @@ pub struct StatsMeta {
     pub tokens: u64,
 }
 
+impl StatsMeta {
+    /// `tokens` of the blocks of `data` seen by the model whose file hashes to `model_sha256`.
+    pub fn of(data: &CalibData, model_sha256: &str, tokens: u64) -> Self {
+        Self {
+            model_sha256: model_sha256.to_string(),
+            data_sha256: data.data_sha256.clone(),
+            source: data.spec.source.clone(),
+            samples: data.spec.samples,
+            seq_len: data.spec.seq_len,
+            seed: data.spec.seed,
+            tokens,
+        }
+    }
+}
+
 /// Every layer's statistics and where they came from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ActivationStats {
@@ -150,18 +165,7 @@ pub fn collect(model: &Model, data: &CalibData, model_sha256: &str, batch: usize
         progress.advance(chunk.len() as u64);
     }
     progress.finish();
-    Ok(ActivationStats {
-        layers: c.layers,
-        meta: StatsMeta {
-            model_sha256: model_sha256.to_string(),
-            data_sha256: data.data_sha256.clone(),
-            source: data.spec.source.clone(),
-            samples: data.spec.samples,
-            seq_len: data.spec.seq_len,
-            seed: data.spec.seed,
-            tokens,
-        },
-    })
+    Ok(ActivationStats { layers: c.layers, meta: StatsMeta::of(data, model_sha256, tokens) })
 }
 
 const FIELDS: [&str; 3] = ["sum_sq", "sum", "sum_abs"];

@@ -190,6 +190,7 @@ pub fn run(r: PruneRun) -> Result<Outcome> {
         }
         None => None,
     };
+    let final_recovery = o.recover.as_ref().and_then(|rec| rec.final_options());
     let teacher = o.recover.as_ref().filter(|rec| rec.train.loss.needs_teacher()).map(|_| &r.dense.model);
     // Shots measure themselves when something besides slicing changes the weights.
     let wiki = if compensating || o.recover.is_some() { Some(corpus::load("wiki")?) } else { None };
@@ -214,15 +215,7 @@ pub fn run(r: PruneRun) -> Result<Outcome> {
             (Some(s), _) => (s.layers, Some(s.meta)),
             (None, Some(data)) if hidden_axis => {
                 hidden_stats = Some(hidden::collect(m, data, o.calib_batch, &format!("calib {shot}/{} (hidden)", o.shots), progress)?);
-                let meta = StatsMeta {
-                    model_sha256: String::new(),
-                    data_sha256: data.data_sha256.clone(),
-                    source: data.spec.source.clone(),
-                    samples: data.spec.samples,
-                    seq_len: data.spec.seq_len,
-                    seed: data.spec.seed,
-                    tokens: (data.blocks.len() * data.spec.seq_len) as u64,
-                };
+                let meta = StatsMeta::of(data, "", (data.blocks.len() * data.spec.seq_len) as u64);
                 (m.config.layers.iter().map(LayerStats::zeros).collect(), Some(meta))
             }
             (None, Some(data)) if scorer.needs_stats() => {
@@ -326,19 +319,18 @@ pub fn run(r: PruneRun) -> Result<Outcome> {
             w.mlp,
             t0.elapsed().as_secs_f64()
         ));
-        let final_recovery = o.recover.as_ref().and_then(|rec| rec.final_options());
         if shot < o.shots || final_recovery.is_some() {
             checkpoint(&current, &r.work_dir, shot, &state, &state_path)?;
         }
     }
-    let (mut final_recovery, mut final_held_out) = (None, None);
-    if let (Some(opts), Some(text)) = (o.recover.as_ref().and_then(|rec| rec.final_options()), &text) {
-        let (trained, record) = train_in_memory(&current.model, teacher, text, next_sequence(&state.shots), &opts, "final recovery", progress)?;
+    let (mut final_record, mut final_held_out) = (None, None);
+    if let (Some(opts), Some(text)) = (&final_recovery, &text) {
+        let (trained, record) = train_in_memory(&current.model, teacher, text, next_sequence(&state.shots), opts, "final recovery", progress)?;
         current = clone_with(r.dense, trained)?;
-        final_recovery = Some(record);
+        final_record = Some(record);
         final_held_out = held_out(&current.model)?;
     }
-    Ok(Outcome { model: current, shots: state.shots, final_recovery, final_held_out })
+    Ok(Outcome { model: current, shots: state.shots, final_recovery: final_record, final_held_out })
 }
 
 /// Each recovery continues in the training text where the previous one stopped, so the shots

@@ -342,7 +342,7 @@ pub fn held_out(model: &Model, tok: &Tokenizer, wiki: &Corpus) -> Result<f64> {
 }
 
 /// The progress bar's live status.
-fn status(r: &StepRecord, eval: Option<&EvalPoint>) -> String {
+pub(crate) fn status(r: &StepRecord, eval: Option<&EvalPoint>) -> String {
     let mut s = format!("loss {:.4} · {:.0} tok/s · lr {:.2e}", r.loss, r.tokens_per_s, r.lr);
     if let Some(e) = eval {
         s += &format!(" · wiki ppl {:.2}", e.wiki_perplexity);
@@ -351,7 +351,7 @@ fn status(r: &StepRecord, eval: Option<&EvalPoint>) -> String {
 }
 
 /// Mean loss of the first (or last) 10 % of the steps.
-fn mean_loss(records: &[StepRecord], first: bool) -> f64 {
+pub(crate) fn mean_loss(records: &[StepRecord], first: bool) -> f64 {
     let n = records.len().div_ceil(10).max(1).min(records.len());
     if n == 0 {
         return f64::NAN;

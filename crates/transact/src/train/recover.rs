@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
+use super::job::{mean_loss, status};
 use super::options::TrainOptions;
 use super::text::TrainText;
 use super::trainer::Trainer;
@@ -46,19 +47,17 @@ pub fn train_in_memory(
     let mut trainer = Trainer::new(student, teacher, text, options)?;
     trainer.first_sequence = first_sequence;
     let total = options.total_steps();
-    let mut losses = Vec::with_capacity(total as usize);
+    let mut records = Vec::with_capacity(total as usize);
     progress.start(label, total);
     while trainer.opt.step < total {
         let r = trainer.step()?;
-        losses.push(r.loss);
         progress.advance(1);
-        progress.message(&format!("loss {:.4} · {:.0} tok/s · lr {:.2e}", r.loss, r.tokens_per_s, r.lr));
+        progress.message(&status(&r, None));
+        records.push(r);
     }
     progress.finish();
     let seconds = t0.elapsed().as_secs_f64();
     let tokens = total * options.tokens_per_step();
-    let part = losses.len().div_ceil(10).max(1);
-    let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len().max(1) as f64;
     let record = RecoveryRecord {
         loss: transact_model::choice::Choice::name(options.loss).to_string(),
         first_sequence,
@@ -66,8 +65,8 @@ pub fn train_in_memory(
         tokens,
         steps: total,
         lr: options.lr,
-        loss_start: mean(&losses[..part.min(losses.len())]),
-        loss_end: mean(&losses[losses.len().saturating_sub(part)..]),
+        loss_start: mean_loss(&records, true),
+        loss_end: mean_loss(&records, false),
         seconds,
         tokens_per_s: tokens as f64 / seconds.max(1e-9),
     };
