@@ -90,14 +90,28 @@ pub struct OutputArgs {
     /// What the output directory holds.
     #[arg(long, value_enum, default_value = "hf")]
     pub format: Formats,
-    /// Weight type of the written model (norms stay f32 in GGUF; q8_0 is GGUF only; training
-    /// itself is f32).
-    #[arg(long, default_value = "f32", value_parser = choice::<transact::WeightDtype>())]
-    pub dtype: transact::WeightDtype,
+    /// Weight type of the written model. `auto`: Hugging Face in bf16 (f32/f16 if the source
+    /// was an f32/f16 HF model), GGUF in the source's type (e.g. Q4_1 for the bundled model) or
+    /// the nearest writable type above it. GGUF also takes llama.cpp's file types, each tensor
+    /// typed by llama-quantize's rule; norms stay f32. Pruning and training work in f32.
+    #[arg(long, default_value = "auto", value_parser = choice::<transact::model::io::save_dtype::SaveDtype>())]
+    pub dtype: transact::model::io::save_dtype::SaveDtype,
+    /// The Hub id (`organization/name`) the model card names as `base_model` and config.json as
+    /// `_name_or_path` [default: what the source states, if anything].
+    #[arg(long, value_parser = hub_id)]
+    pub base_model: Option<String>,
     /// Replace the output directory if it exists (for `train`, also the checkpoint an
     /// interrupted run left).
     #[arg(long)]
     pub force: bool,
+}
+
+fn hub_id(s: &str) -> Result<String, String> {
+    if transact::model::io::storage::is_hub_id(s) {
+        Ok(s.to_string())
+    } else {
+        Err(format!("`{s}` is not a Hub id of the form organization/name"))
+    }
 }
 
 impl Formats {

@@ -6,6 +6,7 @@ use transact::eval::metrics::run_task;
 use transact::eval::perplexity::corpus_perplexity;
 use transact::eval::task;
 use transact::model::cost::{ModelCost, human};
+use transact::model::io::storage::files_on_disk;
 
 use crate::common::{self, Bars};
 
@@ -35,14 +36,21 @@ pub struct CompareArgs {
     decode_tokens: usize,
 }
 
-fn disk_bytes(p: &std::path::Path) -> u64 {
-    if p.is_dir() {
-        std::fs::read_dir(p)
-            .map(|d| d.filter_map(|e| e.ok()).filter(|e| e.path().extension().is_some_and(|x| x == "safetensors")).filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
-            .unwrap_or(0)
-    } else {
-        std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+/// Each weight file of an output (safetensors shards, GGUF) with its size and stored types.
+fn weight_files(lm: &transact::LoadedModel) -> String {
+    let files = files_on_disk(&lm.path);
+    let mb = |b: u64| format!("{:.1} MB", b as f64 / 1e6);
+    let st: u64 = files.iter().filter(|f| f.name.ends_with(".safetensors")).map(|f| f.bytes).sum();
+    let types = lm.storage.dominant_dtype().unwrap_or("?");
+    let mut parts = Vec::new();
+    if st > 0 {
+        parts.push(format!("safetensors {} ({types})", mb(st)));
     }
+    for f in files.iter().filter(|f| f.name.ends_with(".gguf")) {
+        let what = if lm.path.is_dir() { f.name.clone() } else { format!("GGUF ({types})") };
+        parts.push(format!("{what} {}", mb(f.bytes)));
+    }
+    parts.join(", ")
 }
 
 pub fn run(a: CompareArgs) -> Result<()> {
@@ -59,7 +67,7 @@ pub fn run(a: CompareArgs) -> Result<()> {
         let mut col = vec![
             format!("{} heads ({} KV) × {}, MLP {}", s.n_heads, s.n_kv_heads, s.head_dim, s.mlp_width),
             format!("{} / {}", human(st.params_total), human(st.params_non_embedding)),
-            format!("{:.1} MB", disk_bytes(path) as f64 / 1e6),
+            weight_files(&lm),
             format!("{}", st.kv_bytes_per_token_f32),
             human(st.flops_per_token),
         ];
@@ -78,7 +86,7 @@ pub fn run(a: CompareArgs) -> Result<()> {
     let mut labels = vec![
         "shape per layer".to_string(),
         "params total / non-emb".into(),
-        "weights on disk (stored dtype)".into(),
+        "weights on disk".into(),
         "KV cache bytes/token (f32)".into(),
         "FLOPs/token @2048".into(),
         format!("{} perplexity ({}×{} tok)", a.ppl, a.ppl_windows, a.seq_len),
@@ -90,9 +98,10 @@ pub fn run(a: CompareArgs) -> Result<()> {
         rows.push((l, [cols[0][i].clone(), cols[1][i].clone()]));
     }
     let name = |p: &std::path::Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    println!("{:<34} {:>34} {:>34}", "", name(&a.a), name(&a.b));
+    let w = rows.iter().flat_map(|(_, c)| c.iter().map(|x| x.chars().count())).max().unwrap_or(0).max(34);
+    println!("{:<34} {:>w$} {:>w$}", "", name(&a.a), name(&a.b));
     for (l, [x, y]) in rows {
-        println!("{l:<34} {x:>34} {y:>34}");
+        println!("{l:<34} {x:>w$} {y:>w$}");
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 use anyhow::Result;
 use clap::Args;
-use transact::WeightDtype;
 use transact::model::io::export::{ExportFormat, export};
+use transact::model::io::save_dtype::SaveDtype;
 
 use crate::common::{self, choice};
 
@@ -15,9 +15,12 @@ pub struct ConvertArgs {
     /// Output format.
     #[arg(long, value_parser = choice::<ExportFormat>())]
     to: ExportFormat,
-    /// Weight type of the output (norms stay f32 in GGUF; q8_0 is GGUF only).
-    #[arg(long, default_value = "f32", value_parser = choice::<WeightDtype>())]
-    dtype: WeightDtype,
+    /// Weight type of the output. `auto`: HF in bf16 (f32/f16 if the source was an f32/f16 HF
+    /// model), GGUF in the source's type or the nearest writable type above it. GGUF also takes
+    /// llama.cpp's file types (q8_0 … q4_k_m), each tensor typed by llama-quantize's rule; norms
+    /// stay f32.
+    #[arg(long, default_value = "auto", value_parser = choice::<SaveDtype>())]
+    dtype: SaveDtype,
     /// Replace `out` if it exists.
     #[arg(long)]
     force: bool,
@@ -26,7 +29,8 @@ pub struct ConvertArgs {
 pub fn run(a: ConvertArgs) -> Result<()> {
     let lm = common::load(&a.model)?;
     let t = std::time::Instant::now();
-    export(&lm, &a.out, a.to, a.dtype, a.force)?;
-    eprintln!("wrote {} in {:.2} s", a.out.display(), t.elapsed().as_secs_f64());
+    let w = export(&lm, &a.out, a.to, a.dtype, a.force)?;
+    let bytes: u64 = transact::model::io::storage::files_on_disk(&a.out).iter().map(|f| f.bytes).sum();
+    eprintln!("wrote {} ({:.1} MB) in {:.2} s: {}", a.out.display(), bytes as f64 / 1e6, t.elapsed().as_secs_f64(), w.describe());
     Ok(())
 }

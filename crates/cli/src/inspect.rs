@@ -2,6 +2,7 @@ use anyhow::Result;
 use clap::Args;
 use serde_json::json;
 use transact::model::cost::{ModelCost, human};
+use transact::model::io::storage::files_on_disk;
 
 use crate::common;
 
@@ -28,6 +29,8 @@ pub fn run(a: InspectArgs) -> Result<()> {
             "config": cfg,
             "uniform": cfg.uniform_shape().is_some(),
             "stats": st,
+            "storage": { "file_type": lm.storage.file_type, "groups": lm.storage.groups(), "tensors": lm.storage.tensors },
+            "files": files_on_disk(&lm.path),
             "tokenizer": { "vocab_size": lm.tokenizer.vocab_size(), "bos": lm.tokenizer.meta.bos,
                            "eos": lm.tokenizer.meta.eos, "add_bos": lm.tokenizer.meta.add_bos },
         });
@@ -76,6 +79,11 @@ pub fn run(a: InspectArgs) -> Result<()> {
         "KV cache     {} bytes/token in f32 ({} in f16)",
         st.kv_bytes_per_token_f32, st.kv_bytes_per_token_f16
     );
+    println!("stored       group      types                      bytes on disk");
+    for g in lm.storage.groups() {
+        println!("  {:<10} {:<10} {:<24} {:>13}", "", g.group, g.dtypes, g.bytes);
+    }
+    println!("files        {}", files_on_disk(&lm.path).iter().map(|f| format!("{} {}", f.name, size(f.bytes))).collect::<Vec<_>>().join(", "));
     println!(
         "tokenizer    {} tokens, bos {:?}, eos {:?}, add_bos {}",
         lm.tokenizer.vocab_size(),
@@ -85,3 +93,13 @@ pub fn run(a: InspectArgs) -> Result<()> {
     );
     Ok(())
 }
+
+/// Bytes in the unit that reads best.
+fn size(b: u64) -> String {
+    match b {
+        0..1_000 => format!("{b} B"),
+        1_000..1_000_000 => format!("{:.1} kB", b as f64 / 1e3),
+        _ => format!("{:.1} MB", b as f64 / 1e6),
+    }
+}
+

@@ -121,6 +121,7 @@ pub fn run(a: PruneArgs) -> Result<()> {
         out: a.out,
         formats: a.output.format.formats(),
         dtype: a.output.dtype,
+        base_model: a.output.base_model,
         force: a.output.force,
         target,
         options: PruneOptions {
@@ -181,8 +182,17 @@ pub fn run(a: PruneArgs) -> Result<()> {
     if !held_out.is_empty() {
         println!("held-out ppl {} (wiki, 8 × 512 tokens, after each shot{})", held_out.join(" → "), if r.final_recovery.is_some() { " and the final recovery" } else { "" });
     }
+    for w in &r.outputs {
+        println!("written      {}", w.describe());
+    }
+    let bytes = |pick: &dyn Fn(&str) -> bool| r.files.iter().filter(|f| pick(&f.name)).map(|f| f.bytes).sum::<u64>();
+    let mb = |b: u64| format!("{:.1} MB", b as f64 / 1e6);
+    let hf = bytes(&|n| n.ends_with(".safetensors"));
+    let gguf = bytes(&|n| n.ends_with(".gguf"));
+    let sizes: Vec<String> = [(hf, "safetensors"), (gguf, "GGUF")].into_iter().filter(|(b, _)| *b > 0).map(|(b, what)| format!("{} {what}", mb(b))).collect();
+    println!("on disk      {} (the input: {})", sizes.join(", "), mb(transact::model::io::storage::files_on_disk(std::path::Path::new(&r.input.path)).iter().filter(|f| f.name.ends_with(".gguf") || f.name.ends_with(".safetensors")).map(|f| f.bytes).sum()));
     println!(
-        "time         {:.1} s (calibrate {:.1}, prune {:.1}, compensate {:.1}, recover {:.1}, export {:.1}); report in prune_report.json",
+        "time         {:.1} s (calibrate {:.1}, prune {:.1}, compensate {:.1}, recover {:.1}, export {:.1}); report in prune_report.json, card in README.md",
         r.seconds.total, r.seconds.calibrate, r.seconds.prune, r.seconds.compensate, r.seconds.recover, r.seconds.export
     );
     Ok(())

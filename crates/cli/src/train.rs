@@ -99,6 +99,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         out: a.out,
         formats: a.output.format.formats(),
         dtype: a.output.dtype,
+        base_model: a.output.base_model,
         device: common::device(),
         options: TrainOptions {
             loss,
@@ -152,8 +153,11 @@ pub fn run(a: TrainArgs) -> Result<()> {
         100.0 * r.teacher_fraction,
         r.peak_rss_bytes.map_or("n/a".into(), |b| format!("{:.2} GB", b as f64 / 1e9))
     );
+    for w in &r.written {
+        println!("written      {}", w.describe());
+    }
     println!(
-        "time         {:.1} s ({:.1} training); report in train_report.json, curve in loss.png",
+        "time         {:.1} s ({:.1} training); report in train_report.json, curve in loss.png, card in README.md",
         r.seconds_total, r.seconds_training
     );
     Ok(())

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use safetensors::Dtype;
 use transact::data::corpus;
-use transact::WeightDtype;
+use transact::model::io::save_dtype::SaveDtype;
 use transact::model::io::export::{ExportFormat, export};
 
 const LAYERS: usize = 32;
@@ -68,7 +68,7 @@ fn write_checkpoint(dir: &Path) {
     assert!(gguf.exists(), "{} is missing: run scripts/fetch-assets.sh", gguf.display());
     let small = dir.with_extension("small");
     let lm = transact::load_model(&gguf, &candle_core::Device::Cpu).unwrap();
-    export(&lm, &small, ExportFormat::Hf, WeightDtype::F16, true).unwrap();
+    export(&lm, &small, ExportFormat::Hf, SaveDtype::F16, true).unwrap();
     std::fs::create_dir_all(dir).unwrap();
     for f in ["tokenizer.json", "tokenizer_config.json"] {
         std::fs::copy(small.join(f), dir.join(f)).unwrap();
@@ -135,7 +135,14 @@ fn stream_prunes_a_7b_shaped_checkpoint_in_4_gb() {
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("prune_report.json")).unwrap()).unwrap();
     let rss = report["peak_rss_bytes"].as_u64().unwrap();
-    let out_size = std::fs::metadata(out.join("model.safetensors")).unwrap().len();
+    // Beyond 5 GB the output is sharded as `save_pretrained` shards it.
+    let out_size: u64 = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    assert!(out.join("model.safetensors.index.json").exists(), "a 7 GB output is sharded");
     eprintln!(
         "prune --stream: {wall:.0} s wall (calibrate+choose {:.0} s, write {:.0} s), peak RSS {:.2} GB, \
          output {:.2} GB, {:.1}% of non-embedding parameters removed",

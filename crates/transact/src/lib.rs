@@ -18,6 +18,7 @@
 
 pub mod bench;
 pub mod calibrate;
+pub mod card;
 pub mod data;
 pub mod eval;
 pub mod progress;

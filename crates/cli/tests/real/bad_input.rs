@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use candle_core::Device;
-use transact::WeightDtype;
+use transact::model::io::save_dtype::SaveDtype;
 use transact::model::io::export::{ExportFormat, export};
 
 use crate::common::{gguf_path, model, path_str, run_cli, scratch};
@@ -115,9 +115,9 @@ fn gguf_unsupported_tensor_type() {
     let p = corrupted_gguf(d.path(), "dtype.gguf", |b| {
         let at = tensor_dtype_pos(b, "blk.0.attn_q.weight");
         assert_eq!(u32::from_le_bytes(b[at..at + 4].try_into().unwrap()), 3, "Q4_1");
-        b[at..at + 4].copy_from_slice(&6u32.to_le_bytes()); // Q5_0
+        b[at..at + 4].copy_from_slice(&9u32.to_le_bytes()); // Q8_1: an activation type, never a weight
     });
-    assert_rejected(&p, "dtype.gguf", &["blk.0.attn_q.weight", "unsupported type Q5_0"]);
+    assert_rejected(&p, "dtype.gguf", &["blk.0.attn_q.weight", "unsupported type Q8_1"]);
 }
 
 #[test]
@@ -142,7 +142,7 @@ fn hf_fixture() -> &'static Path {
     DIR.get_or_init(|| {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fixture-hf-f16");
         let _ = std::fs::remove_dir_all(&dir);
-        export(model(), &dir, ExportFormat::Hf, WeightDtype::F16, false).unwrap();
+        export(model(), &dir, ExportFormat::Hf, SaveDtype::F16, false).unwrap();
         dir
     })
 }

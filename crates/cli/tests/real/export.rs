@@ -1,5 +1,5 @@
 use candle_core::Device;
-use transact::WeightDtype;
+use transact::model::io::save_dtype::SaveDtype;
 use transact::model::io::export::{ExportFormat, export};
 use transact::load_model;
 
@@ -13,7 +13,7 @@ fn gguf_to_hf_to_gguf_round_trips() {
     let dir = scratch();
 
     let hf = dir.path().join("hf");
-    export(lm, &hf, ExportFormat::Hf, WeightDtype::F32, false).unwrap();
+    export(lm, &hf, ExportFormat::Hf, SaveDtype::F32, false).unwrap();
     for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
         assert!(hf.join(f).exists(), "{f} missing");
     }
@@ -28,7 +28,7 @@ fn gguf_to_hf_to_gguf_round_trips() {
 
     // HF → GGUF exercises the tokenizer rebuilt from tokenizer.json and the Q/K re-permutation.
     let gguf = dir.path().join("back.gguf");
-    export(&from_hf, &gguf, ExportFormat::Gguf, WeightDtype::F32, false).unwrap();
+    export(&from_hf, &gguf, ExportFormat::Gguf, SaveDtype::F32, false).unwrap();
     let back = load_model(&gguf, &Device::Cpu).unwrap();
     assert_eq!(back.tokenizer.encode("Hello world! 12345 it's").unwrap(), [19556, 905, 17, 216, 33, 34, 35, 36, 37, 357, 506]);
     assert_close("GGUF → HF → GGUF", &reference, &back.model.logits(&ids).unwrap());
@@ -41,14 +41,14 @@ fn gguf_to_gguf_f32_and_lower_precisions() {
     let reference = lm.model.logits(&ids).unwrap();
     let dir = scratch();
     let out = dir.path().join("f32.gguf");
-    export(lm, &out, ExportFormat::Gguf, WeightDtype::F32, false).unwrap();
+    export(lm, &out, ExportFormat::Gguf, SaveDtype::F32, false).unwrap();
     let back = load_model(&out, &Device::Cpu).unwrap();
     assert_eq!(back.model.config, lm.model.config);
     let (d, _) = max_diff(&reference, &back.model.logits(&ids).unwrap());
     eprintln!("GGUF → GGUF f32: max |Δlogit| = {d:.3e}");
     assert_eq!(d, 0.0, "an f32 GGUF round trip is lossless");
     // Lower precisions drift but keep the greedy choice almost everywhere.
-    for dtype in [WeightDtype::F16, WeightDtype::Bf16, WeightDtype::Q8_0] {
+    for dtype in [SaveDtype::F16, SaveDtype::Bf16, SaveDtype::Q8_0] {
         let out = dir.path().join(format!("{dtype:?}.gguf"));
         export(lm, &out, ExportFormat::Gguf, dtype, false).unwrap();
         let logits = load_model(&out, &Device::Cpu).unwrap().model.logits(&ids).unwrap();
@@ -97,7 +97,7 @@ fn gguf_block_types_load() {
     let lm = model();
     let d = scratch();
     let src = d.path().join("f32.gguf");
-    export(lm, &src, ExportFormat::Gguf, WeightDtype::F32, false).unwrap();
+    export(lm, &src, ExportFormat::Gguf, SaveDtype::F32, false).unwrap();
     let mut f = std::fs::File::open(&src).unwrap();
     let content = gguf_file::Content::read(&mut f).unwrap();
     let ids = real_tokens(64);
@@ -126,28 +126,32 @@ fn gguf_block_types_load() {
     }
 }
 
-/// A checkpoint sharded across two safetensors files with an index loads like the single file.
+/// Beyond the shard limit the writer shards as `save_pretrained` does (index with total size and
+/// weight map), and the sharded directory loads like the single file.
 #[test]
-fn sharded_hf_directory_loads() {
+fn sharded_hf_directory_writes_and_loads() {
     let lm = model();
     let d = scratch();
     let hf = d.path().join("hf");
-    export(lm, &hf, ExportFormat::Hf, WeightDtype::F16, false).unwrap();
-    let bytes = std::fs::read(hf.join("model.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut names = st.names();
-    names.sort();
-    let mut map = serde_json::Map::new();
-    for (i, part) in names.chunks(names.len() / 2 + 1).enumerate() {
-        let file = format!("model-{:05}-of-00002.safetensors", i + 1);
-        let views: Vec<(String, safetensors::tensor::TensorView)> = part.iter().map(|n| (n.to_string(), st.tensor(n).unwrap())).collect();
-        safetensors::serialize_to_file(views, None, &hf.join(&file)).unwrap();
-        for n in part {
-            map.insert(n.to_string(), file.clone().into());
+    std::fs::create_dir(&hf).unwrap();
+    let w = transact::model::io::hf_write::write_hf_sharded(lm, &hf, SaveDtype::F16, 100_000_000).unwrap();
+    let shards: Vec<&String> = w.files.iter().filter(|f| f.ends_with(".safetensors")).collect();
+    assert_eq!(shards.len(), 3, "{:?}", w.files);
+    assert_eq!(shards[0], "model-00001-of-00003.safetensors");
+    let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(hf.join("model.safetensors.index.json")).unwrap()).unwrap();
+    let mut total = 0;
+    for s in &shards {
+        let len = std::fs::metadata(hf.join(s)).unwrap().len();
+        assert!(len <= 100_000_000 + 100_000, "{s}: {len} bytes");
+        let bytes = std::fs::read(hf.join(s)).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        total += st.tensors().iter().map(|(_, t)| t.data().len() as u64).sum::<u64>();
+        for (name, _) in st.tensors() {
+            assert_eq!(index["weight_map"][&name], s.as_str(), "{name}");
         }
     }
-    std::fs::remove_file(hf.join("model.safetensors")).unwrap();
-    std::fs::write(hf.join("model.safetensors.index.json"), serde_json::json!({"metadata": {}, "weight_map": map}).to_string()).unwrap();
+    assert_eq!(index["metadata"]["total_size"], total);
+    assert!(!hf.join("model.safetensors").exists());
     let sharded = load_model(&hf, &Device::Cpu).unwrap();
     let ids = real_tokens(64);
     assert_close("sharded f16 HF", &lm.model.logits(&ids).unwrap(), &sharded.model.logits(&ids).unwrap());

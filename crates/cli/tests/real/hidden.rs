@@ -5,7 +5,8 @@ use transact::calibrate::blocks::{CalibSpec, prepare};
 use transact::model::io::export::ExportFormat;
 use transact::prune::hidden::{self, Axis};
 use transact::prune::plan::TargetSpec;
-use transact::{WeightDtype, load_model};
+use transact::load_model;
+use transact::model::io::save_dtype::SaveDtype;
 
 use crate::common::{assert_close, model, real_tokens, run_cli, scratch};
 use crate::prune::job;
@@ -40,7 +41,7 @@ fn hidden_pruning_writes_stock_models() {
     j.target = TargetSpec::Ratio(0.5);
     j.options.axis = Axis::Hidden;
     j.formats = vec![ExportFormat::Hf, ExportFormat::Gguf];
-    j.dtype = WeightDtype::F32;
+    j.dtype = SaveDtype::F32;
     let r = j.run(&Silent).unwrap();
     assert_eq!((r.before_hidden_size, r.after_hidden_size), (576, 288));
     assert!((r.removed_non_embedding - 0.5).abs() < 1e-3, "{}", r.removed_non_embedding);

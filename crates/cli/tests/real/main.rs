@@ -10,6 +10,7 @@ mod export;
 mod forward;
 mod hidden;
 mod prune;
+mod quantize;
 mod recover;
 mod stream;
 mod tokenizer;

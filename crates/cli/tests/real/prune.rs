@@ -6,7 +6,7 @@ use transact::calibrate::activations::{ActivationStats, collect};
 use transact::calibrate::blocks::{CalibSpec, prepare};
 use transact::data::corpus::Corpus;
 use transact::eval::perplexity::corpus_perplexity;
-use transact::WeightDtype;
+use transact::model::io::save_dtype::SaveDtype;
 use transact::model::io::export::{ExportFormat, export};
 use transact::model::io::load::{LoadedModel, model_sha256};
 use transact::prune::choose::{LayerKeep, score_and_choose};
@@ -50,9 +50,9 @@ fn keeps_for(m: &transact::Model, kind: ScorerKind, w: Widths, u: Units) -> Vec<
         .collect()
 }
 
-fn with_model(m: transact::Model) -> LoadedModel {
+pub fn with_model(m: transact::Model) -> LoadedModel {
     let lm = model();
-    LoadedModel { model: m, tokenizer: lm.tokenizer.clone(), path: lm.path.clone(), format: lm.format, gguf_tokenizer_metadata: lm.gguf_tokenizer_metadata.clone() }
+    LoadedModel { model: m, tokenizer: lm.tokenizer.clone(), path: lm.path.clone(), format: lm.format, gguf_tokenizer_metadata: lm.gguf_tokenizer_metadata.clone(), storage: lm.storage.clone() }
 }
 
 #[test]
@@ -116,15 +116,15 @@ fn head_dim_models_refuse_stock_formats_but_round_trip_natively() {
     let u = Units { attn: AttnUnit::HeadDim, gqa: GqaMode::Groups, head_dim_multiple: 2 };
     let pruned = with_model(slice(m, &keeps_for(m, ScorerKind::Transact, Widths { mha: 288, mlp: 1536 }, u)).unwrap());
     let d = scratch();
-    let e = format!("{:#}", export(&pruned, &d.path().join("hf"), ExportFormat::Hf, WeightDtype::F32, false).unwrap_err());
+    let e = format!("{:#}", export(&pruned, &d.path().join("hf"), ExportFormat::Hf, SaveDtype::F32, false).unwrap_err());
     assert!(e.contains("recomputes frequencies from head_dim") && e.contains("`attn_unit` head"), "{e}");
-    let e = format!("{:#}", export(&pruned, &d.path().join("m.gguf"), ExportFormat::Gguf, WeightDtype::F32, false).unwrap_err());
+    let e = format!("{:#}", export(&pruned, &d.path().join("m.gguf"), ExportFormat::Gguf, SaveDtype::F32, false).unwrap_err());
     assert!(e.contains("one frequency table"), "{e}");
     assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0, "nothing written");
     // transact's own directory format keeps the frequencies (and stock transformers refuses it).
     let native = d.path().join("native");
     std::fs::create_dir(&native).unwrap();
-    transact::model::io::hf_write::write_hf(&pruned, &native, WeightDtype::F32).unwrap();
+    transact::model::io::hf_write::write_hf(&pruned, &native, SaveDtype::F32).unwrap();
     let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(native.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["model_type"], "transact-llama");
     let ids = real_tokens(64);
@@ -139,13 +139,13 @@ fn pruned_exports_reload_with_identical_logits() {
     let reference = pruned.model.logits(&ids).unwrap();
     let d = scratch();
     let hf = d.path().join("hf");
-    export(&pruned, &hf, ExportFormat::Hf, WeightDtype::F32, false).unwrap();
+    export(&pruned, &hf, ExportFormat::Hf, SaveDtype::F32, false).unwrap();
     let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(hf.join("config.json")).unwrap()).unwrap();
     assert_eq!((cfg["num_attention_heads"].as_u64(), cfg["num_key_value_heads"].as_u64()), (Some(6), Some(2)));
     assert_eq!((cfg["head_dim"].as_u64(), cfg["intermediate_size"].as_u64()), (Some(64), Some(768)));
     assert_close("pruned → HF", &reference, &load_model(&hf, &Device::Cpu).unwrap().model.logits(&ids).unwrap());
     let gguf = d.path().join("p.gguf");
-    export(&pruned, &gguf, ExportFormat::Gguf, WeightDtype::F32, false).unwrap();
+    export(&pruned, &gguf, ExportFormat::Gguf, SaveDtype::F32, false).unwrap();
     let (diff, _) = max_diff(&reference, &load_model(&gguf, &Device::Cpu).unwrap().model.logits(&ids).unwrap());
     assert_eq!(diff, 0.0, "pruned → GGUF f32 is lossless");
 }
@@ -180,7 +180,8 @@ pub fn job(out: &Path, shots: usize, stats: Option<std::path::PathBuf>, recover:
         device: Device::Cpu,
         out: out.to_path_buf(),
         formats: vec![ExportFormat::Hf, ExportFormat::Gguf],
-        dtype: WeightDtype::F16,
+        dtype: SaveDtype::F16,
+        base_model: Some("HuggingFaceTB/SmolLM2-135M-Instruct".into()),
         force: false,
         target: TargetSpec::Ratio(0.3),
         options: PruneOptions {
@@ -236,6 +237,18 @@ fn same_seed_same_bytes_and_stats_reuse() {
     // 30% of attention rounds up to whole KV groups: all 3 stay, the MLP gives the rest.
     assert_eq!(report["shots"][0]["kept"][0]["kv_heads"].as_array().unwrap().len(), 3);
     assert_eq!(report["target"]["widths"]["mha"], 576);
+    // The model card and the record of what each format was written as.
+    let card = std::fs::read_to_string(a.join("README.md")).unwrap();
+    assert!(card.starts_with("---\nbase_model: HuggingFaceTB/SmolLM2-135M-Instruct\nlicense: apache-2.0\nlibrary_name: transformers\n"), "{card}");
+    for want in ["- pruned\n", "| MLP width per layer | 1536 |", "scorer `transact`", "**Not trained after pruning.**", "| `model.gguf` |"] {
+        assert!(card.contains(want), "card lacks {want:?}:\n{card}");
+    }
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(a.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["_name_or_path"], "HuggingFaceTB/SmolLM2-135M-Instruct");
+    assert_eq!(cfg["torch_dtype"], "float16");
+    assert_eq!((report["outputs"][0]["dtype"].as_str(), report["outputs"][1]["dtype"].as_str()), (Some("f16"), Some("f16")));
+    let files: Vec<&str> = report["files"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
+    assert!(files.contains(&"README.md") && files.contains(&"special_tokens_map.json"), "{files:?}");
 }
 
 #[test]
@@ -274,7 +287,7 @@ fn impossible_targets_and_bad_calibration_write_nothing() {
     std::fs::write(&txt, "Only a few words of calibration text.").unwrap();
     let empty = d.path().join("empty.txt");
     std::fs::write(&empty, "  \n").unwrap();
-    let cases: [(&[&str], &str); 13] = [
+    let cases: [(&[&str], &str); 16] = [
         (&["--attn-unit", "head-dim", "--mha-width", "288", "--format", "gguf"], "one frequency table"),
         (&["--attn-unit", "head-dim", "--mha-width", "280"], "not a multiple of 18"),
         (&["--mha-width", "100"], "not a multiple of 192"),
@@ -288,6 +301,9 @@ fn impossible_targets_and_bad_calibration_write_nothing() {
         (&["--ratio", "0.99"], "removes more than"),
         (&["--ratio", "0.5", "--calib", path_str(&txt)], "--samples × --seq-len = 128 × 256"),
         (&["--ratio", "0.5", "--calib", path_str(&empty)], "contains no text"),
+        (&["--ratio", "0.5", "--dtype", "q4_k_m"], "GGUF block type"),
+        (&["--ratio", "0.5", "--dtype", "q3_k"], "invalid value"),
+        (&["--ratio", "0.5", "--base-model", "../x"], "not a Hub id"),
     ];
     for (args, want) in cases {
         let mut all = vec!["prune", path_str(&gguf), "--out", path_str(&out)];

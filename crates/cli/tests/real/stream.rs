@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use transact::WeightDtype;
+use transact::model::io::save_dtype::SaveDtype;
 use transact::model::io::export::{ExportFormat, export};
 use transact::Silent;
 use transact::prune::job::PruneJob;
@@ -25,7 +25,7 @@ fn stream_job(src: &Path, out: &Path, stream: bool) -> PruneJob {
 fn streaming_prune_writes_the_in_memory_result() {
     let d = scratch();
     let hf = d.path().join("hf");
-    export(model(), &hf, ExportFormat::Hf, WeightDtype::F32, false).unwrap();
+    export(model(), &hf, ExportFormat::Hf, SaveDtype::F32, false).unwrap();
     let (mem, streamed) = (d.path().join("mem"), d.path().join("stream"));
     let rm = stream_job(&hf, &mem, false).run(&Silent).unwrap();
     let rs = stream_job(&hf, &streamed, true).run(&Silent).unwrap();
@@ -45,7 +45,7 @@ fn streaming_prune_writes_the_in_memory_result() {
 fn streaming_refuses_what_it_cannot_do_before_any_work() {
     let d = scratch();
     let hf = d.path().join("hf");
-    export(model(), &hf, ExportFormat::Hf, WeightDtype::F32, false).unwrap();
+    export(model(), &hf, ExportFormat::Hf, SaveDtype::F32, false).unwrap();
     let out = d.path().join("out");
     type Case = (Box<dyn Fn(&mut PruneJob)>, &'static str);
     let cases: Vec<Case> = vec![
@@ -53,7 +53,7 @@ fn streaming_refuses_what_it_cannot_do_before_any_work() {
         (Box::new(|j| j.options.shots = 2), "one shot"),
         (Box::new(|j| j.options.attn_unit = AttnUnit::HeadDim), "whole heads"),
         (Box::new(|j| j.formats = vec![ExportFormat::Hf, ExportFormat::Gguf]), "`format` hf"),
-        (Box::new(|j| j.dtype = WeightDtype::Q8_0), "q8_0"),
+        (Box::new(|j| j.dtype = SaveDtype::Q8_0), "q8_0"),
     ];
     for (change, want) in cases {
         let mut j = stream_job(&hf, &out, true);

@@ -12,7 +12,8 @@ use transact::prune::job::PruneJob;
 use transact::prune::plan::TargetSpec;
 use transact::train::log::StepRecord;
 use transact::train::{Budget, LossKind, ParamGroup, TrainJob, TrainOptions};
-use transact::{Progress, Silent, WeightDtype, load_model};
+use transact::model::io::save_dtype::SaveDtype;
+use transact::{Progress, Silent, load_model};
 
 use crate::common::{gguf_path, path_str, run_cli, scratch};
 
@@ -24,7 +25,7 @@ fn student() -> &'static Path {
         let d = scratch();
         let out = d.path().join("half");
         let base = crate::prune::job(&out, 1, None, None);
-        let half = PruneJob { formats: vec![ExportFormat::Hf], dtype: WeightDtype::F32, target: TargetSpec::Ratio(0.5), ..base };
+        let half = PruneJob { formats: vec![ExportFormat::Hf], dtype: SaveDtype::F32, target: TargetSpec::Ratio(0.5), ..base };
         half.run(&Silent).unwrap();
         (d, out)
     })
@@ -50,7 +51,8 @@ fn job(out: &Path, o: TrainOptions) -> TrainJob {
         data: "mix".into(),
         out: out.to_path_buf(),
         formats: vec![ExportFormat::Hf],
-        dtype: WeightDtype::F32,
+        dtype: SaveDtype::F32,
+        base_model: None,
         device: Device::Cpu,
         options: o,
         resume: false,

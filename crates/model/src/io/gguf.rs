@@ -10,18 +10,23 @@ use candle_core::quantized::GgmlDType;
 use candle_core::quantized::gguf_file::{Content, Value};
 use transact_kernels::mmap::Mapped;
 
+use super::storage::Storage;
 use crate::config::{LayerShape, ModelConfig, RopeLayout};
 use crate::tokenizer::Tokenizer;
 use crate::weights::{TensorRole, Weights};
 
 /// Tensor types we dequantize at load (all to f32).
-pub const SUPPORTED_TYPES: [GgmlDType; 9] = [
+pub const SUPPORTED_TYPES: [GgmlDType; 13] = [
     GgmlDType::F32,
     GgmlDType::F16,
     GgmlDType::BF16,
     GgmlDType::Q8_0,
     GgmlDType::Q4_0,
     GgmlDType::Q4_1,
+    GgmlDType::Q5_0,
+    GgmlDType::Q5_1,
+    GgmlDType::Q2K,
+    GgmlDType::Q3K,
     GgmlDType::Q4K,
     GgmlDType::Q5K,
     GgmlDType::Q6K,
@@ -170,6 +175,7 @@ pub struct GgufModel {
     pub tokenizer: Tokenizer,
     /// The file's `tokenizer.*` metadata, copied verbatim when exporting GGUF.
     pub tokenizer_metadata: Vec<(String, Value)>,
+    pub storage: Storage,
 }
 
 /// Loads a GGUF file: memory-mapped, each tensor dequantized to f32 once.
@@ -219,5 +225,6 @@ pub fn load(path: &Path, device: &Device) -> Result<GgufModel> {
         .filter(|(k, _)| k.starts_with("tokenizer."))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    Ok(GgufModel { config, weights, tokenizer, tokenizer_metadata })
+    let storage = Storage::of_gguf(&content, &config);
+    Ok(GgufModel { config, weights, tokenizer, tokenizer_metadata, storage })
 }

@@ -5,12 +5,14 @@ use std::path::Path;
 
 use anyhow::{Result, anyhow, bail};
 use candle_core::quantized::gguf_file::{self, Value};
-use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::quantized::QTensor;
 
 use super::atomic;
+use super::export::{ExportFormat, Written, resolve_dtype};
 use super::load::LoadedModel;
+use super::save_dtype::SaveDtype;
+use super::storage::ggml_name;
 use crate::config::{ModelConfig, RopeLayout};
-use crate::linear::WeightDtype;
 use crate::tokenizer::Tokenizer;
 use crate::weights::TensorRole;
 
@@ -125,47 +127,43 @@ fn tokenizer_metadata(tok: &Tokenizer) -> Result<Vec<(String, Value)>> {
     Ok(md)
 }
 
-pub fn export_gguf(lm: &LoadedModel, out: &Path, dtype: WeightDtype, force: bool) -> Result<()> {
-    atomic::write_file(out, force, |tmp| write_gguf(lm, tmp, dtype))
+pub fn export_gguf(lm: &LoadedModel, out: &Path, dtype: SaveDtype, force: bool) -> Result<Written> {
+    let mut written = None;
+    atomic::write_file(out, force, |tmp| {
+        written = Some(write_gguf(lm, tmp, dtype)?);
+        Ok(())
+    })?;
+    let mut w = written.expect("the writer ran");
+    w.files = vec![out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()];
+    Ok(w)
 }
 
-/// Writes `lm` as a GGUF file at `path` (not atomically: callers own the temporary).
-pub fn write_gguf(lm: &LoadedModel, path: &Path, dtype: WeightDtype) -> Result<()> {
+/// Writes `lm` as a GGUF file at `path` (not atomically: callers own the temporary), each tensor
+/// in the type [`SaveDtype::tensor_type`] gives it (`auto` resolved against `lm`'s source).
+pub fn write_gguf(lm: &LoadedModel, path: &Path, dtype: SaveDtype) -> Result<Written> {
     let m = &lm.model;
     let cfg = &m.config;
-    let (ggml, file_type) = match dtype {
-        WeightDtype::F32 => (GgmlDType::F32, 0),
-        WeightDtype::F16 => (GgmlDType::F16, 1),
-        WeightDtype::Q8_0 => (GgmlDType::Q8_0, 7),
-        WeightDtype::Bf16 => (GgmlDType::BF16, 32),
-    };
-    let mut metadata = model_metadata(cfg, file_type)?;
+    let (dtype, auto) = resolve_dtype(lm, ExportFormat::Gguf, dtype);
+    let mut metadata = model_metadata(cfg, dtype.file_type())?;
     metadata.extend(match &lm.gguf_tokenizer_metadata {
         Some(md) => md.clone(),
         None => tokenizer_metadata(&lm.tokenizer)?,
     });
     metadata.sort_by(|a, b| a.0.cmp(&b.0));
     let mut tensors = Vec::new();
+    let mut fallbacks = Vec::new();
     for role in TensorRole::all(cfg) {
         let t = m.weights.in_layout(cfg, role, RopeLayout::Adjacent)?;
-        // Norms stay f32, as llama.cpp's converter keeps them.
-        let ty = if role.is_norm() { GgmlDType::F32 } else { ggml };
-        let row = t.dims().last().copied().unwrap_or(0);
-        if row % ty.block_size() != 0 {
-            bail!(
-                "tensor `{}` has rows of {row} values, not a multiple of the {:?} block size {}; \
-                 write it with `dtype` f16 or f32",
-                role.gguf_name(),
-                ty,
-                ty.block_size()
-            );
-        }
-        tensors.push((role.gguf_name(), QTensor::quantize(&t, ty)?));
+        let (ty, fallback) = dtype.tensor_type(role, cfg);
+        fallbacks.extend(fallback);
+        let q = QTensor::quantize(&t, ty).map_err(|e| anyhow!("tensor `{}` as {}: {}", role.gguf_name(), ggml_name(ty), super::msg(e)))?;
+        tensors.push((role.gguf_name(), q));
     }
     let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
     let md: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
     gguf_file::write(&mut w, &md, &ts).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     std::io::Write::flush(&mut w)?;
-    Ok(())
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    Ok(Written::new(ExportFormat::Gguf, dtype, auto, &fallbacks, vec![name]))
 }

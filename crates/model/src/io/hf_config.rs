@@ -201,6 +201,17 @@ pub fn tokenizer_config_json(meta: &TokenizerMeta, token: impl Fn(Option<u32>) -
     })
 }
 
+/// `special_tokens_map.json`, as `save_pretrained` writes it beside the tokenizer.
+pub fn special_tokens_map_json(meta: &TokenizerMeta, token: impl Fn(Option<u32>) -> Option<String>) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    for (k, id) in [("bos_token", meta.bos), ("eos_token", meta.eos), ("pad_token", meta.pad), ("unk_token", meta.unk)] {
+        if let Some(t) = token(id) {
+            m.insert(k.into(), serde_json::Value::String(t));
+        }
+    }
+    serde_json::Value::Object(m)
+}
+
 pub fn generation_config_json(meta: &TokenizerMeta) -> serde_json::Value {
     json!({ "bos_token_id": meta.bos, "eos_token_id": meta.eos, "transformers_version": "4.45.0" })
 }

@@ -3,50 +3,60 @@
 
 use std::path::Path;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 
+use super::export::{ExportFormat, Written, resolve_dtype};
 use super::load::LoadedModel;
+use super::save_dtype::SaveDtype;
 use super::{atomic, hf_config, safetensors};
 use crate::config::{ModelConfig, RopeLayout};
-use crate::linear::WeightDtype;
 use crate::tokenizer::Tokenizer;
 use crate::weights::TensorRole;
 
-/// The safetensors dtype and `torch_dtype` name of an HF export in `dtype`.
-pub fn hf_dtype(dtype: WeightDtype) -> Result<(::safetensors::Dtype, &'static str)> {
-    Ok(match dtype {
-        WeightDtype::F32 => (::safetensors::Dtype::F32, "float32"),
-        WeightDtype::F16 => (::safetensors::Dtype::F16, "float16"),
-        WeightDtype::Bf16 => (::safetensors::Dtype::BF16, "bfloat16"),
-        WeightDtype::Q8_0 => bail!("q8_0 is a GGUF block type; for a Hugging Face directory use f32, f16 or bf16"),
-    })
-}
-
 /// Writes `lm` as the HF directory `out`, which appears only when complete.
-pub fn export_hf(lm: &LoadedModel, out: &Path, dtype: WeightDtype, force: bool) -> Result<()> {
+pub fn export_hf(lm: &LoadedModel, out: &Path, dtype: SaveDtype, force: bool) -> Result<Written> {
     // Check representability before creating anything.
     hf_config::config_json(&lm.model.config, &lm.tokenizer.meta, "float32", false)?;
-    atomic::write_dir(out, force, |tmp| write_hf(lm, tmp, dtype))
+    resolve_dtype(lm, ExportFormat::Hf, dtype).0.hf()?;
+    let mut written = None;
+    atomic::write_dir(out, force, |tmp| {
+        written = Some(write_hf(lm, tmp, dtype)?);
+        Ok(())
+    })?;
+    Ok(written.expect("the writer ran"))
 }
 
-/// Writes the HF files of `lm` into the existing directory `dir`; a head-dim-pruned model goes
-/// into transact's own variant (see [`hf_config::NATIVE_MODEL_TYPE`]).
-pub fn write_hf(lm: &LoadedModel, dir: &Path, dtype: WeightDtype) -> Result<()> {
-    let (st_dtype, torch_dtype) = hf_dtype(dtype)?;
+/// Writes the HF files of `lm` into the existing directory `dir` (weights in shards of at most
+/// 5 GB, as `save_pretrained`); a head-dim-pruned model goes into transact's own variant (see
+/// [`hf_config::NATIVE_MODEL_TYPE`]).
+pub fn write_hf(lm: &LoadedModel, dir: &Path, dtype: SaveDtype) -> Result<Written> {
+    write_hf_sharded(lm, dir, dtype, safetensors::MAX_SHARD_BYTES)
+}
+
+/// [`write_hf`] with shards of at most `max_shard_bytes`.
+pub fn write_hf_sharded(lm: &LoadedModel, dir: &Path, dtype: SaveDtype, max_shard_bytes: u64) -> Result<Written> {
+    let (dtype, auto) = resolve_dtype(lm, ExportFormat::Hf, dtype);
+    let (st_dtype, torch_dtype) = dtype.hf()?;
     let m = &lm.model;
     let mut tensors = Vec::new();
     for role in TensorRole::all(&m.config) {
         let t = m.weights.in_layout(&m.config, role, RopeLayout::HalfSplit)?;
         tensors.push((role.hf_name(), safetensors::LazyTensor::from_tensor(t, st_dtype)?));
     }
-    safetensors::write(&dir.join("model.safetensors"), tensors, None)?;
-    write_hf_metadata(&m.config, &lm.tokenizer, torch_dtype, dir)
+    let mut files = safetensors::write_model(dir, tensors, max_shard_bytes)?;
+    files.extend(write_hf_metadata(&m.config, &lm.tokenizer, torch_dtype, lm.storage.hub_id.as_deref(), dir)?);
+    Ok(Written::new(ExportFormat::Hf, dtype, auto, &[], files))
 }
 
 /// The HF directory's JSON files and tokenizer, for `cfg` with weights in `torch_dtype`.
-pub fn write_hf_metadata(cfg: &ModelConfig, tokenizer: &Tokenizer, torch_dtype: &str, dir: &Path) -> Result<()> {
+/// `hub_id` names the model it descends from (`_name_or_path`, as `save_pretrained` writes it), so
+/// a model card written later still knows its base model.
+pub fn write_hf_metadata(cfg: &ModelConfig, tokenizer: &Tokenizer, torch_dtype: &str, hub_id: Option<&str>, dir: &Path) -> Result<Vec<String>> {
     let meta = &tokenizer.meta;
-    let config = hf_config::config_json(cfg, meta, torch_dtype, true)?;
+    let mut config = hf_config::config_json(cfg, meta, torch_dtype, true)?;
+    if let (Some(id), Some(obj)) = (hub_id, config.as_object_mut()) {
+        obj.insert("_name_or_path".into(), serde_json::Value::String(id.into()));
+    }
     let tok = |id: Option<u32>| id.and_then(|i| tokenizer.token(i));
     let tokenizer_config = hf_config::tokenizer_config_json(meta, tok);
     let json = |v: &serde_json::Value| serde_json::to_string_pretty(v).expect("JSON values serialize");
@@ -54,5 +64,6 @@ pub fn write_hf_metadata(cfg: &ModelConfig, tokenizer: &Tokenizer, torch_dtype: 
     std::fs::write(dir.join("tokenizer.json"), tokenizer.to_json()?)?;
     std::fs::write(dir.join("tokenizer_config.json"), json(&tokenizer_config))?;
     std::fs::write(dir.join("generation_config.json"), json(&hf_config::generation_config_json(meta)))?;
-    Ok(())
+    std::fs::write(dir.join("special_tokens_map.json"), json(&hf_config::special_tokens_map_json(meta, tok)))?;
+    Ok(["config.json", "generation_config.json", "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json"].map(String::from).to_vec())
 }

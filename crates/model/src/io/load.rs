@@ -6,6 +6,7 @@ use anyhow::{Result, bail};
 use candle_core::Device;
 use candle_core::quantized::gguf_file::Value;
 
+use super::storage::Storage;
 use super::{gguf, hf_config, safetensors::SafetensorsFiles};
 use crate::forward::Model;
 use crate::tokenizer::Tokenizer;
@@ -25,6 +26,8 @@ pub struct LoadedModel {
     pub format: SourceFormat,
     /// `tokenizer.*` metadata of a GGUF source, kept for a faithful GGUF export.
     pub gguf_tokenizer_metadata: Option<Vec<(String, Value)>>,
+    /// How the source checkpoint stores its weights (what `--dtype auto` keeps) and its Hub id.
+    pub storage: Storage,
 }
 
 pub fn detect_format(path: &Path) -> Result<SourceFormat> {
@@ -49,6 +52,7 @@ pub fn load_model(path: &Path, device: &Device) -> Result<LoadedModel> {
                 path: path.to_path_buf(),
                 format,
                 gguf_tokenizer_metadata: Some(g.tokenizer_metadata),
+                storage: g.storage,
             })
         }
         SourceFormat::HfDir => {
@@ -59,12 +63,14 @@ pub fn load_model(path: &Path, device: &Device) -> Result<LoadedModel> {
                 files.load_f32(&role.hf_name(), &role.shape(&config), device)
             })?;
             let tokenizer = Tokenizer::from_hf_dir(path, read.bos, read.eos)?;
+            let storage = Storage::of_hf(path, &files, &config);
             Ok(LoadedModel {
                 model: Model::new(config, weights),
                 tokenizer,
                 path: path.to_path_buf(),
                 format,
                 gguf_tokenizer_metadata: None,
+                storage,
             })
         }
     }

@@ -219,3 +219,48 @@ pub fn write(path: &Path, tensors: Vec<(String, LazyTensor)>, metadata: Option<H
     }
     Ok(())
 }
+
+/// The largest shard `save_pretrained` writes by default (5 GB).
+pub const MAX_SHARD_BYTES: u64 = 5_000_000_000;
+
+/// Writes a model's `tensors` into `dir` as `save_pretrained` does: one `model.safetensors`, or,
+/// beyond `max_shard_bytes`, shards `model-0000i-of-0000n.safetensors` of at most that many bytes
+/// (a larger tensor gets a shard of its own) with `model.safetensors.index.json`. Returns the
+/// files written.
+pub fn write_model(dir: &Path, tensors: Vec<(String, LazyTensor)>, max_shard_bytes: u64) -> Result<Vec<String>> {
+    let size = |t: &LazyTensor| safetensors::View::data_len(&t) as u64;
+    let total: u64 = tensors.iter().map(|(_, t)| size(t)).sum();
+    if total <= max_shard_bytes {
+        write(&dir.join("model.safetensors"), tensors, None)?;
+        return Ok(vec!["model.safetensors".into()]);
+    }
+    let mut shards: Vec<Vec<(String, LazyTensor)>> = vec![Vec::new()];
+    let mut bytes = 0;
+    for (name, t) in tensors {
+        let b = size(&t);
+        let current = shards.last_mut().expect("at least one shard");
+        if !current.is_empty() && bytes + b > max_shard_bytes {
+            shards.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += b;
+        shards.last_mut().expect("at least one shard").push((name, t));
+    }
+    let n = shards.len();
+    let mut weight_map = serde_json::Map::new();
+    let mut files = Vec::new();
+    for (i, shard) in shards.into_iter().enumerate() {
+        let file = format!("model-{:05}-of-{n:05}.safetensors", i + 1);
+        for (name, _) in &shard {
+            weight_map.insert(name.clone(), serde_json::Value::String(file.clone()));
+        }
+        write(&dir.join(&file), shard, None)?;
+        files.push(file);
+    }
+    let index = serde_json::json!({ "metadata": { "total_size": total }, "weight_map": weight_map });
+    let index_name = "model.safetensors.index.json";
+    std::fs::write(dir.join(index_name), serde_json::to_string_pretty(&index)?)?;
+    files.push(index_name.into());
+    Ok(files)
+}
+

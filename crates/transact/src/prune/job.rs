@@ -16,10 +16,13 @@ use super::stream;
 use crate::SettingError;
 use crate::calibrate::activations::{ActivationStats, StatsMeta};
 use crate::calibrate::blocks::prepare;
-use crate::model::WeightDtype;
 use crate::model::io::export::ExportFormat;
 use crate::model::io::gguf_write::write_gguf;
-use crate::model::io::hf_write::{hf_dtype, write_hf, write_hf_metadata};
+use crate::card::{Lineage, prune_card};
+use crate::model::io::export::Written;
+use crate::model::io::hf_write::{write_hf, write_hf_metadata};
+use crate::model::io::safetensors::SafetensorsFiles;
+use crate::model::io::storage::{Storage, files_on_disk};
 use crate::model::ModelConfig;
 use crate::model::io::load::{load_model, model_sha256};
 use crate::model::io::{atomic, hf_config};
@@ -33,7 +36,10 @@ pub struct PruneJob {
     pub out: PathBuf,
     /// What the output directory holds (at least one).
     pub formats: Vec<ExportFormat>,
-    pub dtype: WeightDtype,
+    /// Weight type of the written model (`auto`: see [`SaveDtype::resolve`]).
+    pub dtype: crate::model::io::save_dtype::SaveDtype,
+    /// The Hub id the card and config.json name as the base model (default: the source's, if known).
+    pub base_model: Option<String>,
     pub force: bool,
     pub target: TargetSpec,
     pub options: PruneOptions,
@@ -98,8 +104,10 @@ impl PruneJob {
         if o.attn_unit == AttnUnit::HeadDim && o.recover_cmd.is_some() {
             refuse("recover_cmd", "hands the model to a stock trainer as a Hugging Face directory, which cannot hold head-dim pruning; use `attn_unit` head")?;
         }
-        if self.dtype == WeightDtype::Q8_0 && self.writes(ExportFormat::Hf) {
-            refuse("dtype", "q8_0 is a GGUF block type; use `format` gguf or an f32/f16/bf16 `dtype`")?;
+        if let Some(why) = self.dtype.refused_for_hf()
+            && self.writes(ExportFormat::Hf)
+        {
+            refuse("dtype", why)?;
         }
         if o.calib_batch == 0 {
             refuse("calib_batch", "must be at least 1")?;
@@ -132,7 +140,6 @@ impl PruneJob {
             if let Some(why) = why {
                 refuse("stream", why)?;
             }
-            hf_dtype(self.dtype)?;
         }
         Ok(())
     }
@@ -149,7 +156,8 @@ impl PruneJob {
         if self.stream {
             return self.run_stream(t0, progress);
         }
-        let dense = load_model(&self.model, &self.device)?;
+        let mut dense = load_model(&self.model, &self.device)?;
+        dense.storage.name_hub_id(self.base_model.as_deref());
         let (target, hidden_width) = match (self.options.axis, self.target) {
             (Axis::Hidden, TargetSpec::Ratio(r)) => {
                 let s = dense.model.config.uniform_shape().ok_or_else(|| anyhow::anyhow!("hidden-size pruning needs a model whose layers have one shape"))?;
@@ -196,29 +204,23 @@ impl PruneJob {
             resume: self.resume,
             progress,
         })?;
-        let mut outputs = Vec::new();
-        if self.writes(ExportFormat::Hf) {
-            outputs.push("config.json + model.safetensors (Hugging Face)".to_string());
-        }
-        if self.writes(ExportFormat::Gguf) {
-            outputs.push("model.gguf".to_string());
-        }
         let pruned = outcome.model;
         let (dense_cfg, pruned_cfg) = (&dense.model.config, &pruned.model.config);
-        let mut report = self.report(&sha, target, stats_file, outcome.shots, dense_cfg, pruned_cfg, outputs);
+        let mut report = self.report(&sha, target, stats_file, outcome.shots, dense_cfg, pruned_cfg);
         if let Some(f) = &outcome.final_recovery {
             report.seconds.recover += f.seconds;
         }
         report.final_recovery = outcome.final_recovery;
         report.final_held_out_perplexity = outcome.final_held_out;
-        let report = self.write(report, t0, |dir| {
+        let report = self.write(report, t0, &dense.storage, dense_cfg, pruned_cfg, |dir| {
+            let mut written = Vec::new();
             if self.writes(ExportFormat::Hf) {
-                write_hf(&pruned, dir, self.dtype)?;
+                written.push(write_hf(&pruned, dir, self.dtype)?);
             }
             if self.writes(ExportFormat::Gguf) {
-                write_gguf(&pruned, &dir.join("model.gguf"), self.dtype)?;
+                written.push(write_gguf(&pruned, &dir.join("model.gguf"), self.dtype)?);
             }
-            Ok(())
+            Ok(written)
         })?;
         let _ = std::fs::remove_dir_all(&work_dir);
         Ok(report)
@@ -231,7 +233,12 @@ impl PruneJob {
         let cfg = read.config;
         let tokenizer = Tokenizer::from_hf_dir(&self.model, read.bos, read.eos)?;
         let target = resolve(&cfg, self.target, o.units(), o.mlp_multiple)?;
-        let (st_dtype, torch_dtype) = hf_dtype(self.dtype)?;
+        let files = SafetensorsFiles::open_dir(&self.model)?;
+        let mut storage = Storage::of_hf(&self.model, &files, &cfg);
+        storage.name_hub_id(self.base_model.as_deref());
+        drop(files);
+        let (dtype, auto) = self.dtype.resolve(ExportFormat::Hf, &storage, true);
+        let (st_dtype, torch_dtype) = dtype.hf()?;
         hf_config::config_json(&cfg, &tokenizer.meta, torch_dtype, false)?;
         let sha = model_sha256(&self.model)?;
         let data = prepare(&tokenizer, &o.calib, progress)?;
@@ -257,16 +264,16 @@ impl PruneJob {
             recovery: None,
             held_out: None,
         };
-        let outputs = vec!["config.json + model.safetensors (Hugging Face), written layer by layer".to_string()];
-        let report = self.report(&sha, target, None, vec![shot], &cfg, &pruned, outputs);
-        self.write(report, t0, |dir| {
-            stream::write_sliced(&self.model, &cfg, &choice.keeps, st_dtype, dir, progress)?;
-            write_hf_metadata(&pruned, &tokenizer, torch_dtype, dir)
+        let report = self.report(&sha, target, None, vec![shot], &cfg, &pruned);
+        self.write(report, t0, &storage, &cfg, &pruned, |dir| {
+            let mut files = stream::write_sliced(&self.model, &cfg, &choice.keeps, st_dtype, dir, progress)?;
+            files.extend(write_hf_metadata(&pruned, &tokenizer, torch_dtype, storage.hub_id.as_deref(), dir)?);
+            Ok(vec![Written::new(ExportFormat::Hf, dtype, auto, &[], files)])
         })
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn report(&self, sha: &str, target: Widths, stats_file: Option<StatsMeta>, shots: Vec<ShotRecord>, dense: &ModelConfig, pruned: &ModelConfig, outputs: Vec<String>) -> PruneReport {
+    fn report(&self, sha: &str, target: Widths, stats_file: Option<StatsMeta>, shots: Vec<ShotRecord>, dense: &ModelConfig, pruned: &ModelConfig) -> PruneReport {
         PruneReport::new(Run {
             input: Input { path: self.model.display().to_string(), sha256: sha.to_string() },
             options: &self.options,
@@ -276,15 +283,25 @@ impl PruneJob {
             shots,
             dense,
             pruned,
-            outputs,
         })
     }
 
-    /// Writes the output directory through `model` (the model files) and the report, atomically.
-    fn write(&self, mut report: PruneReport, t0: Instant, model: impl FnOnce(&Path) -> Result<()>) -> Result<PruneReport> {
+    /// Writes the output directory through `model` (the model files), then the model card and
+    /// the report, atomically.
+    #[allow(clippy::too_many_arguments)]
+    fn write(&self, mut report: PruneReport, t0: Instant, source: &Storage, dense: &ModelConfig, pruned: &ModelConfig, model: impl FnOnce(&Path) -> Result<Vec<Written>>) -> Result<PruneReport> {
         let t_export = Instant::now();
         atomic::write_dir(&self.out, self.force, |dir| {
-            model(dir)?;
+            report.outputs = model(dir)?;
+            let files = files_on_disk(dir);
+            let lineage = Lineage {
+                hub_id: source.hub_id.as_deref(),
+                license: source.license.as_deref(),
+                name: &output_name(&self.out),
+                library: if self.writes(ExportFormat::Hf) { "transformers" } else { "gguf" },
+            };
+            std::fs::write(dir.join("README.md"), prune_card(&lineage, &report, dense, pruned, &files, &report.outputs))?;
+            report.files = files_on_disk(dir);
             report.finish(t_export, t0);
             std::fs::write(dir.join("prune_report.json"), serde_json::to_string_pretty(&report)?)?;
             Ok(())
@@ -292,3 +309,9 @@ impl PruneJob {
         Ok(report)
     }
 }
+
+/// The name a card gives the model: the output directory's name.
+pub fn output_name(out: &Path) -> String {
+    out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into())
+}
+

@@ -11,6 +11,8 @@ use crate::bench::roof::peak_rss;
 use crate::calibrate::activations::StatsMeta;
 use crate::model::config::ModelConfig;
 use crate::model::cost::ModelCost;
+use crate::model::io::export::Written;
+use crate::model::io::storage::FileBytes;
 use crate::train::recover::RecoveryRecord;
 
 #[derive(Debug, Clone, Serialize)]
@@ -57,7 +59,10 @@ pub struct PruneReport {
     pub after: ModelCost,
     /// Fraction of non-embedding parameters removed.
     pub removed_non_embedding: f64,
-    pub outputs: Vec<String>,
+    /// What each format was written as (type, `auto`'s choice, fallbacks, files).
+    pub outputs: Vec<Written>,
+    /// Every file of the output directory but this report, with its size.
+    pub files: Vec<FileBytes>,
     pub seconds: Seconds,
     /// Peak resident memory of the process (Linux `VmHWM`), in bytes.
     pub peak_rss_bytes: Option<u64>,
@@ -76,7 +81,6 @@ pub struct Run<'a> {
     pub shots: Vec<ShotRecord>,
     pub dense: &'a ModelConfig,
     pub pruned: &'a ModelConfig,
-    pub outputs: Vec<String>,
 }
 
 impl PruneReport {
@@ -96,7 +100,8 @@ impl PruneReport {
             removed_non_embedding: 1.0 - after.params_non_embedding as f64 / before.params_non_embedding as f64,
             before,
             after,
-            outputs: run.outputs,
+            outputs: Vec::new(),
+            files: Vec::new(),
             seconds: Seconds {
                 calibrate: sum(|s| s.seconds_calibrate),
                 prune: sum(|s| s.seconds_prune),

@@ -20,9 +20,9 @@ use crate::calibrate::blocks::{CalibSpec, TokenizedSource, tokenize_source};
 use crate::data::corpus;
 use crate::train::recover::{RecoveryRecord, train_in_memory};
 use crate::train::text::TrainText;
-use crate::model::WeightDtype;
 use crate::model::io::atomic;
 use crate::model::io::hf_write::write_hf;
+use crate::model::io::save_dtype::SaveDtype;
 use crate::model::io::load::{LoadedModel, load_model};
 use crate::progress::Progress;
 
@@ -145,6 +145,7 @@ fn clone_with(lm: &LoadedModel, model: crate::model::Model) -> Result<LoadedMode
         path: lm.path.clone(),
         format: lm.format,
         gguf_tokenizer_metadata: lm.gguf_tokenizer_metadata.clone(),
+        storage: lm.storage.clone(),
     })
 }
 
@@ -342,7 +343,7 @@ fn next_sequence(shots: &[ShotRecord]) -> u64 {
 fn checkpoint(lm: &LoadedModel, work: &Path, shot: usize, state: &State, state_path: &Path) -> Result<()> {
     std::fs::create_dir_all(work).with_context(|| format!("{}: cannot create", work.display()))?;
     let dir = work.join(format!("shot-{shot}"));
-    atomic::write_dir(&dir, true, |tmp| write_hf(lm, tmp, WeightDtype::F32))?;
+    atomic::write_dir(&dir, true, |tmp| write_hf(lm, tmp, SaveDtype::F32).map(drop))?;
     atomic::write_file(state_path, true, |tmp| Ok(std::fs::write(tmp, serde_json::to_string_pretty(state)?)?))?;
     if shot > 1 {
         let _ = std::fs::remove_dir_all(work.join(format!("shot-{}", shot - 1)));
@@ -356,7 +357,7 @@ fn recover(lm: &LoadedModel, cmd: &str, work: &Path, shot: usize, progress: &dyn
     let input = work.join(format!("recover-{shot}-in"));
     let output = work.join(format!("recover-{shot}-out"));
     let _ = std::fs::remove_dir_all(&output);
-    atomic::write_dir(&input, true, |tmp| write_hf(lm, tmp, WeightDtype::F32))?;
+    atomic::write_dir(&input, true, |tmp| write_hf(lm, tmp, SaveDtype::F32).map(drop))?;
     let line = cmd.replace("{in}", &input.display().to_string()).replace("{out}", &output.display().to_string());
     progress.note(&format!("shot {shot}: recovery: {line}"));
     let status = std::process::Command::new("sh").arg("-c").arg(&line).status().with_context(|| format!("cannot run `{line}`"))?;

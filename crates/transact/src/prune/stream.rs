@@ -123,8 +123,9 @@ fn sliced_bytes(t: &safetensors::tensor::TensorView, rows: Option<&[usize]>, col
     if t.dtype() == dtype { out } else { encode(&decode(&out, t.dtype()), dtype) }
 }
 
-/// Writes the sliced checkpoint as `model.safetensors` in `dir`, one tensor in memory at a time.
-pub fn write_sliced(src: &Path, cfg: &ModelConfig, keeps: &[LayerKeep], dtype: Dtype, dir: &Path, progress: &dyn Progress) -> Result<()> {
+/// Writes the sliced checkpoint into `dir` (`model.safetensors`, or 5 GB shards with an index),
+/// one tensor in memory at a time; returns the files written.
+pub fn write_sliced(src: &Path, cfg: &ModelConfig, keeps: &[LayerKeep], dtype: Dtype, dir: &Path, progress: &dyn Progress) -> Result<Vec<String>> {
     use TensorRole::*;
     let files = SafetensorsFiles::open_dir(src)?;
     let new_cfg = pruned_config(cfg, keeps);
@@ -151,7 +152,7 @@ pub fn write_sliced(src: &Path, cfg: &ModelConfig, keeps: &[LayerKeep], dtype: D
     }
     drop(files);
     progress.start("write tensors", tensors.len() as u64);
-    st::write(&dir.join("model.safetensors"), tensors, None)?;
+    let files = st::write_model(dir, tensors, st::MAX_SHARD_BYTES)?;
     progress.finish();
-    Ok(())
+    Ok(files)
 }

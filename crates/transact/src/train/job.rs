@@ -27,9 +27,12 @@ use crate::model::forward::Model;
 use crate::model::host::with_cpu_f32;
 use crate::model::io::export::ExportFormat;
 use crate::model::io::gguf_write::write_gguf;
-use crate::model::io::hf_write::{hf_dtype, write_hf};
+use crate::card::{Lineage, train_card};
+use crate::model::io::export::Written;
+use crate::model::io::hf_write::write_hf;
+use crate::model::io::save_dtype::SaveDtype;
+use crate::model::io::storage::{FileBytes, files_on_disk};
 use crate::model::io::{atomic, hf_config};
-use crate::model::linear::WeightDtype;
 use crate::model::tokenizer::Tokenizer;
 use crate::model::weights::TensorRole;
 use crate::model::{LoadedModel, load_model};
@@ -50,7 +53,10 @@ pub struct TrainJob {
     pub data: String,
     pub out: PathBuf,
     pub formats: Vec<ExportFormat>,
-    pub dtype: WeightDtype,
+    /// Weight type of the written model (`auto`: see [`SaveDtype::resolve`]).
+    pub dtype: SaveDtype,
+    /// The Hub id the card and config.json name as the base model (default: the student's, if known).
+    pub base_model: Option<String>,
     pub device: Device,
     pub options: TrainOptions,
     /// Continue from the checkpoint an interrupted run with the same settings left.
@@ -104,8 +110,12 @@ pub struct TrainReport {
     pub roof_fraction: Option<f64>,
     /// Peak resident memory of the process (Linux `VmHWM`), in bytes.
     pub peak_rss_bytes: Option<u64>,
-    pub dtype: String,
+    /// What each model format was written as (type, `auto`'s choice, fallbacks, files).
+    pub written: Vec<Written>,
+    /// The other files: log, plot, this report.
     pub outputs: Vec<String>,
+    /// Every file of the output directory but this report, with its size.
+    pub files: Vec<FileBytes>,
 }
 
 fn refuse(setting: &'static str, problem: impl Into<String>) -> Result<()> {
@@ -129,11 +139,10 @@ impl TrainJob {
         if self.formats.is_empty() {
             refuse("format", "must name at least one output format")?;
         }
-        if self.writes(ExportFormat::Hf) && self.dtype == WeightDtype::Q8_0 {
-            refuse("dtype", "q8_0 is a GGUF block type; use `format` gguf or an f32/f16/bf16 `dtype`")?;
-        }
-        if self.writes(ExportFormat::Hf) {
-            hf_dtype(self.dtype)?;
+        if let Some(why) = self.dtype.refused_for_hf()
+            && self.writes(ExportFormat::Hf)
+        {
+            refuse("dtype", why)?;
         }
         let loss = self.options.loss;
         if loss.needs_teacher() && self.teacher.is_none() {
@@ -147,7 +156,8 @@ impl TrainJob {
         self.check_options()?;
         let o = &self.options;
         transact_kernels::heap::keep_freed_memory();
-        let student = load_model(&self.model, &self.device)?;
+        let mut student = load_model(&self.model, &self.device)?;
+        student.storage.name_hub_id(self.base_model.as_deref());
         all_finite(&student, &self.model)?;
         let cfg = &student.model.config;
         if o.seq_len > cfg.max_position {
@@ -258,15 +268,9 @@ impl TrainJob {
             path: self.out.clone(),
             format: student.format,
             gguf_tokenizer_metadata: student.gguf_tokenizer_metadata.clone(),
+            storage: student.storage.clone(),
         };
-        let mut outputs = Vec::new();
-        if self.writes(ExportFormat::Hf) {
-            outputs.push("config.json + model.safetensors (Hugging Face)".to_string());
-        }
-        if self.writes(ExportFormat::Gguf) {
-            outputs.push("model.gguf".to_string());
-        }
-        outputs.extend([LOG.to_string(), "loss.png".to_string(), "train_report.json".to_string()]);
+        let outputs = vec![LOG.to_string(), "loss.png".to_string(), "README.md".to_string(), "train_report.json".to_string()];
         let mut report = TrainReport {
             input: Input { path: self.model.display().to_string(), sha256: student_sha },
             teacher: teacher_input,
@@ -292,15 +296,16 @@ impl TrainJob {
             gemm_roof_gflops: roof,
             roof_fraction: roof.map(|r| achieved_gflops / r),
             peak_rss_bytes: None,
-            dtype: transact_model::choice::Choice::name(self.dtype).to_string(),
+            written: Vec::new(),
             outputs,
+            files: Vec::new(),
         };
         atomic::write_dir(&self.out, self.force, |dir| {
             if self.writes(ExportFormat::Hf) {
-                write_hf(&trained, dir, self.dtype)?;
+                report.written.push(write_hf(&trained, dir, self.dtype)?);
             }
             if self.writes(ExportFormat::Gguf) {
-                write_gguf(&trained, &dir.join("model.gguf"), self.dtype)?;
+                report.written.push(write_gguf(&trained, &dir.join("model.gguf"), self.dtype)?);
             }
             std::fs::copy(&log_path, dir.join(LOG))?;
             let title = format!("{} · {} · {} tokens", self.out.file_name().unwrap_or_default().to_string_lossy(), transact_model::choice::Choice::name(o.loss), report.tokens);
@@ -309,6 +314,15 @@ impl TrainJob {
                 progress.note(&format!("warning: {e:#}"));
                 report.outputs.retain(|f| f != "loss.png");
             }
+            let lineage = Lineage {
+                hub_id: trained.storage.hub_id.as_deref(),
+                license: trained.storage.license.as_deref(),
+                name: &crate::prune::job::output_name(&self.out),
+                library: if self.writes(ExportFormat::Hf) { "transformers" } else { "gguf" },
+            };
+            let model_files: Vec<FileBytes> = files_on_disk(dir);
+            std::fs::write(dir.join("README.md"), train_card(&lineage, &report, cfg, &model_files, &report.written))?;
+            report.files = files_on_disk(dir);
             report.seconds_total = t0.elapsed().as_secs_f64();
             report.peak_rss_bytes = peak_rss();
             std::fs::write(dir.join("train_report.json"), serde_json::to_string_pretty(&report)?)?;
