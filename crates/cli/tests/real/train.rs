@@ -84,7 +84,14 @@ fn distillation_lowers_held_out_perplexity_and_frozen_groups_stay() {
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("train_report.json")).unwrap()).unwrap();
     assert_eq!(report["data"]["sha256"].as_str().unwrap().len(), 64);
     assert_eq!(report["tokens"], 4 * 2 * 2 * 64);
+    assert_eq!(report["written"][0]["dtype"], "f32");
     assert!(!job(&out, options(4)).work_dir().exists(), "the work folder is removed after success");
+    // The model card says what training did, and what it measured.
+    let card = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(card.starts_with("---\n") && card.contains("library_name: transformers\n") && card.contains("- distillation\n"), "{card}");
+    for want in ["trained by `transact train` on 1024 tokens with loss `kd`", "before training →", "| `model.gguf` |"] {
+        assert!(card.contains(want), "card lacks {want:?}:\n{card}");
+    }
 
     // The written model loads; the frozen embedding is bit-identical, the rest moved.
     let (a, b) = (load_model(student(), &Device::Cpu).unwrap(), load_model(&out, &Device::Cpu).unwrap());
