@@ -22,8 +22,7 @@ TOKENS = 16
 
 def llama_quantize(src, dst, name):
     import llama_cpp
-    ftype = {"bf16": "BF16", "q8_0": "Q8_0", "q6_k": "Q6_K", "q5_k_m": "Q5_K_M", "q4_k_m": "Q4_K_M",
-             "q4_1": "Q4_1", "q4_0": "Q4_0"}[name]
+    ftype = name.upper()  # transact's type names are llama.cpp's LLAMA_FTYPE_MOSTLY_* names
     p = llama_cpp.llama_model_quantize_default_params()
     p.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype}")
     p.nthread = 2

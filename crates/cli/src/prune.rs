@@ -96,8 +96,8 @@ pub struct PruneArgs {
     resume: bool,
     /// For checkpoints larger than memory: read a Hugging Face safetensors directory one decoder
     /// layer at a time (peak memory ≈ one layer in f32 plus the hidden states) and write the
-    /// sliced tensors one at a time. One shot, whole heads, HF output; use --dtype f16 to keep
-    /// an f16 checkpoint's size.
+    /// sliced tensors one at a time. One shot, whole heads, HF output (the default --dtype auto
+    /// keeps an f16 or bf16 checkpoint in its type; shards of at most 5 GB).
     #[arg(long)]
     stream: bool,
     /// Round the MLP width to a multiple of this (e.g. 64 for kernel-friendly shapes).
