@@ -172,6 +172,9 @@ pub fn run(a: PruneArgs) -> Result<()> {
     );
     println!("KV cache     {} → {} bytes/token (f32)", b.kv_bytes_per_token_f32, f.kv_bytes_per_token_f32);
     println!("FLOPs/token  {} → {} at context 2048", human(b.flops_per_token), human(f.flops_per_token));
+    if let Some(h) = &r.held_out {
+        println!("held-out ppl {:.1} → {:.1} (wiki, 8 × 512 tokens: the input, this model)", h.dense, h.pruned);
+    }
     let held_out: Vec<String> = r
         .shots
         .iter()
@@ -180,7 +183,7 @@ pub fn run(a: PruneArgs) -> Result<()> {
         .map(|p| format!("{p:.1}"))
         .collect();
     if !held_out.is_empty() {
-        println!("held-out ppl {} (wiki, 8 × 512 tokens, after each shot{})", held_out.join(" → "), if r.final_recovery.is_some() { " and the final recovery" } else { "" });
+        println!("  by shot    {} (after each shot{})", held_out.join(" → "), if r.final_recovery.is_some() { " and the final recovery" } else { "" });
     }
     for w in &r.outputs {
         println!("written      {}", w.describe());

@@ -156,11 +156,13 @@ pub fn prune_card(l: &Lineage, r: &PruneReport, dense: &ModelConfig, pruned: &Mo
         .chain(r.final_held_out_perplexity.map(|p| format!("after the final recovery: {p:.2}")))
         .collect();
     s.push_str("\n## Measured\n\n");
-    if held.is_empty() {
-        s.push_str("This run measured no quality; `transact eval` gives perplexity and zero-shot accuracy, `transact compare` both models side by side.\n");
-    } else {
-        let _ = writeln!(s, "Held-out wiki perplexity (8 windows of 512 tokens): {}.", held.join(", "));
+    if let Some(h) = &r.held_out {
+        let _ = writeln!(s, "Held-out wiki perplexity (BoolQ passages, 8 windows of 512 tokens): {:.2} before pruning, **{:.2}** for this model.", h.dense, h.pruned);
     }
+    if !held.is_empty() {
+        let _ = writeln!(s, "Along the run: {}.", held.join(", "));
+    }
+    s.push_str("\n`transact eval` gives perplexity and zero-shot accuracy on full benchmarks, `transact compare` both models side by side.\n");
     files_table(&mut s, files, written);
     s.push_str("\nThe full record of the run (every option, kept heads and channels, scores, timings) is `prune_report.json`.\n");
     s

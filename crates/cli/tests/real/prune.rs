@@ -240,7 +240,9 @@ fn same_seed_same_bytes_and_stats_reuse() {
     // The model card and the record of what each format was written as.
     let card = std::fs::read_to_string(a.join("README.md")).unwrap();
     assert!(card.starts_with("---\nbase_model: HuggingFaceTB/SmolLM2-135M-Instruct\nlicense: apache-2.0\nlibrary_name: transformers\n"), "{card}");
-    for want in ["- pruned\n", "| MLP width per layer | 1536 |", "scorer `transact`", "**Not trained after pruning.**", "| `model.gguf` |"] {
+    let h = &report["held_out"];
+    assert!(h["dense"].as_f64().unwrap() < h["pruned"].as_f64().unwrap(), "{h}");
+    for want in ["- pruned\n", "| MLP width per layer | 1536 |", "scorer `transact`", "**Not trained after pruning.**", "| `model.gguf` |", "before pruning, **"] {
         assert!(card.contains(want), "card lacks {want:?}:\n{card}");
     }
     let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(a.join("config.json")).unwrap()).unwrap();

@@ -8,7 +8,7 @@ use anyhow::Result;
 use candle_core::Device;
 
 use super::plan::{AttnUnit, TargetSpec, Widths, resolve};
-use super::report::{Input, PruneReport, Run};
+use super::report::{HeldOutPair, Input, PruneReport, Run};
 use super::compensate::Compensate;
 use super::hidden::{Axis, hidden_width};
 use super::shots::{self, PruneOptions, PruneRun, ShotRecord};
@@ -212,6 +212,10 @@ impl PruneJob {
         }
         report.final_recovery = outcome.final_recovery;
         report.final_held_out_perplexity = outcome.final_held_out;
+        // Seconds on the held-out text, so every report and model card says what pruning cost.
+        let wiki = crate::data::corpus::load("wiki")?;
+        let held_out = |m| crate::train::job::held_out(m, &dense.tokenizer, &wiki);
+        report.held_out = Some(HeldOutPair { dense: held_out(&dense.model)?, pruned: held_out(&pruned.model)? });
         let report = self.write(report, t0, &dense.storage, dense_cfg, pruned_cfg, |dir| {
             let mut written = Vec::new();
             if self.writes(ExportFormat::Hf) {

@@ -53,6 +53,10 @@ pub struct PruneReport {
     pub final_recovery: Option<RecoveryRecord>,
     /// Held-out wiki perplexity after it.
     pub final_held_out_perplexity: Option<f64>,
+    /// Held-out wiki perplexity (the trainer's 8 × 512 tokens) of the input and of the written
+    /// model, measured by every in-memory run (not by `stream`).
+    #[serde(default)]
+    pub held_out: Option<HeldOutPair>,
     pub before_hidden_size: usize,
     pub after_hidden_size: usize,
     pub before: ModelCost,
@@ -66,6 +70,12 @@ pub struct PruneReport {
     pub seconds: Seconds,
     /// Peak resident memory of the process (Linux `VmHWM`), in bytes.
     pub peak_rss_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HeldOutPair {
+    pub dense: f64,
+    pub pruned: f64,
 }
 
 pub const RATIO_SPLIT: &str = "attention loses the same fraction as the whole, rounded up to whole units; \
@@ -113,6 +123,7 @@ impl PruneReport {
             shots: run.shots,
             final_recovery: None,
             final_held_out_perplexity: None,
+            held_out: None,
             peak_rss_bytes: None,
         }
     }
