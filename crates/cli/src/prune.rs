@@ -195,8 +195,8 @@ pub fn run(a: PruneArgs) -> Result<()> {
     let sizes: Vec<String> = [(hf, "safetensors"), (gguf, "GGUF")].into_iter().filter(|(b, _)| *b > 0).map(|(b, what)| format!("{} {what}", mb(b))).collect();
     println!("on disk      {} (the input: {})", sizes.join(", "), mb(transact::model::io::storage::files_on_disk(std::path::Path::new(&r.input.path)).iter().filter(|f| f.name.ends_with(".gguf") || f.name.ends_with(".safetensors")).map(|f| f.bytes).sum()));
     println!(
-        "time         {:.1} s (calibrate {:.1}, prune {:.1}, compensate {:.1}, recover {:.1}, export {:.1}); report in prune_report.json, card in README.md",
-        r.seconds.total, r.seconds.calibrate, r.seconds.prune, r.seconds.compensate, r.seconds.recover, r.seconds.export
+        "time         {:.1} s (calibrate {:.1}, prune {:.1}, compensate {:.1}, recover {:.1}, held-out {:.1}, export {:.1}); report in prune_report.json, card in README.md",
+        r.seconds.total, r.seconds.calibrate, r.seconds.prune, r.seconds.compensate, r.seconds.recover, r.seconds.held_out, r.seconds.export
     );
     Ok(())
 }

@@ -213,9 +213,11 @@ impl PruneJob {
         report.final_recovery = outcome.final_recovery;
         report.final_held_out_perplexity = outcome.final_held_out;
         // Seconds on the held-out text, so every report and model card says what pruning cost.
+        let t_held_out = Instant::now();
         let wiki = crate::data::corpus::load("wiki")?;
         let held_out = |m| crate::train::job::held_out(m, &dense.tokenizer, &wiki);
         report.held_out = Some(HeldOutPair { dense: held_out(&dense.model)?, pruned: held_out(&pruned.model)? });
+        report.seconds.held_out = t_held_out.elapsed().as_secs_f64();
         let report = self.write(report, t0, &dense.storage, dense_cfg, pruned_cfg, |dir| {
             let mut written = Vec::new();
             if self.writes(ExportFormat::Hf) {

@@ -37,6 +37,9 @@ pub struct Seconds {
     pub compensate: f64,
     pub recover: f64,
     pub export: f64,
+    /// The held-out perplexity of the input and the written model.
+    #[serde(default)]
+    pub held_out: f64,
     pub total: f64,
 }
 
@@ -118,6 +121,7 @@ impl PruneReport {
                 compensate: sum(|s| s.seconds_compensate),
                 recover: sum(|s| s.seconds_recover),
                 export: 0.0,
+                held_out: 0.0,
                 total: 0.0,
             },
             shots: run.shots,
