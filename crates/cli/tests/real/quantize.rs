@@ -95,6 +95,10 @@ fn pruned_auto_gguf_keeps_the_source_type_and_is_smaller() {
     assert_eq!(w.dtype, "bf16");
     let back = load_model(&hf, &Device::Cpu).unwrap();
     assert_eq!(back.storage.dominant_dtype(), Some("BF16"));
+    // The library refuses a base model that is no Hub id before any work (the card's YAML).
+    let job = transact::prune::job::PruneJob { base_model: Some("x\nlicense: evil/y".into()), ..crate::prune::job(&d.path().join("j"), 1, None, None) };
+    let e = format!("{:#}", job.run(&transact::Silent).unwrap_err());
+    assert!(e.contains("not a Hub id"), "{e}");
     // Re-exported from that HF directory, `auto` keeps bf16.
     let again = d.path().join("again");
     assert_eq!(export(&back, &again, ExportFormat::Hf, SaveDtype::Auto, false).unwrap().dtype, "bf16");

@@ -182,7 +182,7 @@ fn bad_training_input_errors_before_work_and_writes_nothing() {
     vocab.insert("and".into(), a);
     std::fs::write(other.join("tokenizer.json"), serde_json::to_string(&tok).unwrap()).unwrap();
 
-    let cases: [(&[&str], &str); 12] = [
+    let cases: [(&[&str], &str); 14] = [
         (&["--loss", "mse"], "invalid value 'mse'"),
         (&["--loss", "kd"], "--teacher is needed by loss `kd`"),
         (&["--teacher", path_str(&gguf), "--data", path_str(&empty)], "contains no text"),
@@ -195,6 +195,8 @@ fn bad_training_input_errors_before_work_and_writes_nothing() {
         (&["--freeze", "embeddings,norms,attention,mlp"], "leaves nothing to train"),
         (&["--data", "teacher:100"], "samples text from the teacher: give --teacher"),
         (&["--teacher", path_str(&gguf), "--data", "teacher:0"], "expected teacher:N with N ≥ 1"),
+        (&["--base-model", "org/na me"], "not a Hub id"),
+        (&["--format", "both", "--dtype", "q4_0"], "q4_0 is a GGUF block type"),
     ];
     for (args, want) in cases {
         let mut all = vec!["train", pruned.as_str(), "--out", path_str(&out)];

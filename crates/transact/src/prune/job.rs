@@ -22,7 +22,7 @@ use crate::card::{Lineage, prune_card};
 use crate::model::io::export::Written;
 use crate::model::io::hf_write::{write_hf, write_hf_metadata};
 use crate::model::io::safetensors::SafetensorsFiles;
-use crate::model::io::storage::{Storage, files_on_disk};
+use crate::model::io::storage::{Storage, files_on_disk, is_hub_id};
 use crate::model::ModelConfig;
 use crate::model::io::load::{load_model, model_sha256};
 use crate::model::io::{atomic, hf_config};
@@ -108,6 +108,9 @@ impl PruneJob {
             && self.writes(ExportFormat::Hf)
         {
             refuse("dtype", why)?;
+        }
+        if let Some(id) = self.base_model.as_deref().filter(|id| !is_hub_id(id)) {
+            refuse("base_model", format!("`{id}` is not a Hub id of the form organization/name"))?;
         }
         if o.calib_batch == 0 {
             refuse("calib_batch", "must be at least 1")?;
