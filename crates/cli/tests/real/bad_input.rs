@@ -64,7 +64,7 @@ fn gguf_truncated() {
     let p = corrupted_gguf(d.path(), "trunc_header.gguf", |b| b.truncate(4096));
     assert_rejected(&p, "trunc_header.gguf", &["invalid GGUF header"]);
     let p = corrupted_gguf(d.path(), "trunc_data.gguf", |b| b.truncate(b.len() * 3 / 5));
-    assert_rejected(&p, "trunc_data.gguf", &["tensor `", "remaining"]);
+    assert_rejected(&p, "trunc_data.gguf", &["tensor `", "extends beyond the end of the file"]);
 }
 
 #[test]
@@ -74,7 +74,7 @@ fn gguf_tensor_offset_past_end() {
         let at = tensor_dtype_pos(b, "blk.0.attn_q.weight") + 4;
         b[at..at + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
     });
-    assert_rejected(&p, "offset.gguf", &["blk.0.attn_q.weight", "remaining"]);
+    assert_rejected(&p, "offset.gguf", &["blk.0.attn_q.weight", "extends beyond the end of the file"]);
 }
 
 #[test]
@@ -118,6 +118,33 @@ fn gguf_unsupported_tensor_type() {
         b[at..at + 4].copy_from_slice(&9u32.to_le_bytes()); // Q8_1: an activation type, never a weight
     });
     assert_rejected(&p, "dtype.gguf", &["blk.0.attn_q.weight", "unsupported type Q8_1"]);
+}
+
+/// Header lies about a tensor's type, shape or offset would read its neighbours' bytes as
+/// weights; each is refused before any weight is read.
+#[test]
+fn gguf_tensor_extents_are_checked() {
+    let d = scratch();
+    let set_u32 = |b: &mut Vec<u8>, at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    let shift_offset = |b: &mut Vec<u8>, by: u64| {
+        let at = tensor_dtype_pos(b, "blk.0.attn_q.weight") + 4;
+        let off = u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+        b[at..at + 8].copy_from_slice(&(off + by).to_le_bytes());
+    };
+    type Edit = Box<dyn Fn(&mut Vec<u8>)>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
+        // Q4_1 → Q5_0: a larger block, so the tensor runs into the next one.
+        ("q5_0.gguf", Box::new(move |b| set_u32(b, tensor_dtype_pos(b, "blk.0.attn_q.weight"), 6)), "overlaps"),
+        // Q4_1 → F32: 6.4 times the bytes.
+        ("f32.gguf", Box::new(move |b| set_u32(b, tensor_dtype_pos(b, "blk.0.attn_q.weight"), 0)), "overlaps"),
+        ("offset1.gguf", Box::new(move |b| shift_offset(b, 1)), "not a multiple of the alignment 32"),
+        ("offset32.gguf", Box::new(move |b| shift_offset(b, 32)), "overlaps"),
+        ("beyond.gguf", Box::new(move |b| shift_offset(b, 1 << 40)), "extends beyond the end of the file"),
+    ];
+    for (name, edit, want) in cases {
+        let p = corrupted_gguf(d.path(), name, |b| edit(b));
+        assert_rejected(&p, name, &[want]);
+    }
 }
 
 #[test]

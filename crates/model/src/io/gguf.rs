@@ -169,6 +169,50 @@ pub fn config_from_metadata(md: &HashMap<String, Value>) -> Result<ModelConfig> 
     })
 }
 
+/// Every tensor's bytes lie inside the file, start at the file's alignment and overlap no other
+/// tensor's: a header that lies about a type, a shape or an offset would otherwise read its
+/// neighbours' bytes as weights (llama.cpp checks the same).
+pub fn check_tensor_extents(content: &Content, file_len: u64) -> Result<()> {
+    let alignment = match content.metadata.get("general.alignment").and_then(as_u64) {
+        Some(0) => bail!("metadata `general.alignment` is 0"),
+        Some(a) => a,
+        None => 32,
+    };
+    let mut spans = Vec::with_capacity(content.tensor_infos.len());
+    for (name, info) in &content.tensor_infos {
+        if !SUPPORTED_TYPES.contains(&info.ggml_dtype) {
+            bail!("tensor `{name}` has unsupported type {:?} (supported: {:?})", info.ggml_dtype, SUPPORTED_TYPES);
+        }
+        let dims = info.shape.dims();
+        let elements = dims
+            .iter()
+            .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
+            .filter(|&n| n <= file_len.saturating_mul(8))
+            .ok_or_else(|| anyhow!("tensor `{name}` has shape {dims:?}, more values than the file can hold"))?;
+        let (block, size) = (info.ggml_dtype.block_size() as u64, info.ggml_dtype.type_size() as u64);
+        let row = dims.last().copied().unwrap_or(1) as u64;
+        if !row.is_multiple_of(block) {
+            bail!("tensor `{name}` has rows of {row} values, not a multiple of its {:?} block of {block}", info.ggml_dtype);
+        }
+        if !info.offset.is_multiple_of(alignment) {
+            bail!("tensor `{name}` starts at offset {}, not a multiple of the alignment {alignment}", info.offset);
+        }
+        let start = content.tensor_data_offset.checked_add(info.offset);
+        let end = start.and_then(|s| s.checked_add(elements / block * size));
+        match (start, end) {
+            (Some(start), Some(end)) if end <= file_len => spans.push((start, end, name.as_str())),
+            _ => bail!("tensor `{name}` ({:?}, shape {dims:?}) extends beyond the end of the file ({file_len} bytes)", info.ggml_dtype),
+        }
+    }
+    spans.sort();
+    for w in spans.windows(2) {
+        if w[1].0 < w[0].1 {
+            bail!("tensor `{}` overlaps tensor `{}` (its type, shape or offset in the header is wrong)", w[1].2, w[0].2);
+        }
+    }
+    Ok(())
+}
+
 pub struct GgufModel {
     pub config: ModelConfig,
     pub weights: Weights,
@@ -188,6 +232,7 @@ pub fn load(path: &Path, device: &Device) -> Result<GgufModel> {
     }
     let mut reader = Cursor::new(&mmap[..]);
     let content = Content::read(&mut reader).map_err(|e| anyhow!("{p}: invalid GGUF header: {}", super::msg(e)))?;
+    check_tensor_extents(&content, mmap.len() as u64).map_err(|e| anyhow!("{p}: {e}"))?;
     let mut config = config_from_metadata(&content.metadata).map_err(|e| anyhow!("{p}: {e}"))?;
     config.tied_embeddings = !content.tensor_infos.contains_key("output.weight");
     config.validate().map_err(|e| anyhow!("{p}: {e}"))?;
