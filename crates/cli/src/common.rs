@@ -98,20 +98,12 @@ pub struct OutputArgs {
     pub dtype: transact::model::io::save_dtype::SaveDtype,
     /// The Hub id (`organization/name`) the model card names as `base_model` and config.json as
     /// `_name_or_path` [default: what the source states, if anything].
-    #[arg(long, value_parser = hub_id)]
+    #[arg(long)]
     pub base_model: Option<String>,
     /// Replace the output directory if it exists (for `train`, also the checkpoint an
     /// interrupted run left).
     #[arg(long)]
     pub force: bool,
-}
-
-fn hub_id(s: &str) -> Result<String, String> {
-    if transact::model::io::storage::is_hub_id(s) {
-        Ok(s.to_string())
-    } else {
-        Err(format!("`{s}` is not a Hub id of the form organization/name"))
-    }
 }
 
 impl Formats {
@@ -255,7 +247,7 @@ fn is_setting(name: &str) -> bool {
         "ratio", "mha_width", "mlp_width", "mlp_multiple", "head_dim_multiple", "attn_unit", "gqa", "alpha", "shots", "stats",
         "recover_cmd", "resume", "stream", "format", "dtype", "kv_dtype", "calib", "calib_batch", "samples", "seq_len", "temperature",
         "top_p", "max_tokens", "force", "teacher", "loss", "kd_weight", "tokens", "steps", "batch", "grad_accum", "lr", "warmup",
-        "schedule", "weight_decay", "clip", "seed", "data", "freeze", "eval_every", "checkpoint_every",
+        "schedule", "weight_decay", "clip", "seed", "data", "freeze", "eval_every", "checkpoint_every", "base_model",
     ];
     SETTINGS.contains(&name)
 }

@@ -178,7 +178,7 @@ pub fn run(a: PruneArgs) -> Result<()> {
     let held_out: Vec<String> = r
         .shots
         .iter()
-        .filter_map(|s| s.held_out.as_ref().map(|h| h.recovered.or(h.compensated).unwrap_or(h.sliced)))
+        .filter_map(|s| s.held_out.as_ref().map(|h| h.last()))
         .chain(r.final_held_out_perplexity)
         .map(|p| format!("{p:.1}"))
         .collect();

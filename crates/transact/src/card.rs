@@ -152,7 +152,7 @@ pub fn prune_card(l: &Lineage, r: &PruneReport, dense: &ModelConfig, pruned: &Mo
     let held: Vec<String> = r
         .shots
         .iter()
-        .filter_map(|sh| sh.held_out.as_ref().map(|h| format!("shot {}: {:.2}", sh.shot, h.recovered.or(h.compensated).unwrap_or(h.sliced))))
+        .filter_map(|sh| sh.held_out.as_ref().map(|h| format!("shot {}: {:.2}", sh.shot, h.last())))
         .chain(r.final_held_out_perplexity.map(|p| format!("after the final recovery: {p:.2}")))
         .collect();
     s.push_str("\n## Measured\n\n");

@@ -10,7 +10,7 @@ use candle_core::quantized::GgmlDType;
 use candle_core::quantized::gguf_file::{Content, Value};
 use transact_kernels::mmap::Mapped;
 
-use super::storage::Storage;
+use super::storage::{Storage, ggml_bytes};
 use crate::config::{LayerShape, ModelConfig, RopeLayout};
 use crate::tokenizer::Tokenizer;
 use crate::weights::{TensorRole, Weights};
@@ -189,7 +189,7 @@ pub fn check_tensor_extents(content: &Content, file_len: u64) -> Result<()> {
             .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
             .filter(|&n| n <= file_len.saturating_mul(8))
             .ok_or_else(|| anyhow!("tensor `{name}` has shape {dims:?}, more values than the file can hold"))?;
-        let (block, size) = (info.ggml_dtype.block_size() as u64, info.ggml_dtype.type_size() as u64);
+        let block = info.ggml_dtype.block_size() as u64;
         let row = dims.last().copied().unwrap_or(1) as u64;
         if !row.is_multiple_of(block) {
             bail!("tensor `{name}` has rows of {row} values, not a multiple of its {:?} block of {block}", info.ggml_dtype);
@@ -198,7 +198,7 @@ pub fn check_tensor_extents(content: &Content, file_len: u64) -> Result<()> {
             bail!("tensor `{name}` starts at offset {}, not a multiple of the alignment {alignment}", info.offset);
         }
         let start = content.tensor_data_offset.checked_add(info.offset);
-        let end = start.and_then(|s| s.checked_add(elements / block * size));
+        let end = start.and_then(|s| s.checked_add(ggml_bytes(info.ggml_dtype, elements)));
         match (start, end) {
             (Some(start), Some(end)) if end <= file_len => spans.push((start, end, name.as_str())),
             _ => bail!("tensor `{name}` ({:?}, shape {dims:?}) extends beyond the end of the file ({file_len} bytes)", info.ggml_dtype),
@@ -244,13 +244,6 @@ pub fn load(path: &Path, device: &Device) -> Result<GgufModel> {
             .tensor_infos
             .get(&name)
             .ok_or_else(|| anyhow!("{p}: missing tensor `{name}`"))?;
-        if !SUPPORTED_TYPES.contains(&info.ggml_dtype) {
-            bail!(
-                "{p}: tensor `{name}` has unsupported type {:?} (supported: {:?})",
-                info.ggml_dtype,
-                SUPPORTED_TYPES
-            );
-        }
         let expected = role.shape(&config);
         if info.shape.dims() != expected.as_slice() {
             bail!(

@@ -67,6 +67,8 @@ pub struct HfConfigRead {
     pub config: ModelConfig,
     pub bos: Option<u32>,
     pub eos: Option<u32>,
+    /// `_name_or_path`, where config.json has one.
+    pub name_or_path: Option<String>,
 }
 
 pub fn read_config(dir: &Path) -> Result<HfConfigRead> {
@@ -120,7 +122,7 @@ pub fn read_config(dir: &Path) -> Result<HfConfigRead> {
         rope_inv_freq: c.transact_rope_inv_freq.clone(),
     };
     config.validate().map_err(|e| anyhow!("{p}: {e}"))?;
-    Ok(HfConfigRead { config, bos: token_id(&c.bos_token_id), eos: token_id(&c.eos_token_id) })
+    Ok(HfConfigRead { config, bos: token_id(&c.bos_token_id), eos: token_id(&c.eos_token_id), name_or_path: c.name_or_path })
 }
 
 /// Model type of transact's own directory format: HF files plus per-pair RoPE frequencies.

@@ -63,7 +63,7 @@ pub fn load_model(path: &Path, device: &Device) -> Result<LoadedModel> {
                 files.load_f32(&role.hf_name(), &role.shape(&config), device)
             })?;
             let tokenizer = Tokenizer::from_hf_dir(path, read.bos, read.eos)?;
-            let storage = Storage::of_hf(path, &files, &config);
+            let storage = Storage::of_hf(path, &files, &config, read.name_or_path.as_deref());
             Ok(LoadedModel {
                 model: Model::new(config, weights),
                 tokenizer,

@@ -126,8 +126,8 @@ impl Storage {
     }
 
     /// A Hugging Face directory's tensors (the roles of `cfg`) and identity (`_name_or_path` of
-    /// config.json when it names a Hub model).
-    pub fn of_hf(dir: &Path, files: &SafetensorsFiles, cfg: &ModelConfig) -> Self {
+    /// its config.json, as [`super::hf_config::read_config`] read it, when that names a Hub model).
+    pub fn of_hf(dir: &Path, files: &SafetensorsFiles, cfg: &ModelConfig, name_or_path: Option<&str>) -> Self {
         let tensors = TensorRole::all(cfg)
             .into_iter()
             .filter_map(|role| {
@@ -138,11 +138,7 @@ impl Storage {
                 Some(StoredTensor { group: role.group(), dtype, elements, bytes: view.data().len() as u64, name })
             })
             .collect();
-        let hub_id = std::fs::read_to_string(dir.join("config.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| v["_name_or_path"].as_str().map(str::to_string))
-            .filter(|id| is_hub_id(id) && !dir.join(id).exists());
+        let hub_id = name_or_path.filter(|id| is_hub_id(id) && !dir.join(id).exists()).map(str::to_string);
         Self { file_type: None, tensors, hub_id, license: None }
     }
 
@@ -192,6 +188,11 @@ impl Storage {
             })
             .collect()
     }
+}
+
+/// Why `id` cannot be a model card's `base_model`, if it cannot.
+pub fn hub_id_problem(id: &str) -> Option<String> {
+    (!is_hub_id(id)).then(|| format!("`{id}` is not a Hub id of the form organization/name"))
 }
 
 /// `organization/name` with the characters the Hub allows.

@@ -22,7 +22,7 @@ use crate::card::{Lineage, prune_card};
 use crate::model::io::export::Written;
 use crate::model::io::hf_write::{write_hf, write_hf_metadata};
 use crate::model::io::safetensors::SafetensorsFiles;
-use crate::model::io::storage::{Storage, files_on_disk, is_hub_id};
+use crate::model::io::storage::{Storage, files_on_disk, hub_id_problem};
 use crate::model::ModelConfig;
 use crate::model::io::load::{load_model, model_sha256};
 use crate::model::io::{atomic, hf_config};
@@ -109,8 +109,8 @@ impl PruneJob {
         {
             refuse("dtype", why)?;
         }
-        if let Some(id) = self.base_model.as_deref().filter(|id| !is_hub_id(id)) {
-            refuse("base_model", format!("`{id}` is not a Hub id of the form organization/name"))?;
+        if let Some(why) = self.base_model.as_deref().and_then(hub_id_problem) {
+            refuse("base_model", why)?;
         }
         if o.calib_batch == 0 {
             refuse("calib_batch", "must be at least 1")?;
@@ -219,7 +219,13 @@ impl PruneJob {
         let t_held_out = Instant::now();
         let wiki = crate::data::corpus::load("wiki")?;
         let held_out = |m| crate::train::job::held_out(m, &dense.tokenizer, &wiki);
-        report.held_out = Some(HeldOutPair { dense: held_out(&dense.model)?, pruned: held_out(&pruned.model)? });
+        // Shots that compensate or recover have measured the final model already.
+        let measured = report.final_held_out_perplexity.or_else(|| report.shots.last().and_then(|s| s.held_out.as_ref()).map(|h| h.last()));
+        let pruned_ppl = match measured {
+            Some(p) => p,
+            None => held_out(&pruned.model)?,
+        };
+        report.held_out = Some(HeldOutPair { dense: held_out(&dense.model)?, pruned: pruned_ppl });
         report.seconds.held_out = t_held_out.elapsed().as_secs_f64();
         let report = self.write(report, t0, &dense.storage, dense_cfg, pruned_cfg, |dir| {
             let mut written = Vec::new();
@@ -243,7 +249,7 @@ impl PruneJob {
         let tokenizer = Tokenizer::from_hf_dir(&self.model, read.bos, read.eos)?;
         let target = resolve(&cfg, self.target, o.units(), o.mlp_multiple)?;
         let files = SafetensorsFiles::open_dir(&self.model)?;
-        let mut storage = Storage::of_hf(&self.model, &files, &cfg);
+        let mut storage = Storage::of_hf(&self.model, &files, &cfg, read.name_or_path.as_deref());
         storage.name_hub_id(self.base_model.as_deref());
         drop(files);
         let (dtype, auto) = self.dtype.resolve(ExportFormat::Hf, &storage, true);

@@ -100,6 +100,13 @@ pub struct HeldOut {
     pub recovered: Option<f64>,
 }
 
+impl HeldOut {
+    /// The perplexity the shot ended with.
+    pub fn last(&self) -> f64 {
+        self.recovered.or(self.compensated).unwrap_or(self.sliced)
+    }
+}
+
 /// What the K shots and the final recovery produced.
 pub struct Outcome {
     pub model: LoadedModel,

@@ -31,7 +31,7 @@ use crate::card::{Lineage, train_card};
 use crate::model::io::export::Written;
 use crate::model::io::hf_write::write_hf;
 use crate::model::io::save_dtype::SaveDtype;
-use crate::model::io::storage::{FileBytes, files_on_disk, is_hub_id};
+use crate::model::io::storage::{FileBytes, files_on_disk, hub_id_problem};
 use crate::model::io::{atomic, hf_config};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::weights::TensorRole;
@@ -144,8 +144,8 @@ impl TrainJob {
         {
             refuse("dtype", why)?;
         }
-        if let Some(id) = self.base_model.as_deref().filter(|id| !is_hub_id(id)) {
-            refuse("base_model", format!("`{id}` is not a Hub id of the form organization/name"))?;
+        if let Some(why) = self.base_model.as_deref().and_then(hub_id_problem) {
+            refuse("base_model", why)?;
         }
         let loss = self.options.loss;
         if loss.needs_teacher() && self.teacher.is_none() {
