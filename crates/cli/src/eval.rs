@@ -45,7 +45,7 @@ pub struct EvalArgs {
     batch_size: usize,
     /// Longest scored sequence in tokens (longer contexts are left-truncated); default: the
     /// model's context length.
-    #[arg(long)]
+    #[arg(long, value_parser = common::at_least_one)]
     max_length: Option<usize>,
     /// Also write the report as JSON to this file.
     #[arg(long)]
@@ -107,7 +107,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         protocol: Protocol {
             max_length: max_len,
             bos: if lm.tokenizer.meta.add_bos { "tokenizer adds BOS" } else { "no BOS (empty contexts get the prefix token)" },
-            scoring: "lm-eval loglikelihood: trailing context spaces move to the continuation; cont = enc(ctx+cont)[len(enc(ctx)):]",
+            scoring: "lm-eval loglikelihood: trailing context whitespace (rstrip) moves to the continuation; cont = enc(ctx+cont)[len(enc(ctx)):]",
             acc_norm: "argmax of loglikelihood / choice length in characters (without the target delimiter)",
             stderr: "sample standard deviation / sqrt(n)",
             limit: a.limit,

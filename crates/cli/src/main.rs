@@ -54,6 +54,7 @@ enum Command {
 pub type ModelPath = PathBuf;
 
 fn main() -> ExitCode {
+    transact_kernels::process::quiet_broken_pipe();
     let args = Args::parse();
     if let Err(e) = common::set_device(&args.device) {
         eprintln!("error: {}", common::render(&e));

@@ -49,6 +49,25 @@ pub fn add(a: &[f32], b: &[f32]) -> Vec<f32> {
     a.par_iter().zip(b).with_min_len(CHUNK).map(|(a, b)| a + b).collect()
 }
 
+/// The index of the first NaN or infinite value of `x`, checked in parallel at memory speed: the
+/// loader runs it over every weight.
+pub fn first_non_finite(x: &[f32]) -> Option<usize> {
+    // `v * 0` is 0 for a finite `v` and NaN otherwise; sixteen independent lanes vectorize.
+    fn finite(c: &[f32]) -> bool {
+        let mut acc = [0f32; 16];
+        let mut blocks = c.chunks_exact(16);
+        for b in &mut blocks {
+            for (a, v) in acc.iter_mut().zip(b) {
+                *a += v * 0.0;
+            }
+        }
+        acc.iter().all(|a| *a == 0.0) && blocks.remainder().iter().all(|v| v.is_finite())
+    }
+    let chunk = x.par_chunks(CHUNK * 4).position_first(|c| !finite(c))?;
+    let start = chunk * CHUNK * 4;
+    x[start..].iter().position(|v| !v.is_finite()).map(|i| start + i)
+}
+
 /// Softmax numerators in place: `s_j ← e^(s_j − m)`; returns `(m, Σ_j e^(s_j − m))` with `m`
 /// the largest score. Causal softmax and decode attention share it.
 pub fn exp_minus_max(s: &mut [f32]) -> (f32, f32) {
@@ -90,6 +109,23 @@ mod tests {
         }
         let want: Vec<f32> = xs.iter().map(|x| x.exp()).collect();
         assert!(close(&got, &want, 4.0 * f32::EPSILON));
+    }
+
+    #[test]
+    fn non_finite_values_are_found_and_exp_keeps_nan() {
+        let mut x: Vec<f32> = (0..100_003).map(|i| (i % 7) as f32 - 3.0).collect();
+        assert_eq!(first_non_finite(&x), None);
+        for (i, bad) in [(5, f32::NAN), (70_001, f32::INFINITY), (100_002, f32::NEG_INFINITY)] {
+            x[i] = bad;
+            assert_eq!(first_non_finite(&x), Some(i));
+            x[i] = 0.0;
+        }
+        // A NaN score must not turn into a probability (the vector exp used to clamp it).
+        let mut s = vec![1.0, f32::NAN, 0.5, 0.0, -1.0, 2.0, 3.0, 4.0, 5.0];
+        let (_, sum) = exp_minus_max(&mut s);
+        assert!(sum.is_nan() && s[1].is_nan(), "{s:?}");
+        let up = vec![1.0; 9];
+        assert!(silu_mul(&[f32::NAN; 9], &up).iter().all(|v| v.is_nan()));
     }
 
     #[test]

@@ -14,19 +14,21 @@
 //! - [`elementwise`]: softmax rows, SiLU · up, residual adds, the vector `exp`.
 //! - [`spin_pool`]: helper threads that spin between the short parallel regions of a decode step.
 //! - [`huge_pages`]: one buffer backed by transparent huge pages, for weights read every token.
-//! - [`mmap`]: read-only file mappings, for checkpoints.
 //! - [`heap`]: the C heap's policy for training (freed memory kept for the next step).
+//! - [`fs`]: renames that never replace another process's output, or swap with the old one.
+//! - [`process`]: process-wide settings (a closed stdout pipe ends the process quietly).
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod attend;
 pub mod cpu;
 pub mod elementwise;
+pub mod fs;
 pub mod gemm;
 pub mod gemv;
 pub mod heap;
 pub mod huge_pages;
 pub mod matrix;
-pub mod mmap;
+pub mod process;
 pub mod q8;
 mod simd;
 pub mod spin_pool;

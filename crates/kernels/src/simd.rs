@@ -6,11 +6,13 @@
 use std::arch::x86_64::*;
 
 /// e^x (Cephes' `expf`: x = n·ln2 + r, a degree-6 polynomial in r, times 2^n), within
-/// 2 ulp of libm on [-87, 88]; inputs are clamped there, so -inf gives ~1.6e-38.
+/// 2 ulp of libm on [-87, 88]; inputs are clamped there, so -inf gives ~1.6e-38, and NaN stays
+/// NaN (a NaN score must surface as NaN, not as a probability).
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 pub fn exp(x: __m256) -> __m256 {
-    let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0)), _mm256_set1_ps(88.0));
+    // `max_ps`/`min_ps` return their second operand when either is NaN: `x` goes second.
+    let x = _mm256_min_ps(_mm256_set1_ps(88.0), _mm256_max_ps(_mm256_set1_ps(-87.0), x));
     let n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     // ln2 in two parts so r = x - n·ln2 stays exact.
     let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);

@@ -5,6 +5,16 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Bounds on what a config may declare, far above any LLaMA-family model (Llama 3 405B: 126
+/// layers, hidden 16384, 128 heads, MLP 53248, vocab 128256). A file beyond them is lying, and
+/// checking them first keeps every product of dims below overflow.
+pub const MAX_LAYERS: usize = 1 << 12;
+const MAX_WIDTH: usize = 1 << 20;
+const MAX_HEADS: usize = 1 << 12;
+const MAX_HEAD_DIM: usize = 1 << 12;
+const MAX_VOCAB: usize = 1 << 23;
+const MAX_POSITION: usize = 1 << 26;
+
 /// How rotary pairs are laid out inside a head's Q/K rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -108,25 +118,24 @@ impl ModelConfig {
 
     /// Checks internal consistency; called by every loader so a bad file never reaches the forward.
     pub fn validate(&self) -> Result<(), String> {
-        if self.hidden_size == 0 || self.vocab_size == 0 {
-            return Err("hidden size and vocab size must be positive".into());
+        let within = |what: &str, v: usize, max: usize| {
+            if (1..=max).contains(&v) { Ok(()) } else { Err(format!("{what} is {v} (1 to {max})")) }
+        };
+        within("the hidden size", self.hidden_size, MAX_WIDTH)?;
+        within("the vocabulary size", self.vocab_size, MAX_VOCAB)?;
+        within("the number of layers", self.layers.len(), MAX_LAYERS)?;
+        within("the context length", self.max_position, MAX_POSITION)?;
+        if !(self.rope_theta.is_finite() && self.rope_theta > 1.0) {
+            return Err(format!("the RoPE base (rope theta) is {}; it must be a finite number above 1", self.rope_theta));
         }
-        if self.layers.is_empty() {
-            return Err("the model has no layers".into());
-        }
-        // Written to reject NaN too.
-        if self.rope_theta.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
-            || self.rms_eps.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
-        {
-            return Err(format!(
-                "rope theta ({}) and RMSNorm eps ({}) must be positive",
-                self.rope_theta, self.rms_eps
-            ));
+        if !(self.rms_eps.is_finite() && self.rms_eps > 0.0 && self.rms_eps < 1.0) {
+            return Err(format!("the RMSNorm epsilon is {}; it must lie in (0, 1)", self.rms_eps));
         }
         for (i, l) in self.layers.iter().enumerate() {
-            if l.n_heads == 0 || l.n_kv_heads == 0 || l.head_dim == 0 || l.mlp_width == 0 {
-                return Err(format!("layer {i}: zero-sized shape {l:?}"));
-            }
+            within(&format!("layer {i}: the number of heads"), l.n_heads, MAX_HEADS)?;
+            within(&format!("layer {i}: the number of KV heads"), l.n_kv_heads, MAX_HEADS)?;
+            within(&format!("layer {i}: the head dim"), l.head_dim, MAX_HEAD_DIM)?;
+            within(&format!("layer {i}: the MLP width"), l.mlp_width, MAX_WIDTH)?;
             if l.n_heads % l.n_kv_heads != 0 {
                 return Err(format!(
                     "layer {i}: {} query heads are not divisible by {} KV heads",
@@ -139,7 +148,8 @@ impl ModelConfig {
         }
         if let Some(f) = &self.rope_inv_freq {
             let ok = f.len() == self.layers.len()
-                && f.iter().zip(&self.layers).all(|(g, s)| g.len() == s.n_kv_heads && g.iter().all(|p| p.len() * 2 == s.head_dim));
+                && f.iter().zip(&self.layers).all(|(g, s)| g.len() == s.n_kv_heads && g.iter().all(|p| p.len() * 2 == s.head_dim))
+                && f.iter().flatten().flatten().all(|x| x.is_finite() && *x >= 0.0);
             if !ok {
                 return Err("rope_inv_freq does not match the layer shapes".into());
             }

@@ -5,7 +5,8 @@
 //!   [`cost`] (parameters, FLOPs, KV-cache bytes), [`rope`], and [`reference`]: the forward in
 //!   plain differentiable candle ops, readable top to bottom; the definition the fast forward is
 //!   tested against and what training differentiates.
-//! - Files: [`io`] reads GGUF and Hugging Face directories and writes both, atomically.
+//! - Files: [`io`] reads GGUF and Hugging Face directories and writes both, atomically;
+//!   [`finite`] refuses NaN and infinite weights and results.
 //! - Engine: [`forward`] (prefill, scoring, calibration hooks) and [`decode`] (one token per
 //!   sequence) on the kernels of `transact-kernels`, through [`linear`] (weights in f32, f16,
 //!   bf16 or Q8_0) and [`kv_cache`] (f32, f16 or 8-bit); [`host`] hands CPU tensors to the
@@ -19,6 +20,7 @@ pub mod choice;
 pub mod config;
 pub mod cost;
 mod decode;
+pub mod finite;
 pub mod forward;
 pub mod fused;
 pub mod generate;

@@ -34,6 +34,8 @@ impl Sampler {
 
     /// Picks the next token from logits of shape `[vocab]`.
     pub fn sample(&mut self, logits: &Tensor) -> Result<u32> {
+        // A NaN logit would pick an arbitrary token and go on as if it were text.
+        crate::finite::check_tensor(logits, "the next-token logits")?;
         if self.temperature <= 0.0 {
             return Ok(logits.argmax(D::Minus1)?.to_scalar::<u32>()?);
         }

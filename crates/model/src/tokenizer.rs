@@ -169,6 +169,22 @@ impl Tokenizer {
         self.inner.get_vocab_size(true)
     }
 
+    /// Every id the tokenizer can produce, and each special id, is a row of a model with
+    /// `model_vocab` embedding rows: otherwise some text would index past the embedding.
+    pub fn check_fits(&self, model_vocab: usize) -> Result<()> {
+        let ids = self.vocab_size();
+        if ids > model_vocab {
+            bail!("the tokenizer has {ids} tokens but the model's vocabulary has {model_vocab} rows");
+        }
+        let m = &self.meta;
+        for (what, id) in [("BOS", m.bos), ("EOS", m.eos), ("padding", m.pad), ("unknown", m.unk)] {
+            if let Some(id) = id.filter(|&id| id as usize >= model_vocab) {
+                bail!("the {what} token id {id} is outside the model's vocabulary of {model_vocab}");
+            }
+        }
+        Ok(())
+    }
+
     /// The tokenizer as Hugging Face `tokenizer.json` text.
     pub fn to_json(&self) -> Result<String> {
         self.inner.to_string(true).map_err(|e| anyhow!("tokenizer: {e}"))

@@ -11,7 +11,7 @@ use transact::model::io::export::{ExportFormat, export};
 use crate::common::{gguf_path, model, path_str, run_cli, scratch};
 
 /// Runs `transact inspect` on `path` and checks the failure names the file and the problem.
-fn assert_rejected(path: &Path, named: &str, expect: &[&str]) {
+pub(crate) fn assert_rejected(path: &Path, named: &str, expect: &[&str]) {
     let (code, _, err) = run_cli(&["inspect", path_str(path)]);
     eprintln!("{}: {}", path.display(), err.trim());
     assert_eq!(code, 2, "exit code for {}: {err}", path.display());
@@ -25,7 +25,7 @@ fn assert_rejected(path: &Path, named: &str, expect: &[&str]) {
 }
 
 /// A copy of the real GGUF with `edit` applied to its bytes.
-fn corrupted_gguf(dir: &Path, name: &str, edit: impl FnOnce(&mut Vec<u8>)) -> PathBuf {
+pub(crate) fn corrupted_gguf(dir: &Path, name: &str, edit: impl FnOnce(&mut Vec<u8>)) -> PathBuf {
     let mut bytes = std::fs::read(gguf_path()).unwrap();
     edit(&mut bytes);
     let p = dir.join(name);
@@ -33,19 +33,19 @@ fn corrupted_gguf(dir: &Path, name: &str, edit: impl FnOnce(&mut Vec<u8>)) -> Pa
     p
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> usize {
+pub(crate) fn find(hay: &[u8], needle: &[u8]) -> usize {
     hay.windows(needle.len()).position(|w| w == needle).unwrap_or_else(|| panic!("{:?} not found", String::from_utf8_lossy(needle)))
 }
 
 /// Position right after a GGUF length-prefixed string (a key or a tensor name).
-fn after_string(bytes: &[u8], s: &str) -> usize {
+pub(crate) fn after_string(bytes: &[u8], s: &str) -> usize {
     let mut needle = (s.len() as u64).to_le_bytes().to_vec();
     needle.extend(s.as_bytes());
     find(bytes, &needle) + needle.len()
 }
 
 /// Offset of a tensor info's dtype field (after the name, n_dims and the u64 dims).
-fn tensor_dtype_pos(bytes: &[u8], name: &str) -> usize {
+pub(crate) fn tensor_dtype_pos(bytes: &[u8], name: &str) -> usize {
     let p = after_string(bytes, name);
     let n_dims = u32::from_le_bytes(bytes[p..p + 4].try_into().unwrap()) as usize;
     p + 4 + 8 * n_dims
@@ -164,7 +164,7 @@ fn missing_path() {
 }
 
 /// An f16 HF export of the real model, made once per test run.
-fn hf_fixture() -> &'static Path {
+pub(crate) fn hf_fixture() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fixture-hf-f16");
@@ -175,7 +175,7 @@ fn hf_fixture() -> &'static Path {
 }
 
 /// A copy of the HF fixture: files linked, except those `edit` rewrites.
-fn corrupted_hf(root: &Path, name: &str, file: &str, edit: impl FnOnce(Vec<u8>) -> Vec<u8>) -> PathBuf {
+pub(crate) fn corrupted_hf(root: &Path, name: &str, file: &str, edit: impl FnOnce(Vec<u8>) -> Vec<u8>) -> PathBuf {
     let src = hf_fixture();
     let dir = root.join(name);
     std::fs::create_dir(&dir).unwrap();
@@ -194,7 +194,7 @@ fn corrupted_hf(root: &Path, name: &str, file: &str, edit: impl FnOnce(Vec<u8>) 
     dir
 }
 
-fn edit_config(f: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) -> impl FnOnce(Vec<u8>) -> Vec<u8> {
+pub(crate) fn edit_config(f: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) -> impl FnOnce(Vec<u8>) -> Vec<u8> {
     move |bytes| {
         let mut v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         f(v.as_object_mut().unwrap());

@@ -8,6 +8,7 @@ mod data;
 mod eval;
 mod export;
 mod forward;
+mod hostile;
 mod hidden;
 mod prune;
 mod quantize;

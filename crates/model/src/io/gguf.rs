@@ -1,15 +1,13 @@
 //! GGUF (v2/v3, `llama` architecture) → f32 model, using candle's GGUF reader.
 
-use std::collections::HashMap;
-use std::io::Cursor;
+use std::collections::{HashMap, HashSet};
+use std::io::{BufReader, Cursor, Read, Seek};
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
 use candle_core::Device;
 use candle_core::quantized::GgmlDType;
 use candle_core::quantized::gguf_file::{Content, Value};
-use transact_kernels::mmap::Mapped;
-
 use super::storage::{Storage, ggml_bytes};
 use crate::config::{LayerShape, ModelConfig, RopeLayout};
 use crate::tokenizer::Tokenizer;
@@ -114,6 +112,10 @@ pub fn config_from_metadata(md: &HashMap<String, Value>) -> Result<ModelConfig> 
     }
     let hidden = m.require_usize("llama.embedding_length")?;
     let n_layers = m.require_usize("llama.block_count")?;
+    // Bounded before the per-layer vectors are allocated from it.
+    if !(1..=crate::config::MAX_LAYERS).contains(&n_layers) {
+        bail!("metadata `llama.block_count` is {n_layers} (1 to {})", crate::config::MAX_LAYERS);
+    }
     let heads = m
         .per_layer("llama.attention.head_count", n_layers)?
         .ok_or_else(|| anyhow!("missing metadata `llama.attention.head_count`"))?;
@@ -121,8 +123,8 @@ pub fn config_from_metadata(md: &HashMap<String, Value>) -> Result<ModelConfig> 
     let ffn = m
         .per_layer("llama.feed_forward_length", n_layers)?
         .ok_or_else(|| anyhow!("missing metadata `llama.feed_forward_length`"))?;
-    if heads.contains(&0) {
-        bail!("metadata `llama.attention.head_count` has a layer with 0 heads");
+    if let Some(h) = heads.iter().find(|&&h| h == 0 || h > hidden) {
+        bail!("metadata `llama.attention.head_count` is {h} (1 to the embedding length {hidden})");
     }
     let head_dim = match m.usize("llama.attention.key_length")? {
         Some(d) => d,
@@ -213,6 +215,29 @@ pub fn check_tensor_extents(content: &Content, file_len: u64) -> Result<()> {
     Ok(())
 }
 
+/// Every tensor of the file is one the model uses: a `blk.N` tensor beyond `block_count`, or one
+/// this loader does not know (llama.cpp's `rope_freqs`, say), means the file describes another
+/// model than the metadata (llama.cpp refuses such files too: "wrong number of tensors").
+fn check_tensor_set(content: &Content, config: &ModelConfig) -> Result<()> {
+    let used: HashSet<String> = TensorRole::all(config).into_iter().map(|r| r.gguf_name()).collect();
+    let mut missing: Vec<&String> = used.iter().filter(|n| !content.tensor_infos.contains_key(*n)).collect();
+    missing.sort();
+    if let Some(name) = missing.first() {
+        bail!("missing tensor `{name}`");
+    }
+    let mut unused: Vec<&String> = content.tensor_infos.keys().filter(|n| !used.contains(*n)).collect();
+    unused.sort();
+    match unused.first() {
+        None => Ok(()),
+        Some(first) => bail!(
+            "{} tensor(s) the model does not use, first `{first}` (metadata says {} layers{}); the header describes another model",
+            unused.len(),
+            config.n_layers(),
+            if config.tied_embeddings { ", tied embeddings" } else { "" }
+        ),
+    }
+}
+
 pub struct GgufModel {
     pub config: ModelConfig,
     pub weights: Weights,
@@ -222,40 +247,50 @@ pub struct GgufModel {
     pub storage: Storage,
 }
 
-/// Loads a GGUF file: memory-mapped, each tensor dequantized to f32 once.
+/// Loads a GGUF file, each tensor dequantized to f32 once. The file is read, not mapped: a loader
+/// copies every tensor anyway, and a file truncated while it is read then fails with an error
+/// instead of a SIGBUS.
 pub fn load(path: &Path, device: &Device) -> Result<GgufModel> {
     let p = path.display();
-    let mmap = Mapped::open(path).with_context(|| format!("{p}: cannot open"))?;
-    if mmap.len() < 4 || &mmap[..4] != b"GGUF" {
-        let got = String::from_utf8_lossy(&mmap[..mmap.len().min(4)]).into_owned();
-        bail!("{p}: not a GGUF file (magic bytes {got:?}, expected \"GGUF\")");
-    }
-    let mut reader = Cursor::new(&mmap[..]);
-    let content = Content::read(&mut reader).map_err(|e| anyhow!("{p}: invalid GGUF header: {}", super::msg(e)))?;
-    check_tensor_extents(&content, mmap.len() as u64).map_err(|e| anyhow!("{p}: {e}"))?;
-    let mut config = config_from_metadata(&content.metadata).map_err(|e| anyhow!("{p}: {e}"))?;
+    let file = std::fs::File::open(path).with_context(|| format!("{p}: cannot open"))?;
+    let len = file.metadata().with_context(|| format!("{p}: cannot open"))?.len();
+    load_from(&mut BufReader::new(file), len, device).map_err(|e| anyhow!("{p}: {e}"))
+}
+
+/// [`load`] from any reader of a GGUF file of `len` bytes (the fuzz targets feed bytes); errors
+/// name no file.
+pub fn load_from<R: Read + Seek>(reader: &mut BufReader<R>, len: u64, device: &Device) -> Result<GgufModel> {
+    let facts = super::gguf_header::scan(reader, len).map_err(|e| anyhow!("invalid GGUF header: {e}"))?;
+    // candle parses the header from memory: on a file it would ask the OS for its position at
+    // every one of the ~100k tokenizer strings.
+    let mut header = vec![0u8; facts.header_bytes as usize];
+    reader.rewind()?;
+    reader.read_exact(&mut header)?;
+    let content = Content::read(&mut Cursor::new(&header)).map_err(|e| anyhow!("invalid GGUF header: {}", super::msg(e)))?;
+    drop(header);
+    check_tensor_extents(&content, len)?;
+    let mut config = config_from_metadata(&content.metadata)?;
     config.tied_embeddings = !content.tensor_infos.contains_key("output.weight");
-    config.validate().map_err(|e| anyhow!("{p}: {e}"))?;
-    let tokenizer = Tokenizer::from_gguf(&content.metadata).map_err(|e| anyhow!("{p}: {e}"))?;
+    config.validate().map_err(|e| anyhow!("{e}"))?;
+    check_tensor_set(&content, &config)?;
+    let tokenizer = Tokenizer::from_gguf(&content.metadata)?;
+    tokenizer.check_fits(config.vocab_size)?;
 
     let weights = Weights::from_roles(&config, |role: TensorRole| {
         let name = role.gguf_name();
-        let info = content
-            .tensor_infos
-            .get(&name)
-            .ok_or_else(|| anyhow!("{p}: missing tensor `{name}`"))?;
+        let info = &content.tensor_infos[&name]; // present: check_tensor_set
         let expected = role.shape(&config);
         if info.shape.dims() != expected.as_slice() {
-            bail!(
-                "{p}: tensor `{name}` has shape {:?} but the metadata implies {:?}",
-                info.shape.dims(),
-                expected
-            );
+            bail!("tensor `{name}` has shape {:?} but the metadata implies {:?}", info.shape.dims(), expected);
         }
         let q = info
-            .read(&mut reader, content.tensor_data_offset, device)
-            .map_err(|e| anyhow!("{p}: tensor `{name}`: {}", super::msg(e)))?;
-        q.dequantize(device).map_err(|e| anyhow!("{p}: tensor `{name}`: {}", super::msg(e)))
+            .read(reader, content.tensor_data_offset, device)
+            .map_err(|e| anyhow!("tensor `{name}`: cannot read its bytes ({}); did the file change while it was read?", super::msg(e)))?;
+        if let Some(i) = crate::finite::first_non_finite_stored(q.dtype(), &q.data()?) {
+            let cols = expected.last().copied().unwrap_or(1);
+            bail!("tensor `{name}` holds a NaN or infinite value at row {}, column {} (weights must be finite)", i / cols, i % cols);
+        }
+        q.dequantize(device).map_err(|e| anyhow!("tensor `{name}`: {}", super::msg(e)))
     })?;
     let tokenizer_metadata = content
         .metadata

@@ -99,6 +99,10 @@ pub fn read_config(dir: &Path) -> Result<HfConfigRead> {
     if c.num_attention_heads == 0 {
         bail!("{p}: num_attention_heads is 0");
     }
+    // Bounded before the layers are allocated from it.
+    if !(1..=crate::config::MAX_LAYERS).contains(&c.num_hidden_layers) {
+        bail!("{p}: num_hidden_layers is {} (1 to {})", c.num_hidden_layers, crate::config::MAX_LAYERS);
+    }
     let shape = LayerShape {
         n_heads: c.num_attention_heads,
         n_kv_heads: c.num_key_value_heads.unwrap_or(c.num_attention_heads),

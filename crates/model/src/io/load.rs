@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Result, bail};
+use anyhow::{Result, anyhow, bail};
 use candle_core::Device;
 use candle_core::quantized::gguf_file::Value;
 
@@ -59,10 +59,12 @@ pub fn load_model(path: &Path, device: &Device) -> Result<LoadedModel> {
             let read = hf_config::read_config(path)?;
             let config = read.config;
             let files = SafetensorsFiles::open_dir(path)?;
+            check_layer_tensors(path, &files, config.n_layers())?;
             let weights = Weights::from_roles(&config, |role| {
                 files.load_f32(&role.hf_name(), &role.shape(&config), device)
             })?;
             let tokenizer = Tokenizer::from_hf_dir(path, read.bos, read.eos)?;
+            tokenizer.check_fits(config.vocab_size).map_err(|e| anyhow!("{}: {e}", path.display()))?;
             let storage = Storage::of_hf(path, &files, &config, read.name_or_path.as_deref());
             Ok(LoadedModel {
                 model: Model::new(config, weights),
@@ -74,6 +76,20 @@ pub fn load_model(path: &Path, device: &Device) -> Result<LoadedModel> {
             })
         }
     }
+}
+
+/// No tensor belongs to a layer beyond `num_hidden_layers`: a config that undercounts layers would
+/// otherwise load a shallower model than the checkpoint holds.
+fn check_layer_tensors(dir: &Path, files: &SafetensorsFiles, n_layers: usize) -> Result<()> {
+    let beyond = files
+        .names()
+        .filter_map(|n| Some((n, n.strip_prefix("model.layers.")?.split('.').next()?.parse::<usize>().ok()?)))
+        .filter(|&(_, l)| l >= n_layers)
+        .min_by_key(|&(_, l)| l);
+    if let Some((name, _)) = beyond {
+        bail!("{}: tensor `{name}` belongs to a layer beyond num_hidden_layers = {n_layers} in config.json", dir.display());
+    }
+    Ok(())
 }
 
 /// SHA-256 identifying a checkpoint: the GGUF file, or an HF directory's config.json and

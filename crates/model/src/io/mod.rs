@@ -7,6 +7,7 @@
 pub mod atomic;
 pub mod export;
 pub mod gguf;
+pub mod gguf_header;
 pub mod gguf_write;
 pub mod hf_config;
 pub mod hf_write;

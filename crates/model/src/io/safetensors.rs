@@ -1,41 +1,104 @@
-//! Safetensors: memory-mapped reading (single file or sharded with an index) and lazy writing.
+//! Safetensors: reading (single file or sharded with an index) and lazy writing.
+//!
+//! Files are read, not mapped: a tensor's bytes are read when it is loaded, so memory holds one
+//! tensor's bytes at a time (a checkpoint larger than memory streams a layer at a time), and a
+//! file truncated or rewritten while it is read fails with an error instead of a SIGBUS.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use anyhow::{Context, Result, anyhow, bail};
 use candle_core::safetensors::Load;
+use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
-use safetensors::tensor::{Metadata, TensorView};
-use safetensors::{Dtype, SafeTensors};
-use transact_kernels::mmap::Mapped;
+use safetensors::tensor::{Metadata, TensorInfo, TensorView};
+use safetensors::Dtype;
 
-/// One mapped file: its bytes, where its data starts, and its header.
+/// The largest header accepted (the `safetensors` crate's own limit).
+const MAX_HEADER_BYTES: u64 = 100_000_000;
+
+/// One open file: its handle, where its data starts, and its header.
 struct File {
     path: PathBuf,
-    map: Mapped,
-    data_start: usize,
+    file: std::fs::File,
+    data_start: u64,
     header: Metadata,
+}
+
+/// The keys of a JSON object in order, duplicates kept (serde's maps keep the last silently).
+struct Keys(Vec<String>);
+
+impl<'de> serde::Deserialize<'de> for Keys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Keys;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> std::result::Result<Keys, A::Error> {
+                let mut keys = Vec::new();
+                while let Some((k, _)) = m.next_entry::<String, serde::de::IgnoredAny>()? {
+                    keys.push(k);
+                }
+                Ok(Keys(keys))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// The first key of a JSON object that appears twice.
+pub fn duplicate_key(json: &[u8]) -> Option<String> {
+    let Keys(keys) = serde_json::from_slice(json).ok()?;
+    let mut seen = HashSet::new();
+    keys.into_iter().find(|k| !seen.insert(k.clone()))
 }
 
 impl File {
     fn open(path: &Path) -> Result<Self> {
         let p = path.display();
-        let map = Mapped::open(path).with_context(|| format!("{p}: cannot open"))?;
-        // Parses the header and checks every tensor's byte range against the file, once.
-        let (n, header) = SafeTensors::read_metadata(&map).map_err(|e| anyhow!("{p}: invalid safetensors file: {e}"))?;
-        Ok(Self { path: path.to_path_buf(), map, data_start: 8 + n, header })
+        let file = std::fs::File::open(path).with_context(|| format!("{p}: cannot open"))?;
+        let len = file.metadata().with_context(|| format!("{p}: cannot open"))?.len();
+        let bad = |what: String| anyhow!("{p}: invalid safetensors file: {what}");
+        let mut n = [0u8; 8];
+        file.read_exact_at(&mut n, 0).map_err(|_| bad(format!("{len} bytes, too short for a header")))?;
+        let n = u64::from_le_bytes(n);
+        if n > MAX_HEADER_BYTES || n > len - 8 {
+            return Err(bad(format!("the header length {n} exceeds the file ({len} bytes) or the limit of {MAX_HEADER_BYTES}")));
+        }
+        let mut json = vec![0u8; n as usize];
+        file.read_exact_at(&mut json, 8).map_err(|e| bad(format!("cannot read the header: {e}")))?;
+        if let Some(k) = duplicate_key(&json) {
+            return Err(bad(format!("the header lists `{k}` twice")));
+        }
+        // Parses the header and checks that the tensors' byte ranges tile the data exactly.
+        let header: Metadata = serde_json::from_slice(&json).map_err(|e| bad(format!("header: {e}")))?;
+        let end = 8 + n + header.data_len() as u64;
+        if end != len {
+            return Err(bad(format!("the header describes {end} bytes but the file has {len}")));
+        }
+        Ok(Self { path: path.to_path_buf(), file, data_start: 8 + n, header })
     }
 
-    /// The tensor `name` as stored (its bytes in place).
-    fn view(&self, name: &str) -> Result<TensorView<'_>> {
+    fn info(&self, name: &str) -> Result<&TensorInfo> {
+        self.header.info(name).ok_or_else(|| anyhow!("{}: missing tensor `{name}`", self.path.display()))
+    }
+
+    /// Runs `f` on the tensor `name` as stored, its bytes read for this call.
+    fn with_view<R>(&self, name: &str, f: impl FnOnce(&TensorView) -> R) -> Result<R> {
         let p = self.path.display();
-        let info = self.header.info(name).ok_or_else(|| anyhow!("{p}: missing tensor `{name}`"))?;
+        let info = self.info(name)?;
         let (lo, hi) = info.data_offsets;
-        let bytes = &self.map[self.data_start + lo..self.data_start + hi];
-        TensorView::new(info.dtype, info.shape.clone(), bytes).map_err(|e| anyhow!("{p}: tensor `{name}`: {e}"))
+        let mut bytes = vec![0u8; hi - lo];
+        self.file
+            .read_exact_at(&mut bytes, self.data_start + lo as u64)
+            .map_err(|e| anyhow!("{p}: tensor `{name}`: cannot read its bytes ({e}); did the file change while it was read?"))?;
+        let view = TensorView::new(info.dtype, info.shape.clone(), &bytes).map_err(|e| anyhow!("{p}: tensor `{name}`: {e}"))?;
+        Ok(f(&view))
     }
 }
 
@@ -47,51 +110,84 @@ pub struct SafetensorsFiles {
     index: HashMap<String, usize>,
 }
 
+/// The shard file names of `model.safetensors.index.json`'s `weight_map`, by tensor.
+fn weight_map(index_path: &Path) -> Result<Vec<(String, String)>> {
+    let p = index_path.display();
+    let text = std::fs::read(index_path).with_context(|| format!("{p}: cannot read"))?;
+    let v: serde_json::Value = serde_json::from_slice(&text).map_err(|e| anyhow!("{p}: {e}"))?;
+    let map = v["weight_map"].as_object().ok_or_else(|| anyhow!("{p}: missing object `weight_map`"))?;
+    let inner = serde_json::to_vec(&v["weight_map"])?;
+    if let Some(k) = duplicate_key(&text).or_else(|| duplicate_key(&inner)) {
+        bail!("{p}: `{k}` appears twice");
+    }
+    map.iter()
+        .map(|(tensor, file)| {
+            let file = file.as_str().ok_or_else(|| anyhow!("{p}: `weight_map` entry `{tensor}` is not a file name"))?;
+            // A shard lies beside the index: a path elsewhere would read files the user did not name.
+            let plain = Path::new(file).file_name().is_some_and(|n| n == file) && file.ends_with(".safetensors");
+            if !plain {
+                bail!("{p}: `weight_map` entry `{tensor}` names `{file}`, not a .safetensors file in this folder");
+            }
+            Ok((tensor.clone(), file.to_string()))
+        })
+        .collect()
+}
+
 impl SafetensorsFiles {
-    /// Opens `model.safetensors`, or the shards listed in `model.safetensors.index.json`.
+    /// Opens `model.safetensors`, or the shards listed in `model.safetensors.index.json`; each
+    /// tensor is read from the shard the index names, and from no other.
     pub fn open_dir(dir: &Path) -> Result<Self> {
         let index_path = dir.join("model.safetensors.index.json");
         let single = dir.join("model.safetensors");
-        let paths: Vec<PathBuf> = if index_path.exists() {
-            let p = index_path.display();
-            let text = std::fs::read_to_string(&index_path).with_context(|| format!("{p}: cannot read"))?;
-            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| anyhow!("{p}: {e}"))?;
-            let map = v["weight_map"]
-                .as_object()
-                .ok_or_else(|| anyhow!("{p}: missing object `weight_map`"))?;
-            let mut files: Vec<String> =
-                map.values().filter_map(|f| f.as_str().map(str::to_string)).collect();
-            files.sort();
-            files.dedup();
-            files.into_iter().map(|f| dir.join(f)).collect()
-        } else if single.exists() {
-            vec![single]
-        } else {
-            bail!(
-                "{}: no model.safetensors or model.safetensors.index.json found",
-                dir.display()
-            );
-        };
         let mut files = Vec::new();
         let mut index = HashMap::new();
-        for path in paths {
-            let file = File::open(&path)?;
-            for name in file.header.tensors().into_keys() {
-                index.insert(name, files.len());
+        if index_path.exists() {
+            let map = weight_map(&index_path)?;
+            let mut names: Vec<&str> = map.iter().map(|(_, f)| f.as_str()).collect();
+            names.sort();
+            names.dedup();
+            for name in &names {
+                files.push(File::open(&dir.join(name))?);
             }
+            for (tensor, file) in &map {
+                let i = names.binary_search(&file.as_str()).expect("every shard was opened");
+                files[i].info(tensor).with_context(|| format!("{}: `weight_map` names this shard", index_path.display()))?;
+                index.insert(tensor.clone(), i);
+            }
+            // A tensor in a shard the index does not send it to would be a second, ignored copy.
+            for (i, f) in files.iter().enumerate() {
+                for name in f.header.tensors().into_keys() {
+                    if index.get(&name) != Some(&i) {
+                        bail!("{}: holds tensor `{name}`, which `weight_map` of {} does not assign to it", f.path.display(), index_path.display());
+                    }
+                }
+            }
+        } else if single.exists() {
+            let file = File::open(&single)?;
+            index = file.header.tensors().into_keys().map(|name| (name, 0)).collect();
             files.push(file);
+        } else {
+            bail!("{}: no model.safetensors or model.safetensors.index.json found", dir.display());
         }
         Ok(Self { dir: dir.to_path_buf(), files, index })
     }
 
-    /// The file that holds `name`, and `name` as stored there.
-    pub fn view(&self, name: &str) -> Result<(&Path, TensorView<'_>)> {
+    fn file(&self, name: &str) -> Result<&File> {
         let &i = self
             .index
             .get(name)
             .ok_or_else(|| anyhow!("{}: missing tensor `{name}` in the safetensors files", self.dir.display()))?;
-        let f = &self.files[i];
-        Ok((&f.path, f.view(name)?))
+        Ok(&self.files[i])
+    }
+
+    /// How `name` is stored (dtype, shape, bytes), without reading it.
+    pub fn info(&self, name: &str) -> Result<&TensorInfo> {
+        self.file(name)?.info(name)
+    }
+
+    /// Every tensor name of the checkpoint.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.index.keys().map(String::as_str)
     }
 
     /// The file that holds `name`.
@@ -99,27 +195,35 @@ impl SafetensorsFiles {
         self.index.get(name).map(|&i| self.files[i].path.as_path())
     }
 
-    /// Loads `name` as f32 after checking its dtype and shape.
+    /// Loads `name` as f32 after checking its dtype and shape, and that its values are finite.
     pub fn load_f32(&self, name: &str, expected: &[usize], device: &Device) -> Result<Tensor> {
-        let (path, view) = self.view(name)?;
-        let p = path.display();
-        if !matches!(view.dtype(), Dtype::F32 | Dtype::F16 | Dtype::BF16) {
-            bail!("{p}: tensor `{name}` has unsupported dtype {:?} (supported: F32, F16, BF16)", view.dtype());
+        let file = self.file(name)?;
+        let p = file.path.display();
+        let info = file.info(name)?;
+        if !matches!(info.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
+            bail!("{p}: tensor `{name}` has unsupported dtype {:?} (supported: F32, F16, BF16)", info.dtype);
         }
-        if view.shape() != expected {
-            bail!("{p}: tensor `{name}` has shape {:?} but config.json implies {expected:?}", view.shape());
+        if info.shape != expected {
+            bail!("{p}: tensor `{name}` has shape {:?} but config.json implies {expected:?}", info.shape);
         }
-        let t = view.load(device).map_err(|e| anyhow!("{p}: tensor `{name}`: {}", super::msg(e)))?;
+        let stored = match info.dtype {
+            Dtype::F32 => GgmlDType::F32,
+            Dtype::F16 => GgmlDType::F16,
+            _ => GgmlDType::BF16,
+        };
+        let cols = expected.last().copied().unwrap_or(1).max(1);
+        let t = file.with_view(name, |view| match crate::finite::first_non_finite_stored(stored, view.data()) {
+            Some(i) => bail!("{p}: tensor `{name}` holds a NaN or infinite value at row {}, column {} (weights must be finite)", i / cols, i % cols),
+            None => view.load(device).map_err(|e| anyhow!("{p}: tensor `{name}`: {}", super::msg(e))),
+        })??;
         Ok(t.to_dtype(DType::F32)?)
     }
 }
 
-/// Runs `f` on the tensor `name` of the file `path`, which is mapped for this call only: its pages
-/// leave the process's resident memory on return, so a checkpoint larger than memory can be read
-/// one tensor at a time.
+/// Runs `f` on the tensor `name` of the file `path`, its bytes read for this call only, so a
+/// checkpoint larger than memory can be read one tensor at a time.
 pub fn with_tensor<R>(path: &Path, name: &str, f: impl FnOnce(&TensorView) -> R) -> Result<R> {
-    let file = File::open(path)?;
-    Ok(f(&file.view(name)?))
+    File::open(path)?.with_view(name, f)
 }
 
 /// The bytes of one tensor being written.

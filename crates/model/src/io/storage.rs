@@ -132,10 +132,11 @@ impl Storage {
             .into_iter()
             .filter_map(|role| {
                 let name = role.hf_name();
-                let (_, view) = files.view(&name).ok()?;
-                let elements = view.shape().iter().product::<usize>() as u64;
-                let dtype = format!("{:?}", view.dtype());
-                Some(StoredTensor { group: role.group(), dtype, elements, bytes: view.data().len() as u64, name })
+                let info = files.info(&name).ok()?;
+                let elements = info.shape.iter().product::<usize>() as u64;
+                let dtype = format!("{:?}", info.dtype);
+                let bytes = (info.data_offsets.1 - info.data_offsets.0) as u64;
+                Some(StoredTensor { group: role.group(), dtype, elements, bytes, name })
             })
             .collect();
         let hub_id = name_or_path.filter(|id| is_hub_id(id) && !dir.join(id).exists()).map(str::to_string);

@@ -203,22 +203,35 @@ impl ActivationStats {
         }
         let meta: StatsMeta = serde_json::from_str(md.get("meta").map_or("", String::as_str))
             .map_err(|e| anyhow!("{p}: bad metadata: {e}"))?;
+        if meta.tokens == 0 {
+            bail!("{p}: the statistics cover 0 tokens");
+        }
         let read = |name: String| -> Result<Vec<f64>> {
             let t = st.tensor(&name).map_err(|_| anyhow!("{p}: missing tensor `{name}`"))?;
             if t.dtype() != ::safetensors::Dtype::F64 {
                 bail!("{p}: tensor `{name}` is not f64");
             }
-            Ok(t.data().chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).collect())
+            let v: Vec<f64> = t.data().chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
+            // Sums of squares and of absolute values are never negative; no sum is NaN or infinite.
+            let signed = name.ends_with(".sum");
+            if let Some((i, x)) = v.iter().enumerate().find(|(_, x)| !x.is_finite() || (!signed && **x < 0.0)) {
+                bail!("{p}: tensor `{name}` holds {x} at channel {i}; statistics are finite{} sums", if signed { "" } else { ", non-negative" });
+            }
+            Ok(v)
         };
         let n_layers = st.names().iter().filter(|n| n.ends_with(".attn.sum_sq")).count();
         let mut layers = Vec::with_capacity(n_layers);
         for l in 0..n_layers {
             let site = |s: &str| -> Result<ChannelStats> {
-                Ok(ChannelStats {
+                let c = ChannelStats {
                     sum_sq: read(format!("layers.{l}.{s}.sum_sq"))?,
                     sum: read(format!("layers.{l}.{s}.sum"))?,
                     sum_abs: read(format!("layers.{l}.{s}.sum_abs"))?,
-                })
+                };
+                if c.sum.len() != c.sum_sq.len() || c.sum_abs.len() != c.sum_sq.len() {
+                    bail!("{p}: layer {l} {s}: the three sums have different widths");
+                }
+                Ok(c)
             };
             layers.push(LayerStats { attn: site("attn")?, mlp: site("mlp")? });
         }
@@ -231,8 +244,8 @@ impl ActivationStats {
             bail!(
                 "{}: statistics were collected on another model (sha256 {}…, this model {}…); run `transact calibrate` on it",
                 path.display(),
-                &self.meta.model_sha256[..12.min(self.meta.model_sha256.len())],
-                &model_sha256[..12]
+                self.meta.model_sha256.chars().take(12).collect::<String>(),
+                model_sha256.chars().take(12).collect::<String>()
             );
         }
         let widths_ok = self.layers.len() == model.config.n_layers()

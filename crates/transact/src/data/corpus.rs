@@ -148,6 +148,11 @@ pub fn load(name_or_path: &str) -> Result<Corpus> {
     Ok(Corpus { name: name_or_path.to_string(), source: source.to_string(), docs: dedup(docs) })
 }
 
+/// The most text a user corpus may hold: perplexity tokenizes a corpus in one piece, which takes
+/// ~100× its size in memory (32 MiB of text: ~3 GiB), and 32 MiB is ~8M tokens, thousands of
+/// windows. Checked before anything is read.
+pub const MAX_CORPUS_BYTES: u64 = 32 << 20;
+
 fn load_user(path: &Path) -> Result<Corpus> {
     if !path.exists() {
         let names: Vec<&str> = BUILTIN.iter().map(|(n, _)| *n).collect();
@@ -161,6 +166,10 @@ fn load_user(path: &Path) -> Result<Corpus> {
             .filter(|p| p.is_file())
             .collect();
         files.sort();
+        let total: u64 = files.iter().filter_map(|f| f.metadata().ok()).map(|m| m.len()).sum();
+        if total > MAX_CORPUS_BYTES {
+            bail!("{}: its files hold {:.1} MiB; a corpus may hold at most {} MiB", path.display(), total as f64 / 1048576.0, MAX_CORPUS_BYTES >> 20);
+        }
         for f in files {
             docs.extend(read_user_file(&f)?);
         }
@@ -176,6 +185,10 @@ fn load_user(path: &Path) -> Result<Corpus> {
 
 fn read_user_file(path: &Path) -> Result<Vec<String>> {
     let name = path.to_string_lossy();
+    let bytes = path.metadata().with_context(|| format!("{}: cannot read", path.display()))?.len();
+    if bytes > MAX_CORPUS_BYTES {
+        bail!("{}: {:.1} MiB; a corpus may hold at most {} MiB", path.display(), bytes as f64 / 1048576.0, MAX_CORPUS_BYTES >> 20);
+    }
     if name.ends_with(".jsonl") || name.ends_with(".jsonl.gz") {
         jsonl::read(path)?
             .iter()

@@ -27,7 +27,8 @@ pub fn sequence_nll(model: &Model, ids: &[u32]) -> Result<(f64, usize)> {
     let logp = log_softmax(&logits)?;
     let targets = Tensor::new(&ids[1..], &model.device)?.unsqueeze(1)?;
     let picked = logp.gather(&targets, D::Minus1)?.squeeze(1)?.to_vec1::<f32>()?;
-    Ok((-picked.iter().map(|&x| x as f64).sum::<f64>(), picked.len()))
+    let nll = crate::model::finite::check_value(-picked.iter().map(|&x| x as f64).sum::<f64>(), "a window's negative log-likelihood")?;
+    Ok((nll, picked.len()))
 }
 
 #[derive(Debug, Clone, Serialize)]

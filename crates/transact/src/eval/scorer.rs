@@ -1,6 +1,7 @@
 //! Log-likelihood of continuations, following lm-eval's `loglikelihood` rules.
 //!
-//! Tokenization (`_encode_pair`): trailing spaces of the context move onto the continuation;
+//! Tokenization (`_encode_pair`): trailing whitespace of the context (Python's `rstrip()`: spaces,
+//! newlines, tabs, any Unicode space) moves onto the continuation;
 //! `whole = enc(context + continuation)`, `ctx = enc(context)`, `cont = whole[len(ctx):]`. No BOS
 //! unless the tokenizer asks for one. The choices of one doc share their common token prefix: it is
 //! run once into a KV cache, then all suffixes run as one batch on copies of that cache.
@@ -29,8 +30,14 @@ pub struct Encoded {
     pub cont_start: usize,
 }
 
+/// Python's `str.isspace` for one character: Unicode White_Space plus the separators U+001C–U+001F.
+fn python_space(c: char) -> bool {
+    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
+}
+
 pub fn encode(tok: &Tokenizer, r: &Request, max_len: usize) -> Result<Encoded> {
-    let trimmed = r.context.trim_end_matches(' ');
+    anyhow::ensure!(max_len >= 1, "the longest scored sequence must be at least 1 token");
+    let trimmed = r.context.trim_end_matches(python_space);
     let moved = &r.context[trimmed.len()..];
     let (context, continuation) = (trimmed, format!("{moved}{}", r.continuation));
     let ctx = tok.encode(context)?;
@@ -117,6 +124,7 @@ pub fn score_group(model: &Model, encoded: &[Encoded]) -> Result<Vec<Scored>> {
             let picked = row.index_select(&pos, 0)?.gather(&tok, 1)?.flatten_all()?.to_vec1::<f32>()?;
             loglik += picked.iter().map(|&x| x as f64).sum::<f64>();
         }
+        let loglik = crate::model::finite::check_value(loglik, "a continuation's log-likelihood")?;
         out.push(Scored { loglik, is_greedy, tokens: targets.len() });
     }
     Ok(out)

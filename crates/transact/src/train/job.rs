@@ -24,7 +24,6 @@ use crate::bench::roof::peak_rss;
 use crate::data::corpus::{self, Corpus};
 use crate::eval::perplexity::corpus_perplexity;
 use crate::model::forward::Model;
-use crate::model::host::with_cpu_f32;
 use crate::model::io::export::ExportFormat;
 use crate::model::io::gguf_write::write_gguf;
 use crate::card::{Lineage, train_card};
@@ -161,7 +160,6 @@ impl TrainJob {
         transact_kernels::heap::keep_freed_memory();
         let mut student = load_model(&self.model, &self.device)?;
         student.storage.name_hub_id(self.base_model.as_deref());
-        all_finite(&student, &self.model)?;
         let cfg = &student.model.config;
         if o.seq_len > cfg.max_position {
             refuse("seq_len", format!("{} exceeds the model's context of {}", o.seq_len, cfg.max_position))?;
@@ -174,7 +172,6 @@ impl TrainJob {
         let teacher = match (&self.teacher, o.loss.needs_teacher() || samples_teacher) {
             (Some(p), true) => {
                 let t = load_model(p, &self.device)?;
-                all_finite(&t, p)?;
                 same_vocabulary(&t, &student, p)?;
                 Some(t)
             }
@@ -375,22 +372,6 @@ pub(crate) fn mean_loss(records: &[StepRecord], first: bool) -> f64 {
     }
     let part = if first { &records[..n] } else { &records[records.len() - n..] };
     part.iter().map(|r| r.loss).sum::<f64>() / n as f64
-}
-
-/// Training from NaN or infinite weights would only report a diverged loss later: name the tensor.
-fn all_finite(lm: &LoadedModel, path: &Path) -> Result<()> {
-    let cfg = &lm.model.config;
-    for role in TensorRole::all(cfg) {
-        let Some(w) = lm.model.weights.get(role) else { continue };
-        let finite = match with_cpu_f32(&[w], |d| d[0].iter().all(|x| x.is_finite()))? {
-            Some(ok) => ok,
-            None => w.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?.iter().all(|x| x.is_finite()),
-        };
-        if !finite {
-            bail!("{}: tensor `{}` holds NaN or infinite values", path.display(), role.hf_name());
-        }
-    }
-    Ok(())
 }
 
 /// Distillation compares distributions token by token: the two vocabularies must be the same.
