@@ -6,7 +6,8 @@
 //!   plain differentiable candle ops, readable top to bottom; the definition the fast forward is
 //!   tested against and what training differentiates.
 //! - Files: [`io`] reads GGUF and Hugging Face directories and writes both, atomically;
-//!   [`finite`] refuses NaN and infinite weights and results.
+//!   [`finite`] refuses NaN and infinite weights and results; [`contain`] turns a third-party
+//!   parser's panic on a hostile file into an error.
 //! - Engine: [`forward`] (prefill, scoring, calibration hooks) and [`decode`] (one token per
 //!   sequence) on the kernels of `transact-kernels`, through [`linear`] (weights in f32, f16,
 //!   bf16 or Q8_0) and [`kv_cache`] (f32, f16 or 8-bit); [`host`] hands CPU tensors to the
@@ -18,6 +19,7 @@
 
 pub mod choice;
 pub mod config;
+pub mod contain;
 pub mod cost;
 mod decode;
 pub mod finite;

@@ -79,9 +79,7 @@ impl Tokenizer {
                     .ok_or_else(|| anyhow!("malformed BPE merge `{m}`"))
             })
             .collect::<Result<Vec<_>>>()?;
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .build()
+        let bpe = crate::contain::contain("building the BPE tokenizer", || BPE::builder().vocab_and_merges(vocab, merges).build())?
             .map_err(|e| anyhow!("cannot build BPE tokenizer: {e}"))?;
         let byte_level = ByteLevel::new(false, true, true);
         let pre_tokenizer: PreTokenizerWrapper = match pre {
@@ -124,7 +122,9 @@ impl Tokenizer {
         if !path.exists() {
             bail!("{}: missing; a Hugging Face model directory needs its tokenizer.json", path.display());
         }
-        let inner = tokenizers::Tokenizer::from_file(&path)
+        let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read as UTF-8 text", path.display()))?;
+        let inner: tokenizers::Tokenizer = crate::contain::contain("parsing the tokenizer", || text.parse())
+            .and_then(|r| r.map_err(|e| anyhow!("{e}")))
             .map_err(|e| anyhow!("{}: cannot parse tokenizer: {e}", path.display()))?;
         let mut meta = TokenizerMeta { bos: config_bos, eos: config_eos, ..Default::default() };
         let tc_path = dir.join("tokenizer_config.json");
@@ -153,12 +153,12 @@ impl Tokenizer {
 
     /// Token ids of `text`, without BOS or any other added token.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, false).map_err(|e| anyhow!("tokenizer: {e}"))?;
+        let enc = crate::contain::contain("tokenizing", || self.inner.encode(text, false))?.map_err(|e| anyhow!("tokenizer: {e}"))?;
         Ok(enc.get_ids().to_vec())
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner.decode(ids, false).map_err(|e| anyhow!("tokenizer: {e}"))
+        crate::contain::contain("detokenizing", || self.inner.decode(ids, false))?.map_err(|e| anyhow!("tokenizer: {e}"))
     }
 
     pub fn token(&self, id: u32) -> Option<String> {

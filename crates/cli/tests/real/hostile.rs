@@ -135,6 +135,19 @@ fn hf_lies() {
         serde_json::to_vec(&v).unwrap()
     });
     assert_rejected(&p, "big-tokenizer", &["the tokenizer has 49153 tokens but the model's vocabulary has 49152 rows"]);
+    // Two inputs on which the `tokenizers` crate itself panics (found by the fuzzer): a file cut
+    // inside its decoder, and a subword prefix longer than a merged token.
+    let p = corrupted_hf(d.path(), "cut-decoder", "tokenizer.json", |mut b| {
+        b.truncate(find(&b, b"\"decoder\"") + 20);
+        b
+    });
+    assert_rejected(&p, "tokenizer.json", &["cannot parse tokenizer"]);
+    let p = corrupted_hf(d.path(), "prefix", "tokenizer.json", |b| {
+        let mut v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        v["model"]["continuing_subword_prefix"] = "x".repeat(64).into();
+        serde_json::to_vec(&v).unwrap()
+    });
+    assert_rejected(&p, "tokenizer.json", &["cannot parse tokenizer", "failed"]);
     let p = corrupted_hf(d.path(), "dup", "model.safetensors", |mut b| {
         let at = find(&b, b"\"model.layers.1.mlp.up_proj.weight\"") + "\"model.layers.".len();
         b[at] = b'2';
