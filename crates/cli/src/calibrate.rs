@@ -28,7 +28,7 @@ pub struct CalibArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Calibration sequences per forward pass.
-    #[arg(long = "calib-batch", default_value_t = 8)]
+    #[arg(long = "calib-batch", default_value_t = 8, value_parser = crate::common::at_least_one)]
     pub calib_batch: usize,
 }
 

@@ -39,14 +39,20 @@ impl Sampler {
         if self.temperature <= 0.0 {
             return Ok(logits.argmax(D::Minus1)?.to_scalar::<u32>()?);
         }
-        let probs = candle_nn::ops::softmax_last_dim(&(logits / self.temperature)?)?.to_vec1::<f32>()?;
+        // In f64 from the largest logit down, so a tiny temperature gives one-hot (the greedy
+        // choice) instead of inf − inf = NaN, and a huge one the uniform distribution.
+        let l = logits.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?;
+        let max = l.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = l.iter().map(|x| ((x - max) / self.temperature).exp()).collect();
+        let total: f64 = e.iter().sum();
+        let probs: Vec<f64> = e.iter().map(|x| x / total).collect();
         let mut order: Vec<usize> = (0..probs.len()).collect();
         order.sort_unstable_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
         // Smallest prefix of the sorted distribution whose mass reaches top_p.
         let mut mass = 0.0f64;
         let mut keep = 0;
         for &i in &order {
-            mass += probs[i] as f64;
+            mass += probs[i];
             keep += 1;
             if mass >= self.top_p {
                 break;
@@ -55,5 +61,25 @@ impl Sampler {
         let kept = &order[..keep];
         let dist = WeightedIndex::new(kept.iter().map(|&i| probs[i]))?;
         Ok(kept[dist.sample(&mut self.rng)] as u32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extreme_temperatures_stay_distributions() {
+        let logits = Tensor::new(&[1.0f32, 3.0, -2.0, 2.5], &candle_core::Device::Cpu).unwrap();
+        // A tiny temperature is greedy (1/T overflows f32 and made inf − inf = NaN before).
+        let mut s = Sampler::new(1e-30, 1.0, 0).unwrap();
+        assert!((0..20).all(|_| s.sample(&logits).unwrap() == 1));
+        // A huge one is uniform: every token comes up.
+        let mut s = Sampler::new(1e30, 1.0, 0).unwrap();
+        let mut seen = [false; 4];
+        (0..200).for_each(|_| seen[s.sample(&logits).unwrap() as usize] = true);
+        assert_eq!(seen, [true; 4]);
+        let nan = Tensor::new(&[1.0f32, f32::NAN], &candle_core::Device::Cpu).unwrap();
+        assert!(Sampler::greedy().sample(&nan).is_err());
     }
 }

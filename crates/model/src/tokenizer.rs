@@ -68,8 +68,12 @@ impl Tokenizer {
         let merges = md_strings(md, "tokenizer.ggml.merges")?;
         let types: Vec<i32> = match md.get("tokenizer.ggml.token_type").map(|v| v.to_vec()) {
             Some(Ok(v)) => v.iter().map(|x| x.to_i32().unwrap_or(1)).collect(),
-            _ => vec![1; tokens.len()],
+            Some(Err(_)) => bail!("tokenizer metadata `tokenizer.ggml.token_type` is not an array"),
+            None => vec![1; tokens.len()],
         };
+        if types.len() != tokens.len() {
+            bail!("tokenizer metadata `tokenizer.ggml.token_type` has {} entries for {} tokens", types.len(), tokens.len());
+        }
         let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.to_string(), i as u32)).collect();
         let merges = merges
             .iter()

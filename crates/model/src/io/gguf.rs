@@ -211,6 +211,11 @@ pub fn check_tensor_extents(content: &Content, file_len: u64) -> Result<()> {
         if w[1].0 < w[0].1 {
             bail!("tensor `{}` overlaps tensor `{}` (its type, shape or offset in the header is wrong)", w[1].2, w[0].2);
         }
+        // Writers pad each tensor to the alignment and no more: a larger gap means a tensor's
+        // type or shape in the header is smaller than its bytes (it would read part of them).
+        if w[1].0 - w[0].1 >= alignment {
+            bail!("{} unused bytes lie between tensor `{}` and tensor `{}` (the first one's type or shape in the header is wrong)", w[1].0 - w[0].1, w[0].2, w[1].2);
+        }
     }
     Ok(())
 }

@@ -208,8 +208,8 @@ impl ActivationStats {
         }
         let read = |name: String| -> Result<Vec<f64>> {
             let t = st.tensor(&name).map_err(|_| anyhow!("{p}: missing tensor `{name}`"))?;
-            if t.dtype() != ::safetensors::Dtype::F64 {
-                bail!("{p}: tensor `{name}` is not f64");
+            if t.dtype() != ::safetensors::Dtype::F64 || t.shape().len() != 1 {
+                bail!("{p}: tensor `{name}` is not a vector of f64 (dtype {:?}, shape {:?})", t.dtype(), t.shape());
             }
             let v: Vec<f64> = t.data().chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
             // Sums of squares and of absolute values are never negative; no sum is NaN or infinite.

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use serde::Serialize;
 
 use crate::data::{corpus, jsonl};
@@ -140,7 +140,6 @@ fn strings(v: &serde_json::Value, path: &[&str], file: &Path, line: usize) -> Re
 fn index(v: &serde_json::Value, path: &[&str], file: &Path, line: usize) -> Result<usize> {
     let f = field(v, path, file, line)?;
     f.as_u64()
-        .or_else(|| f.as_str().and_then(|s| s.parse().ok()))
         .map(|x| x as usize)
         .ok_or_else(|| anyhow!("{}: line {line}: field `{}` is not a non-negative integer", file.display(), path.join(".")))
 }
@@ -168,9 +167,11 @@ fn load_request_dir(dir: &Path, prompt: Prompt, kind: TaskKind) -> Result<Task> 
         .ok_or_else(|| anyhow!("{}: no requests.jsonl or requests.jsonl.gz", dir.display()))?;
     let mut split = "unknown".to_string();
     let mut name = dir.display().to_string();
-    if let Ok(text) = std::fs::read_to_string(dir.join("config.json"))
-        && let Ok(cfg) = serde_json::from_str::<serde_json::Value>(&text)
-    {
+    let config = dir.join("config.json");
+    if config.exists() {
+        let c = config.display();
+        let text = std::fs::read_to_string(&config).with_context(|| format!("{c}: cannot read"))?;
+        let cfg: serde_json::Value = serde_json::from_str(&text).map_err(|e| anyhow!("{c}: invalid JSON: {e}"))?;
         if let Some(s) = cfg["task_config"]["split"].as_str() {
             split = s.to_string();
         }
@@ -187,6 +188,11 @@ fn load_request_dir(dir: &Path, prompt: Prompt, kind: TaskKind) -> Result<Task> 
     }
     let mut by_doc: BTreeMap<u64, Pending> = BTreeMap::new();
     for (line, v) in jsonl::read(&file)? {
+        if let Some(t) = v.get("request_type")
+            && t != "loglikelihood"
+        {
+            bail!("{}: line {line}: request_type {t}: only loglikelihood requests are scored", file.display());
+        }
         let doc_id = field(&v, &["doc_id"], &file, line)?
             .as_u64()
             .ok_or_else(|| anyhow!("{}: line {line}: doc_id is not an integer", file.display()))?;

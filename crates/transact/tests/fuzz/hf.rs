@@ -132,7 +132,7 @@ fn hf_directory_reader() {
     let root = scratch("hf");
     let seeds = hf_seeds();
     let mut n = 0u64;
-    run_target("hf", 5000, |rng, lies| {
+    run_target("hf", 10_000, |rng, lies| {
         let mut dir = seeds[rng.random_range(0..seeds.len())].clone();
         for _ in 0..rng.random_range(1..=3) {
             lie(rng, &mut dir, lies);

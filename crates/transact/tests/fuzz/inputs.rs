@@ -31,7 +31,7 @@ fn statistics_files() {
     let dir = scratch("stats");
     let seed = stats_seed(&dir.join("seed.safetensors"));
     let path = dir.join("case.safetensors");
-    run_target("stats", 3000, |rng, lies| {
+    run_target("stats", 10_000, |rng, lies| {
         let mut b = seed.clone();
         let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
         if rng.random() {
@@ -127,7 +127,7 @@ fn task_files() {
     let file = dir.join("t.jsonl");
     let req_dir = dir.join("req");
     std::fs::create_dir_all(&req_dir).unwrap();
-    run_target("tasks", 3000, |rng, lies| {
+    run_target("tasks", 10_000, |rng, lies| {
         let simple = rng.random();
         let mut lines: Vec<String> = (0..rng.random_range(0..4))
             .map(|i| {
@@ -161,7 +161,7 @@ fn task_files() {
 #[test]
 fn corpora() {
     let dir = scratch("corpora");
-    run_target("corpora", 2000, |rng, lies| {
+    run_target("corpora", 5000, |rng, lies| {
         let jsonl = rng.random();
         let path = dir.join(if jsonl { "c.jsonl" } else { "c.txt" });
         let mut bytes = if jsonl {
