@@ -76,6 +76,15 @@ pub fn first_non_finite_stored(t: GgmlDType, bytes: &[u8]) -> Option<usize> {
     }
 }
 
+/// Fails, naming tensor `name` and the row and column of its first bad value, when the stored
+/// tensor (`bytes` of type `t`, rows of `cols` values) holds NaN or ±inf.
+pub fn check_stored(t: GgmlDType, bytes: &[u8], name: &str, cols: usize) -> Result<()> {
+    match first_non_finite_stored(t, bytes) {
+        Some(i) => bail!("tensor `{name}` holds a NaN or infinite value at row {}, column {} (weights must be finite)", i / cols.max(1), i % cols.max(1)),
+        None => Ok(()),
+    }
+}
+
 /// Fails when `x` is NaN or infinite: `what` says what it is (a log-likelihood, a perplexity).
 pub fn check_value(x: f64, what: &str) -> Result<f64> {
     if !x.is_finite() {

@@ -138,7 +138,10 @@ fn gguf_tensor_extents_are_checked() {
         // Q4_1 → F32: 6.4 times the bytes.
         ("f32.gguf", Box::new(move |b| set_u32(b, tensor_dtype_pos(b, "blk.0.attn_q.weight"), 0)), "overlaps"),
         ("offset1.gguf", Box::new(move |b| shift_offset(b, 1)), "not a multiple of the alignment 32"),
-        ("offset32.gguf", Box::new(move |b| shift_offset(b, 32)), "overlaps"),
+        // Moved by one block of padding: a gap before it, an overlap after it; the gap comes first.
+        ("offset32.gguf", Box::new(move |b| shift_offset(b, 32)), "32 unused bytes lie between"),
+        // Q8_0 → Q4_1 for the embedding: fewer bytes than the file gives it.
+        ("q4_1-embd.gguf", Box::new(move |b| set_u32(b, tensor_dtype_pos(b, "token_embd.weight"), 3)), "unused bytes lie between tensor `token_embd.weight`"),
         ("beyond.gguf", Box::new(move |b| shift_offset(b, 1 << 40)), "extends beyond the end of the file"),
     ];
     for (name, edit, want) in cases {

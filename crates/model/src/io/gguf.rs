@@ -211,10 +211,10 @@ pub fn check_tensor_extents(content: &Content, file_len: u64) -> Result<()> {
         if w[1].0 < w[0].1 {
             bail!("tensor `{}` overlaps tensor `{}` (its type, shape or offset in the header is wrong)", w[1].2, w[0].2);
         }
-        // Writers pad each tensor to the alignment and no more: a larger gap means a tensor's
-        // type or shape in the header is smaller than its bytes (it would read part of them).
+        // Writers pad each tensor to the alignment and no more: a larger gap means a type or
+        // shape smaller than the bytes (the tensor would read part of them) or a moved offset.
         if w[1].0 - w[0].1 >= alignment {
-            bail!("{} unused bytes lie between tensor `{}` and tensor `{}` (the first one's type or shape in the header is wrong)", w[1].0 - w[0].1, w[0].2, w[1].2);
+            bail!("{} unused bytes lie between tensor `{}` and tensor `{}` (a type, shape or offset in the header is wrong)", w[1].0 - w[0].1, w[0].2, w[1].2);
         }
     }
     Ok(())
@@ -291,10 +291,7 @@ pub fn load_from<R: Read + Seek>(reader: &mut BufReader<R>, len: u64, device: &D
         let q = info
             .read(reader, content.tensor_data_offset, device)
             .map_err(|e| anyhow!("tensor `{name}`: cannot read its bytes ({}); did the file change while it was read?", super::msg(e)))?;
-        if let Some(i) = crate::finite::first_non_finite_stored(q.dtype(), &q.data()?) {
-            let cols = expected.last().copied().unwrap_or(1);
-            bail!("tensor `{name}` holds a NaN or infinite value at row {}, column {} (weights must be finite)", i / cols, i % cols);
-        }
+        crate::finite::check_stored(q.dtype(), &q.data()?, &name, expected.last().copied().unwrap_or(1))?;
         q.dequantize(device).map_err(|e| anyhow!("tensor `{name}`: {}", super::msg(e)))
     })?;
     let tokenizer_metadata = content

@@ -211,10 +211,10 @@ impl SafetensorsFiles {
             Dtype::F16 => GgmlDType::F16,
             _ => GgmlDType::BF16,
         };
-        let cols = expected.last().copied().unwrap_or(1).max(1);
-        let t = file.with_view(name, |view| match crate::finite::first_non_finite_stored(stored, view.data()) {
-            Some(i) => bail!("{p}: tensor `{name}` holds a NaN or infinite value at row {}, column {} (weights must be finite)", i / cols, i % cols),
-            None => view.load(device).map_err(|e| anyhow!("{p}: tensor `{name}`: {}", super::msg(e))),
+        let cols = expected.last().copied().unwrap_or(1);
+        let t = file.with_view(name, |view| {
+            crate::finite::check_stored(stored, view.data(), name, cols).map_err(|e| anyhow!("{p}: {e}"))?;
+            view.load(device).map_err(|e| anyhow!("{p}: tensor `{name}`: {}", super::msg(e)))
         })??;
         Ok(t.to_dtype(DType::F32)?)
     }
