@@ -194,6 +194,13 @@ fn nan_results_are_errors() {
     let last = logits.get(logits.dim(0).unwrap() - 1).unwrap();
     let e = transact::model::sample::Sampler::greedy().sample(&last).unwrap_err().to_string();
     assert!(e.contains("the next-token logits hold NaN"), "{e}");
+    // Finite but huge weights: every log-likelihood is finite, their exp() is not.
+    let mut weights = lm.model.weights.clone();
+    weights.final_norm = (&weights.final_norm * 1e30).unwrap();
+    let huge = Model::new(lm.model.config.clone(), weights);
+    let corpus = transact::data::corpus::Corpus { name: "text".into(), source: "test".into(), docs: vec!["The capital of France is Paris. ".repeat(8)] };
+    let e = transact::eval::perplexity::corpus_perplexity(&huge, &lm.tokenizer, &corpus, 32, Some(1), &transact::Silent).unwrap_err().to_string();
+    assert!(e.contains("the token perplexity of corpus `text` is inf"), "{e}");
 }
 
 fn spawn(args: &[&str]) -> std::process::Child {

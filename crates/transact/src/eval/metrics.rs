@@ -91,7 +91,10 @@ pub fn run_task(model: &Model, tok: &Tokenizer, task: &Task, max_len: usize, bat
     progress.finish();
     let (acc_mean, acc_se) = mean_stderr(&acc);
     let norm = (task.kind == TaskKind::MultipleChoice).then(|| mean_stderr(&acc_norm));
-    let perplexity = (task.kind == TaskKind::Lambada).then(|| (-mean_stderr(&logliks).0).exp());
+    let perplexity = match task.kind {
+        TaskKind::Lambada => Some(crate::model::finite::check_value((-mean_stderr(&logliks).0).exp(), &format!("the perplexity of task `{}`", task.name))?),
+        TaskKind::MultipleChoice => None,
+    };
     Ok(TaskResult {
         task: task.name.clone(),
         kind: task.kind,

@@ -104,6 +104,10 @@ pub fn corpus_perplexity(
     let scored_text = tok.decode(&ids[1..wins.last().map_or(1, |w| w.1)])?;
     let words = scored_text.split_whitespace().count();
     let bytes = scored_text.len();
+    // Finite log-likelihoods can still overflow exp(): a perplexity of inf is no result either.
+    let finite = |x: f64, what: &str| crate::model::finite::check_value(x, &format!("the {what} of corpus `{}`", corpus.name));
+    let token_perplexity = finite((nll / scored as f64).exp(), "token perplexity")?;
+    let word_perplexity = finite((nll / words.max(1) as f64).exp(), "word perplexity")?;
     Ok(PplResult {
         corpus: corpus.name.clone(),
         source: corpus.source.clone(),
@@ -116,8 +120,8 @@ pub fn corpus_perplexity(
         tokens_scored: scored,
         bos: if tok.meta.add_bos { "tokenizer adds BOS" } else { "no BOS" },
         nll,
-        token_perplexity: (nll / scored as f64).exp(),
-        word_perplexity: (nll / words.max(1) as f64).exp(),
+        token_perplexity,
+        word_perplexity,
         bits_per_byte: nll / (bytes.max(1) as f64 * std::f64::consts::LN_2),
         words,
         bytes,
