@@ -88,7 +88,8 @@ impl File {
         self.header.info(name).ok_or_else(|| anyhow!("{}: missing tensor `{name}`", self.path.display()))
     }
 
-    /// Runs `f` on the tensor `name` as stored, its bytes read for this call.
+    /// Runs `f` on the tensor `name` as stored, its bytes read for this call and, for a float
+    /// type, checked to be finite (every reader of weights comes through here).
     fn with_view<R>(&self, name: &str, f: impl FnOnce(&TensorView) -> R) -> Result<R> {
         let p = self.path.display();
         let info = self.info(name)?;
@@ -97,6 +98,16 @@ impl File {
         self.file
             .read_exact_at(&mut bytes, self.data_start + lo as u64)
             .map_err(|e| anyhow!("{p}: tensor `{name}`: cannot read its bytes ({e}); did the file change while it was read?"))?;
+        let stored = match info.dtype {
+            Dtype::F32 => Some(GgmlDType::F32),
+            Dtype::F16 => Some(GgmlDType::F16),
+            Dtype::BF16 => Some(GgmlDType::BF16),
+            _ => None,
+        };
+        if let Some(t) = stored {
+            let cols = info.shape.last().copied().unwrap_or(1);
+            crate::finite::check_stored(t, &bytes, name, cols).map_err(|e| anyhow!("{p}: {e}"))?;
+        }
         let view = TensorView::new(info.dtype, info.shape.clone(), &bytes).map_err(|e| anyhow!("{p}: tensor `{name}`: {e}"))?;
         Ok(f(&view))
     }
@@ -206,16 +217,7 @@ impl SafetensorsFiles {
         if info.shape != expected {
             bail!("{p}: tensor `{name}` has shape {:?} but config.json implies {expected:?}", info.shape);
         }
-        let stored = match info.dtype {
-            Dtype::F32 => GgmlDType::F32,
-            Dtype::F16 => GgmlDType::F16,
-            _ => GgmlDType::BF16,
-        };
-        let cols = expected.last().copied().unwrap_or(1);
-        let t = file.with_view(name, |view| {
-            crate::finite::check_stored(stored, view.data(), name, cols).map_err(|e| anyhow!("{p}: {e}"))?;
-            view.load(device).map_err(|e| anyhow!("{p}: tensor `{name}`: {}", super::msg(e)))
-        })??;
+        let t = file.with_view(name, |view| view.load(device))?.map_err(|e| anyhow!("{p}: tensor `{name}`: {}", super::msg(e)))?;
         Ok(t.to_dtype(DType::F32)?)
     }
 }
