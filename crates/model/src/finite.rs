@@ -52,22 +52,31 @@ fn scale_layout(t: GgmlDType) -> Option<(usize, &'static [usize])> {
 /// infinite, read from the stored bits without dequantizing: a fraction of a dequantized pass.
 /// `None` also for a type this does not know.
 pub fn first_non_finite_stored(t: GgmlDType, bytes: &[u8]) -> Option<usize> {
-    // An IEEE value is NaN or infinite exactly when its exponent bits are all ones.
-    fn first_bad<const N: usize>(bytes: &[u8], mask: u32) -> Option<usize> {
-        let bits = |c: &[u8]| {
-            let mut b = [0u8; 4];
-            b[..N].copy_from_slice(c);
-            u32::from_le_bytes(b)
-        };
-        bytes.par_chunks(N << 16).position_first(|c| c.chunks_exact(N).any(|v| bits(v) & mask == mask)).and_then(|chunk| {
-            let skip = chunk << 16;
-            bytes[skip * N..].chunks_exact(N).position(|v| bits(v) & mask == mask).map(|i| skip + i)
-        })
+    // An IEEE value is NaN or infinite exactly when its exponent bits are all ones. Chunks are
+    // checked without an early exit, which vectorizes; the first bad chunk is then searched.
+    fn any_bad(c: &[u8], width: usize, mask: u32) -> bool {
+        let mut any = false;
+        if width == 4 {
+            for v in c.chunks_exact(4) {
+                any |= u32::from_le_bytes([v[0], v[1], v[2], v[3]]) & mask == mask;
+            }
+        } else {
+            for v in c.chunks_exact(2) {
+                any |= u32::from(u16::from_le_bytes([v[0], v[1]])) & mask == mask;
+            }
+        }
+        any
+    }
+    fn first_bad(bytes: &[u8], width: usize, mask: u32) -> Option<usize> {
+        let chunk = width << 16;
+        let first = bytes.par_chunks(chunk).position_first(|c| any_bad(c, width, mask))?;
+        let at = bytes[first * chunk..].chunks_exact(width).position(|v| any_bad(v, width, mask))?;
+        Some((first << 16) + at)
     }
     match t {
-        GgmlDType::F32 => first_bad::<4>(bytes, 0x7f80_0000),
-        GgmlDType::F16 => first_bad::<2>(bytes, 0x7c00),
-        GgmlDType::BF16 => first_bad::<2>(bytes, 0x7f80),
+        GgmlDType::F32 => first_bad(bytes, 4, 0x7f80_0000),
+        GgmlDType::F16 => first_bad(bytes, 2, 0x7c00),
+        GgmlDType::BF16 => first_bad(bytes, 2, 0x7f80),
         t => {
             let (size, scales) = scale_layout(t)?;
             let bad = |b: &[u8]| scales.iter().any(|&o| u16::from_le_bytes([b[o], b[o + 1]]) & 0x7c00 == 0x7c00);

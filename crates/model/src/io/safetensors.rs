@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use anyhow::{Context, Result, anyhow, bail};
-use candle_core::safetensors::Load;
 use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
 use safetensors::tensor::{Metadata, TensorInfo, TensorView};
@@ -217,8 +216,9 @@ impl SafetensorsFiles {
         if info.shape != expected {
             bail!("{p}: tensor `{name}` has shape {:?} but config.json implies {expected:?}", info.shape);
         }
-        let t = file.with_view(name, |view| view.load(device))?.map_err(|e| anyhow!("{p}: tensor `{name}`: {}", super::msg(e)))?;
-        Ok(t.to_dtype(DType::F32)?)
+        // Decoded to f32 straight from the bytes read: one pass, no intermediate tensor.
+        let values = file.with_view(name, |view| decode(view.data(), view.dtype()))?;
+        Tensor::from_vec(values, expected, device).map_err(|e| anyhow!("{p}: tensor `{name}`: {}", super::msg(e)))
     }
 }
 
@@ -298,10 +298,11 @@ pub fn encode(v: &[f32], dtype: Dtype) -> Vec<u8> {
 
 /// The values of little-endian `bytes` in `dtype` (F32, F16 or BF16).
 pub fn decode(bytes: &[u8], dtype: Dtype) -> Vec<f32> {
+    use rayon::prelude::*;
     match dtype {
-        Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        Dtype::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        _ => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+        Dtype::F16 => bytes.par_chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        Dtype::BF16 => bytes.par_chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        _ => bytes.par_chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
     }
 }
 
