@@ -49,8 +49,8 @@ pub fn add(a: &[f32], b: &[f32]) -> Vec<f32> {
     a.par_iter().zip(b).with_min_len(CHUNK).map(|(a, b)| a + b).collect()
 }
 
-/// The index of the first NaN or infinite value of `x`, checked in parallel at memory speed: the
-/// loader runs it over every weight.
+/// The index of the first NaN or infinite value of `x`, checked in parallel at memory speed
+/// (sampling checks every token's logits with it).
 pub fn first_non_finite(x: &[f32]) -> Option<usize> {
     // `v * 0` is 0 for a finite `v` and NaN otherwise; sixteen independent lanes vectorize.
     fn finite(c: &[f32]) -> bool {

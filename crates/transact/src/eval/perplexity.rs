@@ -47,7 +47,9 @@ pub struct PplResult {
     pub bos: &'static str,
     pub nll: f64,
     pub token_perplexity: f64,
-    pub word_perplexity: f64,
+    /// `None` when the scored text has too few words for it to be a number (a run of letters
+    /// without spaces: exp(nll / 1) overflows).
+    pub word_perplexity: Option<f64>,
     pub bits_per_byte: f64,
     pub words: usize,
     pub bytes: usize,
@@ -107,7 +109,7 @@ pub fn corpus_perplexity(
     // Finite log-likelihoods can still overflow exp(): a perplexity of inf is no result either.
     let finite = |x: f64, what: &str| crate::model::finite::check_value(x, &format!("the {what} of corpus `{}`", corpus.name));
     let token_perplexity = finite((nll / scored as f64).exp(), "token perplexity")?;
-    let word_perplexity = finite((nll / words.max(1) as f64).exp(), "word perplexity")?;
+    let word_perplexity = Some((nll / words.max(1) as f64).exp()).filter(|w| w.is_finite());
     Ok(PplResult {
         corpus: corpus.name.clone(),
         source: corpus.source.clone(),

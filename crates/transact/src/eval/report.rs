@@ -112,10 +112,10 @@ impl EvalReport {
         }
         for p in &self.perplexity {
             s += &format!(
-                "perplexity {}: token {:.3}, word {:.3}, bits/byte {:.4} ({} of {} tokens scored in {} windows of {}, stride {}, {}; sha256 {}…; {:.1} s)\n",
+                "perplexity {}: token {:.3}, word {}, bits/byte {:.4} ({} of {} tokens scored in {} windows of {}, stride {}, {}; sha256 {}…; {:.1} s)\n",
                 p.corpus,
                 p.token_perplexity,
-                p.word_perplexity,
+                p.word_perplexity.map_or("n/a (too few words)".into(), |w| format!("{w:.3}")),
                 p.bits_per_byte,
                 p.tokens_scored,
                 p.tokens_total,
