@@ -180,6 +180,12 @@ impl Tokenizer {
         if ids > model_vocab {
             bail!("the tokenizer has {ids} tokens but the model's vocabulary has {model_vocab} rows");
         }
+        // Ids need not be dense: the largest one decides.
+        if let Some((token, id)) = self.inner.get_vocab(true).into_iter().max_by_key(|(_, id)| *id)
+            && id as usize >= model_vocab
+        {
+            bail!("the tokenizer's token {token:?} has id {id}, outside the model's vocabulary of {model_vocab}");
+        }
         let m = &self.meta;
         for (what, id) in [("BOS", m.bos), ("EOS", m.eos), ("padding", m.pad), ("unknown", m.unk)] {
             if let Some(id) = id.filter(|&id| id as usize >= model_vocab) {

@@ -135,6 +135,13 @@ fn hf_lies() {
         serde_json::to_vec(&v).unwrap()
     });
     assert_rejected(&p, "big-tokenizer", &["the tokenizer has 49153 tokens but the model's vocabulary has 49152 rows"]);
+    // As many tokens as rows, but one id far past them.
+    let p = corrupted_hf(d.path(), "sparse-ids", "tokenizer.json", |b| {
+        let mut v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        v["model"]["vocab"]["the"] = 1_000_000.into();
+        serde_json::to_vec(&v).unwrap()
+    });
+    assert_rejected(&p, "sparse-ids", &["has id 1000000, outside the model's vocabulary of 49152"]);
     // Two inputs on which the `tokenizers` crate itself panics (found by the fuzzer): a file cut
     // inside its decoder, and a subword prefix longer than a merged token.
     let p = corrupted_hf(d.path(), "cut-decoder", "tokenizer.json", |mut b| {
