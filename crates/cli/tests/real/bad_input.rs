@@ -37,6 +37,17 @@ pub(crate) fn find(hay: &[u8], needle: &[u8]) -> usize {
     hay.windows(needle.len()).position(|w| w == needle).unwrap_or_else(|| panic!("{:?} not found", String::from_utf8_lossy(needle)))
 }
 
+/// One edit of the real GGUF's bytes.
+pub(crate) type Edit = Box<dyn Fn(&mut Vec<u8>)>;
+
+/// Each `(file name, edit, expected message)` applied to a copy of the real GGUF is refused.
+pub(crate) fn assert_edits_rejected(dir: &Path, cases: Vec<(&str, Edit, &str)>) {
+    for (name, edit, want) in cases {
+        let p = corrupted_gguf(dir, name, |b| edit(b));
+        assert_rejected(&p, name, &[want]);
+    }
+}
+
 /// Position right after a GGUF length-prefixed string (a key or a tensor name).
 pub(crate) fn after_string(bytes: &[u8], s: &str) -> usize {
     let mut needle = (s.len() as u64).to_le_bytes().to_vec();
@@ -131,7 +142,6 @@ fn gguf_tensor_extents_are_checked() {
         let off = u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
         b[at..at + 8].copy_from_slice(&(off + by).to_le_bytes());
     };
-    type Edit = Box<dyn Fn(&mut Vec<u8>)>;
     let cases: Vec<(&str, Edit, &str)> = vec![
         // Q4_1 → Q5_0: a larger block, so the tensor runs into the next one.
         ("q5_0.gguf", Box::new(move |b| set_u32(b, tensor_dtype_pos(b, "blk.0.attn_q.weight"), 6)), "overlaps"),
@@ -144,10 +154,7 @@ fn gguf_tensor_extents_are_checked() {
         ("q4_1-embd.gguf", Box::new(move |b| set_u32(b, tensor_dtype_pos(b, "token_embd.weight"), 3)), "unused bytes lie between tensor `token_embd.weight`"),
         ("beyond.gguf", Box::new(move |b| shift_offset(b, 1 << 40)), "extends beyond the end of the file"),
     ];
-    for (name, edit, want) in cases {
-        let p = corrupted_gguf(d.path(), name, |b| edit(b));
-        assert_rejected(&p, name, &[want]);
-    }
+    assert_edits_rejected(d.path(), cases);
 }
 
 #[test]

@@ -10,7 +10,7 @@ use candle_core::{Device, Tensor};
 use transact::eval::task::Request;
 use transact::model::forward::Model;
 
-use crate::bad_input::{after_string, assert_rejected, corrupted_gguf, corrupted_hf, find, tensor_dtype_pos};
+use crate::bad_input::{Edit, after_string, assert_edits_rejected, assert_rejected, corrupted_gguf, corrupted_hf, find, tensor_dtype_pos};
 use crate::common::{gguf_path, model, path_str, run_cli, scratch};
 
 fn set_u32_value(b: &mut [u8], key: &str, v: u32) {
@@ -36,7 +36,6 @@ fn tensor_data_pos(name: &str) -> usize {
 #[test]
 fn gguf_header_lies() {
     let d = scratch();
-    type Edit = Box<dyn Fn(&mut Vec<u8>)>;
     let cases: Vec<(&str, Edit, &str)> = vec![
         ("layers-huge.gguf", Box::new(|b| set_u32_value(b, "llama.block_count", u32::MAX)), "`llama.block_count` is 4294967295 (1 to 4096)"),
         ("layers-zero.gguf", Box::new(|b| set_u32_value(b, "llama.block_count", 0)), "`llama.block_count` is 0"),
@@ -90,10 +89,7 @@ fn gguf_header_lies() {
             "more values than the file can hold",
         ),
     ];
-    for (name, edit, want) in cases {
-        let p = corrupted_gguf(d.path(), name, |b| edit(b));
-        assert_rejected(&p, name, &[want]);
-    }
+    assert_edits_rejected(d.path(), cases);
 }
 
 /// A NaN or infinite weight is refused at load, named with its position, in every format and

@@ -173,13 +173,9 @@ pub fn config_from_metadata(md: &HashMap<String, Value>) -> Result<ModelConfig> 
 
 /// Every tensor's bytes lie inside the file, start at the file's alignment and overlap no other
 /// tensor's: a header that lies about a type, a shape or an offset would otherwise read its
-/// neighbours' bytes as weights (llama.cpp checks the same).
-pub fn check_tensor_extents(content: &Content, file_len: u64) -> Result<()> {
-    let alignment = match content.metadata.get("general.alignment").and_then(as_u64) {
-        Some(0) => bail!("metadata `general.alignment` is 0"),
-        Some(a) => a,
-        None => 32,
-    };
+/// neighbours' bytes as weights (llama.cpp checks the same). `alignment` is the one the header
+/// scan validated.
+pub fn check_tensor_extents(content: &Content, file_len: u64, alignment: u64) -> Result<()> {
     let mut spans = Vec::with_capacity(content.tensor_infos.len());
     for (name, info) in &content.tensor_infos {
         if !SUPPORTED_TYPES.contains(&info.ggml_dtype) {
@@ -273,7 +269,7 @@ pub fn load_from<R: Read + Seek>(reader: &mut BufReader<R>, len: u64, device: &D
     reader.read_exact(&mut header)?;
     let content = Content::read(&mut Cursor::new(&header)).map_err(|e| anyhow!("invalid GGUF header: {}", super::msg(e)))?;
     drop(header);
-    check_tensor_extents(&content, len)?;
+    check_tensor_extents(&content, len, facts.alignment)?;
     let mut config = config_from_metadata(&content.metadata)?;
     config.tied_embeddings = !content.tensor_infos.contains_key("output.weight");
     config.validate().map_err(|e| anyhow!("{e}"))?;

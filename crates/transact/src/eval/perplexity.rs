@@ -107,8 +107,7 @@ pub fn corpus_perplexity(
     let words = scored_text.split_whitespace().count();
     let bytes = scored_text.len();
     // Finite log-likelihoods can still overflow exp(): a perplexity of inf is no result either.
-    let finite = |x: f64, what: &str| crate::model::finite::check_value(x, &format!("the {what} of corpus `{}`", corpus.name));
-    let token_perplexity = finite((nll / scored as f64).exp(), "token perplexity")?;
+    let token_perplexity = crate::model::finite::check_value((nll / scored as f64).exp(), &format!("the token perplexity of corpus `{}`", corpus.name))?;
     let word_perplexity = Some((nll / words.max(1) as f64).exp()).filter(|w| w.is_finite());
     Ok(PplResult {
         corpus: corpus.name.clone(),
