@@ -147,6 +147,30 @@ impl Model {
         self.forward_observed(tokens, cache, logits, None)
     }
 
+    /// One new token for each of several sequences, each in its own cache (batch 1) at its own
+    /// position: a server's running batch. Logits `[tokens.len(), vocab]`, row i after
+    /// `tokens[i]` appended to `caches[i]`. On the CPU the products read each weight once for
+    /// all rows; elsewhere the sequences run one after another.
+    pub fn step_caches(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
+        if tokens.len() != caches.len() {
+            candle_core::bail!("{} tokens for {} caches", tokens.len(), caches.len());
+        }
+        if let Some(c) = caches.iter().find(|c| c.len >= self.config.max_position) {
+            candle_core::bail!("sequence of {} tokens exceeds the model's context of {}", c.len + 1, self.config.max_position);
+        }
+        if matches!(self.device, Device::Cpu) && caches.iter().all(|c| c.is_host(1)) {
+            let run = |caches: &mut [&mut KvCache]| decode::step_caches(&self.config, &self.weights, self.kv_dtype, tokens, caches, true);
+            let y = if rayon::current_thread_index().is_none() { rayon::scope(|_| run(caches)) } else { run(caches) }?;
+            return y.squeeze(1);
+        }
+        let rows = tokens
+            .iter()
+            .zip(caches.iter_mut())
+            .map(|(&t, c)| self.forward(&Tensor::new(&[[t]], &self.device)?, Some(&mut **c), Logits::Last)?.flatten_to(1))
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::cat(&rows, 0)
+    }
+
     /// [`Model::forward`] that also hands each layer's transitional activations to `observer`.
     pub fn forward_observed(
         &self,

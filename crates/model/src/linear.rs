@@ -85,34 +85,10 @@ pub fn linear_many(x: &Tensor, ws: &[&Tensor]) -> Result<Vec<Tensor>> {
             bail!("linear: input has {n_in} features, weight {:?} expects {}", w.dims(), in_features(w)?);
         }
     }
-    // On the CPU: few rows through the GEMV; more through a GEMM in the weights' own type
-    // where there is one for it. Everything else widens to f32 (below).
-    let rows = b * t;
-    let own_type = ws.iter().all(|w| matches!(w.dtype(), DType::BF16 | DType::U8));
-    if matches!(x.device(), Device::Cpu) && (rows <= gemv::MAX_ROWS || own_type) {
-        let xs = x.flatten_all()?.to_vec1::<f32>()?;
-        let ys = with_weight_data(ws, |data| {
-            if rows <= gemv::MAX_ROWS { Some(gemv::gemv_many(&xs, rows, n_in, data)) } else { gemm::gemm_many(&xs, rows, n_in, data) }
-        })?;
-        if let Some(Some(ys)) = ys {
-            return ys.into_iter().zip(ws).map(|(y, w)| Tensor::from_vec(y, (b, t, w.dim(0)?), x.device())).collect();
-        }
-    }
-    if matches!(x.device(), Device::Cpu) {
-        // f32 products; other types widened first (f16; bf16 and Q8_0 where this CPU lacks the
-        // AVX-512 kernels).
-        let wf = ws.iter().map(|w| to_f32(w)).collect::<Result<Vec<_>>>()?;
-        let all: Vec<&Tensor> = std::iter::once(x).chain(&wf).collect();
-        // A few rows without re-laying the weights (`gemm/f32_small.rs`); more through gemm.
-        let small = rows <= gemm::f32_small::MAX_M && gemm::f32_small::available();
-        let ys = with_cpu_f32(&all, |d| {
-            let (x, ws) = (d[0], &d[1..]);
-            let product = |w: &&[f32]| if small { gemm::f32_small::matmul(x, rows, n_in, w, w.len() / n_in) } else { gemm::f32::matmul(1, rows, w.len() / n_in, n_in, x, w, true) };
-            ws.iter().map(product).collect::<Vec<_>>()
-        })?;
-        if let Some(ys) = ys {
-            return ys.into_iter().zip(ws).map(|(y, w)| Tensor::from_vec(y, (b, t, w.dim(0)?), x.device())).collect();
-        }
+    if matches!(x.device(), Device::Cpu)
+        && let Some(ys) = linear_rows(&x.flatten_all()?.to_vec1::<f32>()?, b * t, n_in, ws)?
+    {
+        return ys.into_iter().zip(ws).map(|(y, w)| Tensor::from_vec(y, (b, t, w.dim(0)?), x.device())).collect();
     }
     let x2 = x.reshape((b * t, n_in))?;
     ws.iter()
@@ -126,6 +102,55 @@ pub fn linear_many(x: &Tensor, ws: &[&Tensor]) -> Result<Vec<Tensor>> {
             y.reshape((b, t, w.dim(0)?))
         })
         .collect()
+}
+
+/// Activation rows up to which products with 16-bit or Q8_0 weights that have no GEMM of their
+/// own on this CPU go through the GEMV [`gemv::MAX_ROWS`] rows at a time (a batch of decode
+/// steps): reading the weights `rows / 4` times costs less than widening whole matrices to f32
+/// on every step.
+const GEMV_CHUNKED_ROWS: usize = 32;
+
+/// `y = x · Wᵀ` for each of `ws` on host rows `x` `[rows, n_in]` (each `[rows, out]`), on the
+/// CPU kernels; `None` when a weight is not a contiguous CPU tensor.
+pub fn linear_rows(x: &[f32], rows: usize, n_in: usize, ws: &[&Tensor]) -> Result<Option<Vec<Vec<f32>>>> {
+    // Few rows through the GEMV; more through a GEMM in the weights' own type where there is
+    // one for it. Everything else widens to f32 (below).
+    let own_type = ws.iter().all(|w| matches!(w.dtype(), DType::BF16 | DType::U8));
+    let all_f32 = ws.iter().all(|w| w.dtype() == DType::F32);
+    if rows <= gemv::MAX_ROWS || own_type || (!all_f32 && rows <= GEMV_CHUNKED_ROWS) {
+        let ys = with_weight_data(ws, |data| {
+            if rows <= gemv::MAX_ROWS {
+                return Some(gemv::gemv_many(x, rows, n_in, data));
+            }
+            if own_type && let Some(ys) = gemm::gemm_many(x, rows, n_in, data) {
+                return Some(ys);
+            }
+            (rows <= GEMV_CHUNKED_ROWS).then(|| {
+                let mut ys: Vec<Vec<f32>> = data.iter().map(|(_, n)| Vec::with_capacity(rows * n)).collect();
+                for (c, xc) in x.chunks(gemv::MAX_ROWS * n_in).enumerate() {
+                    let m = xc.len() / n_in;
+                    debug_assert!(c * gemv::MAX_ROWS + m <= rows);
+                    for (y, part) in ys.iter_mut().zip(gemv::gemv_many(xc, m, n_in, data)) {
+                        y.extend(part);
+                    }
+                }
+                ys
+            })
+        })?;
+        if let Some(Some(ys)) = ys {
+            return Ok(Some(ys));
+        }
+    }
+    // f32 products; other types widened first (f16; bf16 and Q8_0 where this CPU lacks the
+    // AVX-512 kernels).
+    let wf = ws.iter().map(|w| to_f32(w)).collect::<Result<Vec<_>>>()?;
+    let wf: Vec<&Tensor> = wf.iter().collect();
+    // A few rows without re-laying the weights (`gemm/f32_small.rs`); more through gemm.
+    let small = rows <= gemm::f32_small::MAX_M && gemm::f32_small::available();
+    with_cpu_f32(&wf, |ws| {
+        let product = |w: &&[f32]| if small { gemm::f32_small::matmul(x, rows, n_in, w, w.len() / n_in) } else { gemm::f32::matmul(1, rows, w.len() / n_in, n_in, x, w, true) };
+        ws.iter().map(product).collect::<Vec<_>>()
+    })
 }
 
 /// `tensors` (one dtype, on the CPU) copied into one buffer backed by huge pages

@@ -18,10 +18,38 @@ impl<'m> Session<'m> {
     /// Prefills `prompt` (at least one token, at most the model's context) into a new KV cache.
     pub fn start(model: &'m Model, prompt: &[u32]) -> Result<Self> {
         ensure!(!prompt.is_empty(), "the prompt is empty");
-        let mut cache = KvCache::new(&model.config);
-        let x = Tensor::new(prompt, &model.device)?.unsqueeze(0)?;
-        let logits = model.forward(&x, Some(&mut cache), Logits::Last)?.flatten_all()?;
-        Ok(Self { model, cache, logits })
+        let mut s = Self::empty(model);
+        s.extend(prompt, false)?;
+        Ok(s)
+    }
+
+    /// A session with nothing cached; its logits are empty until [`Session::extend`] feeds it.
+    pub fn empty(model: &'m Model) -> Self {
+        Self { model, cache: KvCache::new(&model.config), logits: Tensor::zeros(0, candle_core::DType::F32, &model.device).expect("an empty tensor") }
+    }
+
+    /// Appends `tokens` (a prompt, or the next chunk of one) to the cache. With `all`, returns
+    /// the logits after each of them, `[tokens.len(), vocab]`.
+    pub fn extend(&mut self, tokens: &[u32], all: bool) -> Result<Option<Tensor>> {
+        ensure!(!tokens.is_empty(), "no tokens to append");
+        let x = Tensor::new(tokens, &self.model.device)?.unsqueeze(0)?;
+        let logits = self.model.forward(&x, Some(&mut self.cache), if all { Logits::All } else { Logits::Last })?.squeeze(0)?;
+        self.logits = logits.get(logits.dim(0)? - 1)?;
+        Ok(all.then_some(logits))
+    }
+
+    /// One decode step for several sessions of one model at once (a server's running batch):
+    /// `tokens[i]` is appended to `sessions[i]`.
+    pub fn push_many(sessions: &mut [&mut Session<'m>], tokens: &[u32]) -> Result<()> {
+        let Some(first) = sessions.first() else { return Ok(()) };
+        let model = first.model;
+        ensure!(sessions.iter().all(|s| std::ptr::eq(s.model, model)), "sessions of different models cannot step together");
+        let mut caches: Vec<&mut KvCache> = sessions.iter_mut().map(|s| &mut s.cache).collect();
+        let logits = model.step_caches(tokens, &mut caches)?;
+        for (i, s) in sessions.iter_mut().enumerate() {
+            s.logits = logits.get(i)?;
+        }
+        Ok(())
     }
 
     /// The next token's logits `[vocab]`.
