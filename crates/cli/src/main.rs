@@ -15,6 +15,7 @@ mod eval;
 mod generate;
 mod inspect;
 mod prune;
+mod serve;
 mod train;
 
 #[derive(Parser)]
@@ -45,6 +46,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Two models side by side: size, KV cache, perplexity, task subsets, speed (same run).
     Compare(compare::CompareArgs),
+    /// Serve the model over the OpenAI HTTP API (completions, chat, streaming, log-probabilities) with batched decoding.
+    Serve(serve::ServeArgs),
     /// Prefill and decode speed against this machine's GEMM and bandwidth roofs (--vs: two models).
     Bench(bench::BenchArgs),
 }
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
         Command::Train(a) => train::run(a),
         Command::Compare(a) => compare::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Serve(a) => serve::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

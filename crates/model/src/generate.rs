@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 use serde::Serialize;
 
 use crate::forward::Model;
@@ -76,8 +76,8 @@ pub fn generate(
 ) -> Result<Generation> {
     let t0 = Instant::now();
     let mut session = Session::start(model, prompt)?;
-    let mut stream = tok.inner.decode_stream(false);
-    let mut text = StopText::new(&options.stop);
+    let mut stream = tok.text_stream();
+    let mut text = StopText::new(options.stop.clone());
     let mut tokens = Vec::new();
     let mut first: Option<f64> = None;
     let finish = loop {
@@ -90,7 +90,7 @@ pub fn generate(
         if options.stop_at_eos && Some(next) == tok.meta.eos {
             break Finish::Eos;
         }
-        if let Some(piece) = stream.step(next).map_err(|e| anyhow!("tokenizer: {e}"))?
+        if let Some(piece) = stream.step(next)?
             && text.push(&piece, &mut on_text)?
         {
             break Finish::Stop;
@@ -110,21 +110,21 @@ pub fn generate(
 
 /// Generated text with stop strings: text is released only once no stop string can still begin
 /// inside it.
-struct StopText<'a> {
-    stop: &'a [String],
+pub struct StopText {
+    stop: Vec<String>,
     text: String,
     /// Bytes of `text` already released.
     released: usize,
 }
 
-impl<'a> StopText<'a> {
-    fn new(stop: &'a [String]) -> Self {
+impl StopText {
+    pub fn new(stop: Vec<String>) -> Self {
         Self { stop, text: String::new(), released: 0 }
     }
 
     /// Adds `piece`; releases what is final through `out`. Returns whether a stop string was
     /// found (the text then ends right before it).
-    fn push(&mut self, piece: &str, out: &mut impl FnMut(&str) -> Result<()>) -> Result<bool> {
+    pub fn push(&mut self, piece: &str, out: &mut impl FnMut(&str) -> Result<()>) -> Result<bool> {
         self.text.push_str(piece);
         // A stop string may begin in text already seen but withheld, never in released text.
         let found = self.stop.iter().filter(|s| !s.is_empty()).filter_map(|s| self.text[self.released..].find(s.as_str())).min();
@@ -154,7 +154,7 @@ impl<'a> StopText<'a> {
     }
 
     /// The whole text, releasing what was withheld when `flush`.
-    fn finish(mut self, flush: bool, out: &mut impl FnMut(&str) -> Result<()>) -> Result<String> {
+    pub fn finish(mut self, flush: bool, out: &mut impl FnMut(&str) -> Result<()>) -> Result<String> {
         if flush {
             self.release(self.text.len(), out)?;
         }
@@ -168,7 +168,7 @@ mod tests {
 
     fn run(stop: &[&str], pieces: &[&str]) -> (String, String, bool) {
         let stop: Vec<String> = stop.iter().map(|s| s.to_string()).collect();
-        let mut st = StopText::new(&stop);
+        let mut st = StopText::new(stop);
         let mut released = String::new();
         let mut out = |t: &str| {
             released.push_str(t);

@@ -165,6 +165,11 @@ impl Tokenizer {
         crate::contain::contain("detokenizing", || self.inner.decode(ids, false))?.map_err(|e| anyhow!("tokenizer: {e}"))
     }
 
+    /// The text of a growing sequence of ids, piece by piece as it becomes valid text.
+    pub fn text_stream(&self) -> TextStream<'_> {
+        TextStream(self.inner.decode_stream(false))
+    }
+
     pub fn token(&self, id: u32) -> Option<String> {
         self.inner.id_to_token(id)
     }
@@ -198,5 +203,25 @@ impl Tokenizer {
     /// The tokenizer as Hugging Face `tokenizer.json` text.
     pub fn to_json(&self) -> Result<String> {
         self.inner.to_string(true).map_err(|e| anyhow!("tokenizer: {e}"))
+    }
+}
+
+/// Decodes generated ids one at a time ([`Tokenizer::text_stream`]): a piece comes out once the
+/// bytes so far form whole characters.
+pub struct TextStream<'t>(
+    tokenizers::DecodeStream<
+        't,
+        tokenizers::ModelWrapper,
+        tokenizers::NormalizerWrapper,
+        tokenizers::PreTokenizerWrapper,
+        tokenizers::PostProcessorWrapper,
+        tokenizers::DecoderWrapper,
+    >,
+);
+
+impl TextStream<'_> {
+    /// The text `id` adds, if it completes any.
+    pub fn step(&mut self, id: u32) -> Result<Option<String>> {
+        crate::contain::contain("detokenizing", || self.0.step(id))?.map_err(|e| anyhow!("tokenizer: {e}"))
     }
 }
