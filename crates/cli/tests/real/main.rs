@@ -12,6 +12,7 @@ mod hostile;
 mod hidden;
 mod prune;
 mod quantize;
+mod serve;
 mod recover;
 mod stream;
 mod tokenizer;
