@@ -38,6 +38,10 @@ impl ApiError {
         Self { status: 404, message: format!("no such endpoint: {what}; this server has POST /v1/completions, POST /v1/chat/completions, GET /v1/models and GET /health"), kind: "invalid_request_error", param: None }
     }
 
+    pub fn method_not_allowed(method: &str, path: &str) -> Self {
+        Self { status: 405, message: format!("{path} does not take {method}"), kind: "invalid_request_error", param: None }
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self { status: 500, message: message.into(), kind: "server_error", param: None }
     }

@@ -89,6 +89,7 @@ pub fn serve(model: Model, tok: Tokenizer, opts: ServeOptions, on_listen: impl F
         .merge(v1)
         .route("/health", get(health))
         .fallback(|req: Request| async move { error(ApiError::not_found(&format!("{} {}", req.method(), req.uri().path()))) })
+        .method_not_allowed_fallback(|req: Request| async move { error(ApiError::method_not_allowed(req.method().as_str(), req.uri().path())) })
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(app);
     let served = rt.block_on(async { axum::serve(listener, router).with_graceful_shutdown(shutdown_signal(admission)).await });
