@@ -98,21 +98,28 @@ pub fn serve(model: Model, tok: Tokenizer, opts: ServeOptions, on_listen: impl F
     served.context("serving")
 }
 
+/// The first SIGINT or SIGTERM: no new requests, running ones finish. A second: exit at once.
 async fn shutdown_signal(admission: Arc<Admission>) {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
+        return std::future::pending().await;
+    };
+    let Ok(mut int) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()) else {
+        return std::future::pending().await;
     };
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
+        _ = int.recv() => {}
+        _ = term.recv() => {}
     }
     admission.close();
-    eprintln!("shutting down: no new requests; running ones finish");
+    eprintln!("shutting down: no new requests; running ones finish (signal again to stop at once)");
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("stopped at once: running requests were cut off");
+        std::process::exit(130);
+    });
 }
 
 fn error(e: ApiError) -> Response {
