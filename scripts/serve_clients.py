@@ -87,6 +87,25 @@ def openai_checks(base_url: str, model: str, api_key: str) -> dict:
     check(max(lp.top_logprobs[-1].values()) == lp.token_logprobs[-1], "echo: greedy token is the top logprob")
     echo_lp = lp.token_logprobs
 
+    # A prompt whose greedy next token is the end of text: the generated token still counts in
+    # usage, so it must have its logprobs entry too. lm-eval sums token_logprobs[ctxlen:-1], i.e.
+    # it drops the last entry as the generated one; without it, it loses a continuation token.
+    eos_prompt = ("Question: When the Northern Hemisphere is tilted away from the Sun causing the rays of light "
+                  "to hit Earth at large angles, which season occurs?\nAnswer: winter")
+    r = client.completions.create(model=model, prompt=eos_prompt, max_tokens=1, temperature=0, logprobs=1, echo=True)
+    c, u = r.choices[0], r.usage
+    if c.finish_reason == "stop":
+        check(len(c.logprobs.token_logprobs) == u.prompt_tokens + u.completion_tokens,
+              f"echo, generation stopped by end of text: prompt_tokens + completion_tokens = "
+              f"{u.prompt_tokens} + {u.completion_tokens} logprob entries (got {len(c.logprobs.token_logprobs)})")
+        r = client.completions.create(model=model, prompt=eos_prompt, max_tokens=1, temperature=0, logprobs=1)
+        c, u = r.choices[0], r.usage
+        check(len(c.logprobs.tokens) == u.completion_tokens,
+              f"no echo, stopped by end of text: completion_tokens = {u.completion_tokens} logprob entries "
+              f"(got {len(c.logprobs.tokens)})")
+    else:
+        print(f"  --   end-of-text logprobs not exercised: this model does not stop there ({c.finish_reason!r})")
+
     # Same prompt as token ids (what lm-eval sends with tokenized_requests=True) and as a batch.
     from transformers import AutoTokenizer
 
@@ -391,6 +410,11 @@ def main() -> int:
             FAILURES.append(f"{name}: doc counts differ ({n_docs}, built-in {b['docs']}, file {f['docs']})")
         if disagree:
             FAILURES.append(f"{name}: {len(disagree)} docs where lm-eval's and transact's picks differ")
+        zeros = sum(ll == 0.0 for l in lm_docs for ll in l["lls"])
+        entry["lm_eval_zero_logliks"] = zeros
+        if zeros:
+            FAILURES.append(f"{name}: lm-eval got log-likelihood exactly 0 for {zeros} requests (a response "
+                            "short of the generated token: lm-eval drops token_logprobs[-1] as that token)")
         rows.append((name, n_docs, lm_acc, lm_norm, b["acc"], b["acc_norm"], f["acc"], f["acc_norm"],
                      f"{agree}/{n_docs}", f"{agree_norm}/{n_docs}"))
 

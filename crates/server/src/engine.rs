@@ -290,13 +290,19 @@ fn next_token(s: &mut Seq, tok: &Tokenizer, limits: Limits) -> Result<bool> {
     let logits = s.session.logits();
     let id = job.sampler.sample(logits)?;
     s.generated += 1;
-    if Some(id) == tok.meta.eos {
-        return finish(s, Finish::Eos);
-    }
     let logprob = match job.logprobs {
         Some(k) => Some(token_logprob(tok, logits, id, k)?),
         None => None,
     };
+    if Some(id) == tok.meta.eos {
+        // Counted in usage, so listed with the log-probabilities too (clients such as lm-eval
+        // take the last entry to be the generated token), with no text: it ends the text.
+        if let Some(mut lp) = logprob {
+            lp.text.clear();
+            let _ = job.events.send(Event::Token { index: job.index, text: String::new(), logprob: Some(lp) });
+        }
+        return finish(s, Finish::Eos);
+    }
     let mut released = String::new();
     let stopped = match s.stream.step(id)? {
         Some(piece) => s.text.push(&piece, &mut |t: &str| {

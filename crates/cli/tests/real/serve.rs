@@ -121,7 +121,9 @@ fn echo_logprobs_equal_the_scorers_loglikelihood() {
     let s = Server::start(&[]);
     let lm = model();
     let long = lm.tokenizer.decode(&real_tokens(300)).unwrap();
-    for (context, continuation) in [("The capital of France is", " Paris"), ("The capital of France is", " a small village"), (long.as_str(), " the end of the story.")] {
+    // The third ends in the end-of-text token: its entry must still be there, last.
+    let winter = "Question: When the Northern Hemisphere is tilted away from the Sun causing the rays of light to hit Earth at large angles, which season occurs?\nAnswer:";
+    for (context, continuation) in [("The capital of France is", " Paris"), ("The capital of France is", " a small village"), (winter, " winter"), (long.as_str(), " the end of the story.")] {
         let enc = encode(&lm.tokenizer, &Request { context: context.into(), continuation: continuation.into() }, 2048).unwrap();
         let want = score_group(&lm.model, std::slice::from_ref(&enc)).unwrap()[0];
         // lm-eval's request and its parsing (`parse_logprobs`).
@@ -138,6 +140,7 @@ fn echo_logprobs_equal_the_scorers_loglikelihood() {
         assert_eq!(greedy, want.is_greedy, "{continuation:?}");
         assert_eq!(lp["token_logprobs"][0], Value::Null, "nothing predicts the first token");
         assert_eq!(v["usage"]["prompt_tokens"].as_u64().unwrap() as usize, enc.ids.len());
+        assert_eq!(lp["token_logprobs"].as_array().unwrap().len(), enc.ids.len() + 1, "{continuation:?}: one entry per prompt token and one for the generated token");
     }
 }
 
