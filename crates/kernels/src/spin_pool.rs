@@ -21,8 +21,13 @@ use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
-/// How long a helper spins without work before it parks.
-const SPIN: Duration = Duration::from_micros(200);
+/// How long a helper spins without work before it parks. Within a token the regions come a few
+/// µs apart; a longer gap means the caller is serial or off its core, and a parked helper leaves
+/// its core free, so the scheduler can run the caller there when other work of a shared machine
+/// took the caller's core. 50 µs instead of 200: decode 1.04–1.18× beside two busy processes on
+/// 2 cores, 0.94–1.07× beside one or four, the same on a quiet machine (`bench/NOTES.md`,
+/// "Sharing the CPU").
+const SPIN: Duration = Duration::from_micros(50);
 
 /// `Shared::state`: the region's generation above [`CLOSED`], then the count of helpers in it.
 /// One word, so that joining (a helper) and closing (the caller) are ordered against each other.
