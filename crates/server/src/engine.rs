@@ -2,8 +2,8 @@
 //!
 //! Continuous batching: a request joins the running batch between decode steps and leaves it
 //! when it finishes or its client goes away (its KV cache is dropped then). Each turn of the
-//! loop prefills at most [`PREFILL_CHUNK`] prompt tokens of one joining sequence, then runs one
-//! decode step for every running sequence together ([`Session::push_many`]: each weight is read
+//! loop prefills at most [`PREFILL_CHUNK`] prompt tokens of joining sequences (several short
+//! prompts whole, or one chunk of a long one), then runs one decode step for every running sequence together ([`Session::push_many`]: each weight is read
 //! once for the whole batch), so a long prompt delays the running streams by one chunk per
 //! token, not by its whole prefill.
 
@@ -172,8 +172,8 @@ pub fn run(model: &Model, tok: &Tokenizer, jobs: mpsc::Receiver<Job>, admission:
             }
             continue;
         }
-        // Admit one: its prefill starts this turn.
-        if running.len() < limits.max_batch
+        // Admit while there is room: prefill starts this turn for as many as the budget allows.
+        while running.len() < limits.max_batch
             && let Some(job) = waiting.pop_front()
         {
             admission.release(1);
@@ -190,9 +190,17 @@ pub fn run(model: &Model, tok: &Tokenizer, jobs: mpsc::Receiver<Job>, admission:
             });
         }
         let mut finished: Vec<usize> = Vec::new();
-        // One chunk of one prompt.
-        if let Some(i) = running.iter().position(|s| s.fed < s.job.prompt.len()) {
-            if let Err(e) = prefill_chunk(&mut running[i], tok, limits) {
+        // At most PREFILL_CHUNK prompt tokens per turn, oldest first: one chunk of a long
+        // prompt, or several short prompts whole.
+        let mut budget = PREFILL_CHUNK;
+        for i in 0..running.len() {
+            let left = running[i].job.prompt.len() - running[i].fed;
+            if left == 0 || budget == 0 {
+                continue;
+            }
+            let take = left.min(budget);
+            budget -= take;
+            if let Err(e) = prefill_chunk(&mut running[i], tok, take) {
                 fail(&running[i].job, e);
                 finished.push(i);
             } else if running[i].fed == running[i].job.prompt.len() {
@@ -245,10 +253,10 @@ fn fail(job: &Job, e: anyhow::Error) {
     let _ = job.events.send(Event::Error { index: job.index, message: format!("{e:#}") });
 }
 
-/// Feeds the next chunk of the prompt; with `echo`, gathers its tokens' log-probabilities.
-fn prefill_chunk(s: &mut Seq, tok: &Tokenizer, limits: Limits) -> Result<()> {
+/// Feeds the next `take` tokens of the prompt; with `echo`, gathers their log-probabilities.
+fn prefill_chunk(s: &mut Seq, tok: &Tokenizer, take: usize) -> Result<()> {
     let prompt = &s.job.prompt;
-    let end = (s.fed + PREFILL_CHUNK).min(prompt.len());
+    let end = (s.fed + take).min(prompt.len());
     let chunk = &prompt[s.fed..end];
     let logits = s.session.extend(chunk, s.job.echo)?;
     if let Some(logits) = logits {
@@ -266,7 +274,6 @@ fn prefill_chunk(s: &mut Seq, tok: &Tokenizer, limits: Limits) -> Result<()> {
         s.carry = Some(logits.get(chunk.len() - 1)?);
     }
     s.fed = end;
-    debug_assert!(s.fed <= limits.ctx);
     Ok(())
 }
 
