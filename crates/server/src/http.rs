@@ -236,17 +236,17 @@ async fn run(app: Arc<App>, body: Result<Bytes, BytesRejection>, kind: Kind) -> 
         Ok(Err(e)) => return error(e),
         Err(e) => return error(ApiError::internal(format!("preparing the request failed: {e}"))),
     };
+    let s = &p.sampling;
+    let seed = s.seed.unwrap_or_else(rand::random);
+    let samplers = match (0..p.prompts.len()).map(|i| Sampler::new(s.temperature, s.top_p, seed.wrapping_add(i as u64))).collect::<Result<Vec<_>, _>>() {
+        Ok(x) => x,
+        Err(e) => return error(ApiError::invalid(None, e.to_string())),
+    };
     if !app.admission.reserve(p.prompts.len()) {
         return error(if app.admission.is_closed() { ApiError::shutting_down() } else { ApiError::busy(app.opts.max_queue) });
     }
     let (tx, rx) = unbounded_channel();
-    let s = &p.sampling;
-    let seed = s.seed.unwrap_or_else(rand::random);
-    for (index, prompt) in p.prompts.iter().enumerate() {
-        let sampler = match Sampler::new(s.temperature, s.top_p, seed.wrapping_add(index as u64)) {
-            Ok(x) => x,
-            Err(e) => return error(ApiError::invalid(None, e.to_string())),
-        };
+    for (index, (prompt, sampler)) in p.prompts.iter().zip(samplers).enumerate() {
         let job = Job {
             index,
             prompt: prompt.clone(),
