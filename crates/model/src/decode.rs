@@ -42,7 +42,7 @@ fn rms_norm(x: &[f32], w: &Tensor, eps: f32) -> Result<Vec<f32>> {
 
 /// Rotates every head of `x` (`[rows, heads, d]`, heads of group g use `tables[g]`) at one
 /// position; `tables[g]` holds (cos, sin) per pair.
-fn rope(x: &mut [f32], d: usize, heads_per_table: usize, tables: &[Vec<(f32, f32)>], layout: RopeLayout) {
+fn rope(x: &mut [f32], d: usize, heads_per_table: usize, tables: &[Angles], layout: RopeLayout) {
     let per_row = tables.len() * heads_per_table * d;
     for row in x.chunks_exact_mut(per_row) {
         for (h, head) in row.chunks_exact_mut(d).enumerate() {
@@ -56,6 +56,9 @@ fn rope(x: &mut [f32], d: usize, heads_per_table: usize, tables: &[Vec<(f32, f32
         }
     }
 }
+
+/// (cos, sin) of one position's angle for each rotary pair.
+type Angles = Vec<(f32, f32)>;
 
 /// Whether [`step`] can run `b` sequences of `t` new tokens on `device`.
 pub(crate) fn can_step(b: usize, t: usize, device: &Device) -> bool {
@@ -82,7 +85,7 @@ pub(crate) fn step_caches(cfg: &ModelConfig, weights: &Weights, kv_dtype: KvDtyp
     let per = m / caches.len();
     let eps = cfg.rms_eps as f32;
     // RoPE angles per cache position, for the head dim they were made for.
-    let mut shared: Vec<Option<(usize, Vec<(f32, f32)>)>> = vec![None; caches.len()];
+    let mut shared: Vec<Option<(usize, Angles)>> = vec![None; caches.len()];
     let mut x = Vec::with_capacity(m * hidden);
     for &tok in tokens {
         x.extend(weights.embed.get(tok as usize)?.to_vec1::<f32>()?);
@@ -100,7 +103,7 @@ pub(crate) fn step_caches(cfg: &ModelConfig, weights: &Weights, kv_dtype: KvDtyp
             // Angles in f64, as in `RopeTables`; one table per KV group only when head-dim
             // pruning gave groups their own frequencies.
             let angles = |f: Vec<f64>| f.iter().map(|f| ((pos as f64 * f).cos() as f32, (pos as f64 * f).sin() as f32)).collect();
-            let tables: Vec<Vec<(f32, f32)>> = match cfg.rope_inv_freq {
+            let tables: Vec<Angles> = match cfg.rope_inv_freq {
                 Some(_) => (0..hkv).map(|grp| angles(cfg.inv_freq(l, grp))).collect(),
                 None => {
                     if shared[c].as_ref().is_none_or(|(hd, _)| *hd != d) {

@@ -127,10 +127,8 @@ pub fn linear_rows(x: &[f32], rows: usize, n_in: usize, ws: &[&Tensor]) -> Resul
             }
             (rows <= GEMV_CHUNKED_ROWS).then(|| {
                 let mut ys: Vec<Vec<f32>> = data.iter().map(|(_, n)| Vec::with_capacity(rows * n)).collect();
-                for (c, xc) in x.chunks(gemv::MAX_ROWS * n_in).enumerate() {
-                    let m = xc.len() / n_in;
-                    debug_assert!(c * gemv::MAX_ROWS + m <= rows);
-                    for (y, part) in ys.iter_mut().zip(gemv::gemv_many(xc, m, n_in, data)) {
+                for xc in x.chunks(gemv::MAX_ROWS * n_in) {
+                    for (y, part) in ys.iter_mut().zip(gemv::gemv_many(xc, xc.len() / n_in, n_in, data)) {
                         y.extend(part);
                     }
                 }

@@ -25,6 +25,9 @@ use transact_model::tokenizer::{TextStream, Tokenizer};
 /// kernels, short enough that running streams wait at most one chunk between tokens.
 pub const PREFILL_CHUNK: usize = 128;
 
+/// How long an idle engine waits for a job before it checks for shutdown.
+const IDLE_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// One sequence to generate: one prompt of a completion request (a request with several
 /// prompts sends one each, sharing `events`), or a chat.
 pub struct Job {
@@ -138,7 +141,7 @@ pub fn run(model: &Model, tok: &Tokenizer, jobs: mpsc::Receiver<Job>, admission:
     let mut open = true;
     loop {
         if open && running.is_empty() && waiting.is_empty() {
-            match jobs.recv_timeout(crate::http::IDLE_POLL) {
+            match jobs.recv_timeout(IDLE_POLL) {
                 Ok(j) => waiting.push_back(j),
                 Err(mpsc::RecvTimeoutError::Timeout) if admission.is_closed() => return,
                 Err(mpsc::RecvTimeoutError::Timeout) => continue,
@@ -193,64 +196,47 @@ pub fn run(model: &Model, tok: &Tokenizer, jobs: mpsc::Receiver<Job>, admission:
         // At most PREFILL_CHUNK prompt tokens per turn, oldest first: one chunk of a long
         // prompt, or several short prompts whole.
         let mut budget = PREFILL_CHUNK;
-        for i in 0..running.len() {
-            let left = running[i].job.prompt.len() - running[i].fed;
-            if left == 0 || budget == 0 {
+        for (i, s) in running.iter_mut().enumerate() {
+            let take = (s.job.prompt.len() - s.fed).min(budget);
+            if take == 0 {
                 continue;
             }
-            let take = left.min(budget);
             budget -= take;
-            if let Err(e) = prefill_chunk(&mut running[i], tok, take) {
-                fail(&running[i].job, e);
+            let r = prefill_chunk(s, tok, take).and_then(|()| if s.fed == s.job.prompt.len() { after_prefill(s, tok, limits) } else { Ok(false) });
+            if over(&s.job, r) {
                 finished.push(i);
-            } else if running[i].fed == running[i].job.prompt.len() {
-                match after_prefill(&mut running[i], tok, limits) {
-                    Ok(true) => finished.push(i),
-                    Ok(false) => {}
-                    Err(e) => {
-                        fail(&running[i].job, e);
-                        finished.push(i);
-                    }
+            }
+        }
+        // One token for every sequence with one pending (a finished one has none).
+        let tokens: Vec<u32> = running.iter().filter_map(|s| s.pending).collect();
+        if !tokens.is_empty() {
+            let mut sessions: Vec<&mut Session> = running.iter_mut().filter(|s| s.pending.is_some()).map(|s| &mut s.session).collect();
+            let stepped = Session::push_many(&mut sessions, &tokens);
+            for (i, s) in running.iter_mut().enumerate().filter(|(_, s)| s.pending.is_some()) {
+                s.pending = None;
+                let r = match &stepped {
+                    Ok(()) => next_token(s, tok, limits),
+                    Err(e) => Err(anyhow::anyhow!("{e}")),
+                };
+                if over(&s.job, r) {
+                    finished.push(i);
                 }
             }
         }
-        // One token for every sequence with one pending.
-        let stepping: Vec<usize> = (0..running.len()).filter(|i| running[*i].pending.is_some() && !finished.contains(i)).collect();
-        if !stepping.is_empty() {
-            let tokens: Vec<u32> = stepping.iter().map(|&i| running[i].pending.expect("filtered on pending")).collect();
-            let mut sessions: Vec<&mut Session> = running.iter_mut().enumerate().filter(|(i, _)| stepping.contains(i)).map(|(_, s)| &mut s.session).collect();
-            match Session::push_many(&mut sessions, &tokens) {
-                Ok(()) => {
-                    for &i in &stepping {
-                        running[i].pending = None;
-                        match next_token(&mut running[i], tok, limits) {
-                            Ok(true) => finished.push(i),
-                            Ok(false) => {}
-                            Err(e) => {
-                                fail(&running[i].job, e);
-                                finished.push(i);
-                            }
-                        }
-                    }
-                }
-                Err(e) => {
-                    for &i in &stepping {
-                        fail(&running[i].job, anyhow::anyhow!("{e}"));
-                        finished.push(i);
-                    }
-                }
-            }
-        }
+        // Prefill and decode finish different sequences: no index twice.
         finished.sort_unstable();
-        finished.dedup();
         for i in finished.into_iter().rev() {
             running.swap_remove(i);
         }
     }
 }
 
-fn fail(job: &Job, e: anyhow::Error) {
-    let _ = job.events.send(Event::Error { index: job.index, message: format!("{e:#}") });
+/// Whether a step ended the sequence: it finished, or it failed (the client is told why).
+fn over(job: &Job, step: Result<bool>) -> bool {
+    step.unwrap_or_else(|e| {
+        let _ = job.events.send(Event::Error { index: job.index, message: format!("{e:#}") });
+        true
+    })
 }
 
 /// Feeds the next `take` tokens of the prompt; with `echo`, gathers their log-probabilities.

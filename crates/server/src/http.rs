@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use axum::Router;
@@ -186,13 +186,18 @@ impl App {
                 (ids, text)
             }
         };
+        Ok((self.fits(ids)?, text))
+    }
+
+    /// `ids` if they make a prompt this server can run: at least one token, at most the context.
+    fn fits(&self, ids: Vec<u32>) -> Result<Vec<u32>, ApiError> {
         if ids.is_empty() {
             return Err(ApiError::invalid(Some("prompt"), "the prompt is empty: it needs at least one token"));
         }
         if ids.len() > self.bounds.ctx {
             return Err(ApiError::invalid(Some("prompt"), format!("the prompt is {} tokens, more than the context of {} tokens", ids.len(), self.bounds.ctx)));
         }
-        Ok((ids, text))
+        Ok(ids)
     }
 
     fn prepare_completion(&self, body: &[u8]) -> Result<Prepared, ApiError> {
@@ -206,8 +211,7 @@ impl App {
         let text = self.chat.render(&c.messages).map_err(|e| ApiError::invalid(Some("messages"), format!("{e:#}")))?;
         // The template writes the special tokens as text; no BOS is added on top of it.
         let ids = self.tok.encode(&text).map_err(|e| ApiError::invalid(Some("messages"), format!("{e:#}")))?;
-        let (ids, _) = self.tokens(Prompt::Ids(ids))?;
-        Ok(Prepared { prompts: vec![ids], echo: None, sampling: c.sampling })
+        Ok(Prepared { prompts: vec![self.fits(ids)?], echo: None, sampling: c.sampling })
     }
 }
 
@@ -473,6 +477,3 @@ fn stream(head: Head, p: Prepared, mut rx: UnboundedReceiver<Event>) -> Response
     )
         .into_response()
 }
-
-/// How long an idle engine waits for a job before it checks for shutdown.
-pub(crate) const IDLE_POLL: Duration = Duration::from_millis(100);
