@@ -290,6 +290,28 @@ impl Head {
         }
     }
 
+    /// One choice of a whole response (`chunk` false) or of a stream chunk: its text (a chunk
+    /// without text is a finish chunk), the log-probabilities of `tokens` (text starting at
+    /// character `offset`) when given, and the finish reason when known.
+    fn choice(&self, chunk: bool, index: usize, text: Option<&str>, tokens: Option<&[TokenLogprob]>, offset: usize, finish: Option<Finish>) -> Value {
+        let reason = finish.map(finish_reason);
+        match (self.kind, chunk) {
+            (Kind::Completion, _) => {
+                let lp = tokens.map(|t| completion_logprobs(t, offset));
+                json!({"index": index, "text": text.unwrap_or(""), "logprobs": lp, "finish_reason": reason})
+            }
+            (Kind::Chat, _) => {
+                let lp = tokens.map(|t| json!({"content": chat_logprobs(t)}));
+                let body = match (chunk, text) {
+                    (false, t) => ("message", json!({"role": "assistant", "content": t.unwrap_or("")})),
+                    (true, Some(t)) => ("delta", json!({"content": t})),
+                    (true, None) => ("delta", json!({})),
+                };
+                json!({"index": index, body.0: body.1, "logprobs": lp, "finish_reason": reason})
+            }
+        }
+    }
+
     fn wrap(&self, chunk: bool, choices: Vec<Value>) -> Value {
         json!({"id": self.id, "object": self.object(chunk), "created": self.created, "model": self.model, "choices": choices})
     }
@@ -346,8 +368,6 @@ fn chat_logprobs(tokens: &[TokenLogprob]) -> Value {
 struct Acc {
     text: String,
     tokens: Vec<TokenLogprob>,
-    /// Characters of echoed prompt text before the generated text.
-    echo_chars: usize,
     finish: Option<Finish>,
     usage: (usize, usize),
 }
@@ -360,7 +380,6 @@ async fn whole(head: Head, p: Prepared, mut rx: UnboundedReceiver<Event>) -> Res
             Some(Event::Prompt { index, tokens }) => {
                 let a = &mut accs[index];
                 a.text = p.echo.as_ref().map(|e| e[index].clone()).unwrap_or_default();
-                a.echo_chars = a.text.chars().count();
                 a.tokens = tokens;
             }
             Some(Event::Token { index, text, logprob }) => {
@@ -380,19 +399,7 @@ async fn whole(head: Head, p: Prepared, mut rx: UnboundedReceiver<Event>) -> Res
     let choices = accs
         .into_iter()
         .enumerate()
-        .map(|(index, a)| {
-            let reason = a.finish.map(finish_reason);
-            match head.kind {
-                Kind::Completion => {
-                    let lp = head.logprobs.then(|| completion_logprobs(&a.tokens, 0));
-                    json!({"index": index, "text": a.text, "logprobs": lp, "finish_reason": reason})
-                }
-                Kind::Chat => {
-                    let lp = head.logprobs.then(|| json!({"content": chat_logprobs(&a.tokens)}));
-                    json!({"index": index, "message": {"role": "assistant", "content": a.text}, "logprobs": lp, "finish_reason": reason})
-                }
-            }
-        })
+        .map(|(index, a)| head.choice(false, index, Some(&a.text), head.logprobs.then_some(&a.tokens[..]), 0, a.finish))
         .collect();
     let mut v = head.wrap(false, choices);
     v["usage"] = usage(prompt_tokens, completion_tokens);
@@ -419,34 +426,22 @@ fn stream(head: Head, p: Prepared, mut rx: UnboundedReceiver<Event>) -> Response
             let choice = match rx.recv().await {
                 Some(Event::Prompt { index, tokens }) => {
                     let text = p.echo.as_ref().map(|e| e[index].clone()).unwrap_or_default();
-                    let lp = head.logprobs.then(|| completion_logprobs(&tokens, 0));
                     offsets[index] = text.chars().count();
-                    json!({"index": index, "text": text, "logprobs": lp, "finish_reason": null})
+                    head.choice(true, index, Some(&text), head.logprobs.then_some(&tokens[..]), 0, None)
                 }
                 Some(Event::Token { index, text, logprob }) => {
                     if text.is_empty() && logprob.is_none() {
                         continue;
                     }
                     let tokens: Vec<TokenLogprob> = logprob.into_iter().collect();
-                    match head.kind {
-                        Kind::Completion => {
-                            let lp = head.logprobs.then(|| completion_logprobs(&tokens, offsets[index]));
-                            offsets[index] += tokens.iter().map(|t| t.text.chars().count()).sum::<usize>();
-                            json!({"index": index, "text": text, "logprobs": lp, "finish_reason": null})
-                        }
-                        Kind::Chat => {
-                            let lp = head.logprobs.then(|| json!({"content": chat_logprobs(&tokens)}));
-                            json!({"index": index, "delta": {"content": text}, "logprobs": lp, "finish_reason": null})
-                        }
-                    }
+                    let v = head.choice(true, index, Some(&text), head.logprobs.then_some(&tokens[..]), offsets[index], None);
+                    offsets[index] += tokens.iter().map(|t| t.text.chars().count()).sum::<usize>();
+                    v
                 }
                 Some(Event::Done { index, finish, prompt_tokens, completion_tokens }) => {
                     done += 1;
                     totals = (totals.0 + prompt_tokens, totals.1 + completion_tokens);
-                    match head.kind {
-                        Kind::Completion => json!({"index": index, "text": "", "logprobs": null, "finish_reason": finish_reason(finish)}),
-                        Kind::Chat => json!({"index": index, "delta": {}, "logprobs": null, "finish_reason": finish_reason(finish)}),
-                    }
+                    head.choice(true, index, None, None, 0, Some(finish))
                 }
                 Some(Event::Error { message, .. }) => {
                     let _ = out.send(send(ApiError::internal(message).body())).await;
