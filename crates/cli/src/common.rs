@@ -8,7 +8,7 @@ use anyhow::Result;
 use candle_core::Device;
 use clap::ValueEnum;
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use transact::model::choice::Choice;
 use transact::model::io::export::ExportFormat;
 use transact::{KvDtype, LoadedModel, SettingError};
@@ -116,73 +116,82 @@ impl Formats {
     }
 }
 
-/// Parses a count with an optional K/M/B suffix (powers of 1000): `100K`, `1.5M`, `2B`, `100000`.
-pub fn count(s: &str) -> Result<u64, String> {
-    let t = s.trim().replace('_', "");
-    let (num, mult) = match t.char_indices().last() {
-        Some((i, 'k' | 'K')) => (&t[..i], 1e3),
-        Some((i, 'm' | 'M')) => (&t[..i], 1e6),
-        Some((i, 'b' | 'B' | 'g' | 'G')) => (&t[..i], 1e9),
-        _ => (t.as_str(), 1.0),
-    };
-    if let Ok(n) = num.parse::<u64>()
-        && mult == 1.0
-    {
-        return if n == 0 { Err("must be at least 1".into()) } else { Ok(n) };
-    }
-    let x: f64 = num.parse().map_err(|_| format!("`{s}` is not a count (e.g. 100000, 100K, 1.5M, 2B)"))?;
-    let n = x * mult;
-    if !(1.0..1e18).contains(&n) {
-        return Err(format!("`{s}` must be at least 1 and below 10^18"));
-    }
-    Ok(n.round() as u64)
-}
+pub use transact::train::options::count;
 
 /// Progress bars on stderr for the library's stages; notes go to stderr as lines.
-pub struct Bars(Mutex<Option<ProgressBar>>);
+pub struct Bars {
+    bar: Mutex<Option<ProgressBar>>,
+    /// Bars made by [`Bars::stacked`] share one terminal area, so a sweep's grid bar stays above
+    /// the bars of its runs.
+    area: Option<MultiProgress>,
+}
 
 impl Bars {
     pub fn new() -> Self {
-        Self(Mutex::new(None))
+        Self { bar: Mutex::new(None), area: None }
+    }
+
+    /// Two progress receivers drawn one above the other.
+    pub fn stacked() -> (Self, Self) {
+        let area = MultiProgress::new();
+        (Self { bar: Mutex::new(None), area: Some(area.clone()) }, Self { bar: Mutex::new(None), area: Some(area) })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<ProgressBar>> {
+        self.bar.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 impl transact::Progress for Bars {
     fn start(&self, label: &str, total: u64) {
-        let pb = ProgressBar::new(total);
+        let mut pb = ProgressBar::new(total);
         pb.set_style(
             ProgressStyle::with_template("{prefix:>14} [{bar:30}] {pos}/{len} {per_sec} ETA {eta} {msg}")
                 .expect("valid template")
                 .progress_chars("=> "),
         );
         pb.set_prefix(label.to_string());
-        if let Some(old) = self.0.lock().unwrap_or_else(|p| p.into_inner()).replace(pb) {
+        let mut slot = self.lock();
+        if let Some(area) = &self.area {
+            pb = match &*slot {
+                Some(old) => area.insert_after(old, pb),
+                None => area.add(pb),
+            };
+        }
+        if let Some(old) = slot.replace(pb) {
             old.finish_and_clear();
+            if let Some(area) = &self.area {
+                area.remove(&old);
+            }
         }
     }
 
     fn advance(&self, n: u64) {
-        if let Some(pb) = &*self.0.lock().unwrap_or_else(|p| p.into_inner()) {
+        if let Some(pb) = &*self.lock() {
             pb.inc(n);
         }
     }
 
     fn message(&self, text: &str) {
-        if let Some(pb) = &*self.0.lock().unwrap_or_else(|p| p.into_inner()) {
+        if let Some(pb) = &*self.lock() {
             pb.set_message(text.to_string());
         }
     }
 
     fn finish(&self) {
-        if let Some(pb) = self.0.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(pb) = self.lock().take() {
             pb.finish_and_clear();
+            if let Some(area) = &self.area {
+                area.remove(&pb);
+            }
         }
     }
 
     fn note(&self, message: &str) {
-        match &*self.0.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some(pb) => pb.suspend(|| eprintln!("{message}")),
-            None => eprintln!("{message}"),
+        match (&self.area, &*self.lock()) {
+            (Some(area), _) => area.suspend(|| eprintln!("{message}")),
+            (None, Some(pb)) => pb.suspend(|| eprintln!("{message}")),
+            (None, None) => eprintln!("{message}"),
         }
     }
 }
@@ -255,17 +264,6 @@ fn is_setting(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn counts_take_suffixes() {
-        assert_eq!(count("100K"), Ok(100_000));
-        assert_eq!(count("1.5M"), Ok(1_500_000));
-        assert_eq!(count("2B"), Ok(2_000_000_000));
-        assert_eq!(count("100_000"), Ok(100_000));
-        for bad in ["0", "-5", "NaN", "infK", "1e30", "ten", ""] {
-            assert!(count(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn settings_render_as_flags() {

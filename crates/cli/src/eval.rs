@@ -3,13 +3,9 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use clap::Args;
 use transact::data::corpus;
-use transact::eval::metrics::run_task;
-use transact::eval::perplexity::corpus_perplexity;
-use transact::eval::report::{EvalReport, ModelInfo, Protocol, averages};
+use transact::eval::suite::Suite;
 use transact::eval::task::{self, Task};
-use transact::model::cost::ModelCost;
 use transact::model::io::atomic;
-use transact::model::io::load::model_sha256;
 
 use crate::common::{self, Bars};
 
@@ -64,15 +60,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     }
     let t0 = std::time::Instant::now();
     // Load every task before the model so a bad file fails fast.
-    let names: Vec<String> = if a.tasks.iter().any(|t| t == "all") {
-        task::builtin_names().iter().map(|s| s.to_string()).collect()
-    } else {
-        a.tasks.clone()
-    };
-    let mut tasks: Vec<Task> = Vec::new();
-    for n in &names {
-        tasks.push(task::builtin(n.trim())?.limit(a.limit));
-    }
+    let mut tasks: Vec<Task> = task::builtins(&a.tasks, a.limit)?;
     for d in &a.task_dir {
         tasks.push(task::load_task_dir(d)?.limit(a.limit));
     }
@@ -82,42 +70,9 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let corpora = a.ppl.iter().map(|c| corpus::load(c)).collect::<Result<Vec<_>>>()?;
 
     let lm = common::load(&a.model)?;
-    let stats = ModelCost::new(&lm.model.config, 0);
-    let bars = Bars::new();
-    let max_len = a.max_length.unwrap_or(lm.model.config.max_position);
-    let mut results = Vec::new();
-    for t in &tasks {
-        let r = run_task(&lm.model, &lm.tokenizer, t, max_len, a.batch_size, &bars)?;
-        eprintln!("{}: acc {:.4} ({} docs, {:.1} s)", r.task, r.acc, r.docs, r.seconds);
-        results.push(r);
-    }
-    let mut ppl = Vec::new();
-    for c in &corpora {
-        let r = corpus_perplexity(&lm.model, &lm.tokenizer, c, a.seq_len, a.limit, &bars)?;
-        eprintln!("{}: token perplexity {:.3} ({:.1} s)", r.corpus, r.token_perplexity, r.seconds);
-        ppl.push(r);
-    }
-    let report = EvalReport {
-        model: ModelInfo {
-            path: lm.path.display().to_string(),
-            sha256: model_sha256(&lm.path)?,
-            params_total: stats.params_total,
-            params_non_embedding: stats.params_non_embedding,
-        },
-        protocol: Protocol {
-            max_length: max_len,
-            bos: if lm.tokenizer.meta.add_bos { "tokenizer adds BOS" } else { "no BOS (empty contexts get the prefix token)" },
-            scoring: "lm-eval loglikelihood: trailing context whitespace (rstrip) moves to the continuation; cont = enc(ctx+cont)[len(enc(ctx)):]",
-            acc_norm: "argmax of loglikelihood / choice length in characters (without the target delimiter)",
-            stderr: "sample standard deviation / sqrt(n)",
-            limit: a.limit,
-        },
-        average: averages(&results),
-        tasks: results,
-        perplexity: ppl,
-        seed: 0,
-        seconds_total: t0.elapsed().as_secs_f64(),
-    };
+    let suite = Suite { tasks, corpora, seq_len: a.seq_len, windows: a.limit, limit: a.limit, max_length: a.max_length, batch_size: a.batch_size };
+    let mut report = suite.run(&lm, &Bars::new())?;
+    report.seconds_total = t0.elapsed().as_secs_f64();
     print!("{}", report.table());
     if let Some(j) = &a.json {
         atomic::write_file(j, a.force, |tmp| Ok(std::fs::write(tmp, report.to_json())?))?;

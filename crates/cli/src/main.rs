@@ -15,7 +15,9 @@ mod eval;
 mod generate;
 mod inspect;
 mod prune;
+mod report;
 mod serve;
+mod sweep;
 mod train;
 
 #[derive(Parser)]
@@ -44,6 +46,10 @@ enum Command {
     Prune(prune::PruneArgs),
     /// Recovery training after pruning: distil from the dense model (or train on text), full-parameter AdamW.
     Train(train::TrainArgs),
+    /// A grid of pruning runs from a TOML/JSON spec, each pruned, evaluated and timed; one row per run in results.jsonl (resumable).
+    Sweep(sweep::SweepArgs),
+    /// A sweep's results as an HTML page and a Markdown page with plots (perplexity and accuracy vs size, salience, speed, recovery).
+    Report(report::ReportArgs),
     /// Two models side by side: size, KV cache, perplexity, task subsets, speed (same run).
     Compare(compare::CompareArgs),
     /// Serve the model over the OpenAI HTTP API (completions, chat, streaming, log-probabilities) with batched decoding.
@@ -71,6 +77,8 @@ fn main() -> ExitCode {
         Command::Calibrate(a) => calibrate::run(a),
         Command::Prune(a) => prune::run(a),
         Command::Train(a) => train::run(a),
+        Command::Sweep(a) => sweep::run(a),
+        Command::Report(a) => report::run(a),
         Command::Compare(a) => compare::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Serve(a) => serve::run(a),

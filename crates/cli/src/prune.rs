@@ -60,7 +60,7 @@ pub struct PruneArgs {
     /// the target, prunes and recovers (the paper uses 8; 1 = one-shot).
     #[arg(long, default_value_t = 1)]
     shots: usize,
-    /// Statistics from `transact calibrate` on this model, used instead of calibrating (one shot only).
+    /// Statistics from `transact calibrate` on this model, used by the first shot instead of calibrating (later shots calibrate the pruned model).
     #[arg(long)]
     stats: Option<PathBuf>,
     /// External recovery after every shot, e.g. 'torchrun train.py --in {in} --out {out}': {in}
@@ -148,6 +148,7 @@ pub fn run(a: PruneArgs) -> Result<()> {
         stats: a.stats,
         resume: a.resume,
         stream: a.stream,
+        held_out: true,
     };
     let r = job.run(&Bars::new())?;
     let (b, f) = (&r.before, &r.after);

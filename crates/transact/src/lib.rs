@@ -22,6 +22,8 @@ pub mod card;
 pub mod data;
 pub mod eval;
 pub mod progress;
+pub mod report;
+pub mod sweep;
 pub mod prune;
 pub mod train;
 

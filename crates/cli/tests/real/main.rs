@@ -15,5 +15,6 @@ mod quantize;
 mod serve;
 mod recover;
 mod stream;
+mod sweep;
 mod tokenizer;
 mod train;

@@ -203,6 +203,7 @@ pub fn job(out: &Path, shots: usize, stats: Option<std::path::PathBuf>, recover:
         stats,
         resume: false,
         stream: false,
+        held_out: true,
     }
 }
 

@@ -4,4 +4,5 @@ pub mod metrics;
 pub mod perplexity;
 pub mod report;
 pub mod scorer;
+pub mod suite;
 pub mod task;

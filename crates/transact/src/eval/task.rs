@@ -92,6 +92,13 @@ pub fn builtin_names() -> Vec<&'static str> {
     BUILTINS.iter().map(|b| b.name).collect()
 }
 
+/// Built-in tasks by name (`all`: every one), each cut to its first `limit` docs.
+pub fn builtins(names: &[String], limit: Option<usize>) -> Result<Vec<Task>> {
+    let all = names.iter().any(|n| n.trim() == "all");
+    let names: Vec<String> = if all { builtin_names().iter().map(|s| s.to_string()).collect() } else { names.to_vec() };
+    names.iter().map(|n| Ok(builtin(n.trim())?.limit(limit))).collect()
+}
+
 /// A built-in task by its lm-eval name.
 pub fn builtin(name: &str) -> Result<Task> {
     let b = BUILTINS

@@ -244,9 +244,42 @@ impl TrainOptions {
     }
 }
 
+/// Parses a count with an optional K/M/B suffix (powers of 1000): `100K`, `1.5M`, `2B`, `100000`.
+pub fn count(s: &str) -> Result<u64, String> {
+    let t = s.trim().replace('_', "");
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&t[..i], 1e3),
+        Some((i, 'm' | 'M')) => (&t[..i], 1e6),
+        Some((i, 'b' | 'B' | 'g' | 'G')) => (&t[..i], 1e9),
+        _ => (t.as_str(), 1.0),
+    };
+    if let Ok(n) = num.parse::<u64>()
+        && mult == 1.0
+    {
+        return if n == 0 { Err("must be at least 1".into()) } else { Ok(n) };
+    }
+    let x: f64 = num.parse().map_err(|_| format!("`{s}` is not a count (e.g. 100000, 100K, 1.5M, 2B)"))?;
+    let n = x * mult;
+    if !(1.0..1e18).contains(&n) {
+        return Err(format!("`{s}` must be at least 1 and below 10^18"));
+    }
+    Ok(n.round() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_take_suffixes() {
+        assert_eq!(count("100K"), Ok(100_000));
+        assert_eq!(count("1.5M"), Ok(1_500_000));
+        assert_eq!(count("2B"), Ok(2_000_000_000));
+        assert_eq!(count("100_000"), Ok(100_000));
+        for bad in ["0", "-5", "NaN", "infK", "1e30", "ten", ""] {
+            assert!(count(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn schedule_warms_up_then_decays_to_a_tenth() {

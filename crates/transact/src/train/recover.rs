@@ -28,6 +28,9 @@ pub struct RecoveryRecord {
     /// Mean loss of the first and the last 10 % of the steps (at least one step each).
     pub loss_start: f64,
     pub loss_end: f64,
+    /// The loss of every step, for the curves of `transact report`.
+    #[serde(default)]
+    pub loss_by_step: Vec<f64>,
     pub seconds: f64,
     pub tokens_per_s: f64,
 }
@@ -67,6 +70,7 @@ pub fn train_in_memory(
         lr: options.lr,
         loss_start: mean_loss(&records, true),
         loss_end: mean_loss(&records, false),
+        loss_by_step: records.iter().map(|r| r.loss).collect(),
         seconds,
         tokens_per_s: tokens as f64 / seconds.max(1e-9),
     };
