@@ -19,12 +19,6 @@ pub struct ReportArgs {
 
 pub fn run(a: ReportArgs) -> Result<()> {
     let w = transact::report::write(&a.dir, &a.out, a.force)?;
-    println!(
-        "{} rows → {} and {} (figures: {})",
-        w.rows,
-        w.html.display(),
-        w.markdown.display(),
-        w.figures.join(", ")
-    );
+    println!("{} rows → {} and {} (figures: {})", w.rows, w.html.display(), w.markdown.display(), w.figures.join(", "));
     Ok(())
 }

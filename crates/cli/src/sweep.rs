@@ -30,29 +30,13 @@ pub fn run(a: SweepArgs) -> Result<()> {
     if a.dry_run {
         let (rows, _) = transact::sweep::results::read(&a.out.join("results.jsonl"))?;
         let done = |key: &str| rows.iter().any(|r| r.key == key);
-        println!(
-            "{} dense reference",
-            if done(transact::sweep::DENSE) {
-                "done"
-            } else {
-                "todo"
-            }
-        );
+        println!("{} dense reference", if done(transact::sweep::DENSE) { "done" } else { "todo" });
         for p in &plan {
-            println!(
-                "{} {}  [{}]",
-                if done(&p.point.key()) { "done" } else { "todo" },
-                p.point.key(),
-                p.grids.join(", ")
-            );
+            println!("{} {}  [{}]", if done(&p.point.key()) { "done" } else { "todo" }, p.point.key(), p.grids.join(", "));
         }
         return Ok(());
     }
-    let sweep = Sweep {
-        spec,
-        out: a.out,
-        device: common::device(),
-    };
+    let sweep = Sweep { spec, out: a.out, device: common::device() };
     let (grid, runs) = Bars::stacked();
     let t0 = std::time::Instant::now();
     let o = sweep.run(&grid, &runs)?;

@@ -28,36 +28,22 @@ ratio = 0.5
 #[test]
 fn sweep_runs_resumes_and_reports() {
     let d = scratch();
-    let (spec_path, out, report) = (
-        d.path().join("spec.toml"),
-        d.path().join("results"),
-        d.path().join("report"),
-    );
+    let (spec_path, out, report) = (d.path().join("spec.toml"), d.path().join("results"), d.path().join("report"));
     std::fs::write(&spec_path, spec(3)).unwrap();
     let (code, _, err) = run_cli(&["sweep", path_str(&spec_path), "--out", path_str(&out)]);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("3 rows: 3 ran, 0 already finished"), "{err}");
-    let rows: Vec<serde_json::Value> = std::fs::read_to_string(out.join("results.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(out.join("results.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(rows.len(), 3);
     assert_eq!(rows[0]["key"], "dense");
     for r in &rows[1..] {
         let removed = r["removed_non_embedding"].as_f64().unwrap();
         assert!((removed - 0.5).abs() < 0.01, "{removed}");
-        assert!(
-            r["perplexity"]["wiki"].as_f64().unwrap()
-                > rows[0]["perplexity"]["wiki"].as_f64().unwrap()
-        );
+        assert!(r["perplexity"]["wiki"].as_f64().unwrap() > rows[0]["perplexity"]["wiki"].as_f64().unwrap());
         assert!(r["speed"]["decode_tokens_per_s"].as_f64().unwrap() > 0.0);
         let dir = out.join(r["dir"].as_str().unwrap());
         assert!(dir.join("prune_report.json").exists() && dir.join("eval.json").exists());
-        assert!(
-            !dir.join("model.gguf").exists(),
-            "models are removed unless keep_models"
-        );
+        assert!(!dir.join("model.gguf").exists(), "models are removed unless keep_models");
     }
     // Only the activation-based scorer needed the dense statistics; they were kept.
     assert!(out.join("stats/seed-0.safetensors").exists());
@@ -65,19 +51,9 @@ fn sweep_runs_resumes_and_reports() {
     let (code, _, err) = run_cli(&["sweep", path_str(&spec_path), "--out", path_str(&out)]);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("3 rows: 0 ran, 3 already finished"), "{err}");
-    let (code, plan, _) = run_cli(&[
-        "sweep",
-        path_str(&spec_path),
-        "--out",
-        path_str(&out),
-        "--dry-run",
-    ]);
+    let (code, plan, _) = run_cli(&["sweep", path_str(&spec_path), "--out", path_str(&out), "--dry-run"]);
     assert_eq!(code, 0);
-    assert_eq!(
-        plan.lines().filter(|l| l.starts_with("done ")).count(),
-        3,
-        "{plan}"
-    );
+    assert_eq!(plan.lines().filter(|l| l.starts_with("done ")).count(), 3, "{plan}");
 
     std::fs::write(&spec_path, spec(4)).unwrap();
     let (code, _, err) = run_cli(&["sweep", path_str(&spec_path), "--out", path_str(&out)]);
@@ -95,19 +71,9 @@ fn sweep_runs_resumes_and_reports() {
         assert!(md.contains(&format!("](plots/{name}.png)")));
         let png = std::fs::read(report.join(format!("plots/{name}.png"))).unwrap();
         assert_eq!(&png[..4], b"\x89PNG");
-        assert!(
-            std::fs::read_to_string(report.join(format!("plots/{name}.svg")))
-                .unwrap()
-                .starts_with("<svg")
-        );
+        assert!(std::fs::read_to_string(report.join(format!("plots/{name}.svg"))).unwrap().starts_with("<svg"));
     }
-    assert_eq!(
-        md.lines()
-            .filter(|l| l.starts_with("| ") && !l.starts_with("| setting"))
-            .count(),
-        3,
-        "{md}"
-    );
+    assert_eq!(md.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| setting")).count(), 3, "{md}");
     // An existing report is not replaced without --force.
     let (code, _, err) = run_cli(&["report", path_str(&out), "--out", path_str(&report)]);
     assert_eq!(code, 2, "{err}");

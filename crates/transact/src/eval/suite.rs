@@ -37,34 +37,14 @@ impl Suite {
         let max_len = self.max_length.unwrap_or(lm.model.config.max_position);
         let mut tasks = Vec::new();
         for t in &self.tasks {
-            let r = run_task(
-                &lm.model,
-                &lm.tokenizer,
-                t,
-                max_len,
-                self.batch_size,
-                progress,
-            )?;
-            progress.note(&format!(
-                "{}: acc {:.4} ({} docs, {:.1} s)",
-                r.task, r.acc, r.docs, r.seconds
-            ));
+            let r = run_task(&lm.model, &lm.tokenizer, t, max_len, self.batch_size, progress)?;
+            progress.note(&format!("{}: acc {:.4} ({} docs, {:.1} s)", r.task, r.acc, r.docs, r.seconds));
             tasks.push(r);
         }
         let mut perplexity = Vec::new();
         for c in &self.corpora {
-            let r = corpus_perplexity(
-                &lm.model,
-                &lm.tokenizer,
-                c,
-                self.seq_len,
-                self.windows,
-                progress,
-            )?;
-            progress.note(&format!(
-                "{}: token perplexity {:.3} ({:.1} s)",
-                r.corpus, r.token_perplexity, r.seconds
-            ));
+            let r = corpus_perplexity(&lm.model, &lm.tokenizer, c, self.seq_len, self.windows, progress)?;
+            progress.note(&format!("{}: token perplexity {:.3} ({:.1} s)", r.corpus, r.token_perplexity, r.seconds));
             perplexity.push(r);
         }
         Ok(EvalReport {
@@ -76,11 +56,7 @@ impl Suite {
             },
             protocol: Protocol {
                 max_length: max_len,
-                bos: if lm.tokenizer.meta.add_bos {
-                    "tokenizer adds BOS"
-                } else {
-                    "no BOS (empty contexts get the prefix token)"
-                },
+                bos: if lm.tokenizer.meta.add_bos { "tokenizer adds BOS" } else { "no BOS (empty contexts get the prefix token)" },
                 scoring: "lm-eval loglikelihood: trailing context whitespace (rstrip) moves to the continuation; cont = enc(ctx+cont)[len(enc(ctx)):]",
                 acc_norm: "argmax of loglikelihood / choice length in characters (without the target delimiter)",
                 stderr: "sample standard deviation / sqrt(n)",

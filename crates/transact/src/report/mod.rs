@@ -43,40 +43,24 @@ const WIDTH: u32 = 1200;
 pub fn write(sweep: &Path, out: &Path, force: bool) -> Result<Written> {
     let results_path = sweep.join("results.jsonl");
     if !results_path.exists() {
-        bail!(
-            "{}: no results (run `transact sweep SPEC --out {}` first)",
-            results_path.display(),
-            sweep.display()
-        );
+        bail!("{}: no results (run `transact sweep SPEC --out {}` first)", results_path.display(), sweep.display());
     }
     let (rows, _) = results::read(&results_path)?;
     if rows.is_empty() {
         bail!("{}: no finished rows yet", results_path.display());
     }
-    let shared: Option<Shared> = std::fs::read_to_string(sweep.join("sweep.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok());
+    let shared: Option<Shared> = std::fs::read_to_string(sweep.join("sweep.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
     let stats = salience_stats(sweep)?;
     let dense = rows.iter().find(|r| r.point.is_none());
     let lines = series(&rows);
-    let corpus = rows
-        .iter()
-        .flat_map(|r| r.perplexity.keys())
-        .next()
-        .cloned()
-        .unwrap_or_else(|| "wiki".into());
+    let corpus = rows.iter().flat_map(|r| r.perplexity.keys()).next().cloned().unwrap_or_else(|| "wiki".into());
     let mut figures_written = Vec::new();
     atomic::write_dir(out, force, |dir| {
         let plots = dir.join("plots");
         std::fs::create_dir_all(&plots)?;
         let mut figures = Vec::new();
         let legend = |n: usize| plots::legend_height(n, WIDTH);
-        let svg = figure!(
-            plots,
-            "quality",
-            (WIDTH, 500 + legend(lines.len() + 1)),
-            |root| plots::quality(&root, &lines, dense, &corpus)
-        );
+        let svg = figure!(plots, "quality", (WIDTH, 500 + legend(lines.len() + 1)), |root| plots::quality(&root, &lines, dense, &corpus));
         figures.push(Figure {
             name: "quality",
             caption: format!(
@@ -87,11 +71,7 @@ pub fn write(sweep: &Path, out: &Path, force: bool) -> Result<Written> {
             svg,
         });
         if let (Some(stats), Some(d)) = (&stats, dense) {
-            let svg = figure!(plots, "salience", (WIDTH, 520), |root| plots::salience(
-                &root,
-                &stats.0,
-                d.shape.n_heads
-            ));
+            let svg = figure!(plots, "salience", (WIDTH, 520), |root| plots::salience(&root, &stats.0, d.shape.n_heads));
             figures.push(Figure {
                 name: "salience",
                 caption: format!(
@@ -105,9 +85,7 @@ pub fn write(sweep: &Path, out: &Path, force: bool) -> Result<Written> {
             });
         }
         if rows.iter().any(|r| r.speed.is_some()) {
-            let svg = figure!(plots, "speed", (WIDTH, 460), |root| plots::speed(
-                &root, &rows
-            ));
+            let svg = figure!(plots, "speed", (WIDTH, 460), |root| plots::speed(&root, &rows));
             figures.push(Figure {
                 name: "speed",
                 caption: "Prefill (256 tokens, bars) and decode (dots) speed of each distinct shape in f32 on the machine the sweep ran on (left), and \
@@ -117,18 +95,9 @@ pub fn write(sweep: &Path, out: &Path, force: bool) -> Result<Written> {
                 svg,
             });
         }
-        let trained: Vec<(String, &Row)> = lines
-            .iter()
-            .filter(|s| s.recovered)
-            .flat_map(|s| s.rows.iter().map(move |r| (run_label(s, r), *r)))
-            .collect();
+        let trained: Vec<(String, &Row)> = lines.iter().filter(|s| s.recovered).flat_map(|s| s.rows.iter().map(move |r| (run_label(s, r), *r))).collect();
         if !trained.is_empty() {
-            let svg = figure!(
-                plots,
-                "recovery",
-                (WIDTH, 480 + legend(trained.len())),
-                |root| plots::recovery(&root, &trained)
-            );
+            let svg = figure!(plots, "recovery", (WIDTH, 480 + legend(trained.len())), |root| plots::recovery(&root, &trained));
             figures.push(Figure {
                 name: "recovery",
                 caption: "Recovery runs: training loss at every optimizer step against training tokens, the shots of one run joined (left), and \
@@ -138,32 +107,17 @@ pub fn write(sweep: &Path, out: &Path, force: bool) -> Result<Written> {
             });
         }
         let table = Table::new(&rows, &lines, &corpus);
-        std::fs::write(
-            dir.join("report.html"),
-            html(&figures, &table, shared.as_ref(), sweep),
-        )?;
-        std::fs::write(
-            dir.join("report.md"),
-            markdown(&figures, &table, shared.as_ref(), sweep),
-        )?;
+        std::fs::write(dir.join("report.html"), html(&figures, &table, shared.as_ref(), sweep))?;
+        std::fs::write(dir.join("report.md"), markdown(&figures, &table, shared.as_ref(), sweep))?;
         figures_written = figures.iter().map(|f| f.name.to_string()).collect();
         Ok(())
     })?;
-    Ok(Written {
-        html: out.join("report.html"),
-        markdown: out.join("report.md"),
-        figures: figures_written,
-        rows: rows.len(),
-    })
+    Ok(Written { html: out.join("report.html"), markdown: out.join("report.md"), figures: figures_written, rows: rows.len() })
 }
 
 /// A trained row's legend entry: its series and size.
 fn run_label(s: &Series, r: &Row) -> String {
-    format!(
-        "{} at {:.0} % removed",
-        s.label,
-        100.0 * r.point.as_ref().map_or(0.0, |p| p.ratio)
-    )
+    format!("{} at {:.0} % removed", s.label, 100.0 * r.point.as_ref().map_or(0.0, |p| p.ratio))
 }
 
 /// The dense statistics of the lowest calibration seed, if the sweep collected any.
@@ -171,23 +125,13 @@ fn salience_stats(sweep: &Path) -> Result<Option<(ActivationStats, String)>> {
     let Ok(entries) = std::fs::read_dir(sweep.join("stats")) else {
         return Ok(None);
     };
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-        .collect();
+    let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|e| e == "safetensors")).collect();
     files.sort();
     let Some(first) = files.first() else {
         return Ok(None);
     };
     let stats = ActivationStats::load(first)?;
-    let what = format!(
-        "{} tokens, {}",
-        stats.meta.tokens,
-        first
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    );
+    let what = format!("{} tokens, {}", stats.meta.tokens, first.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
     Ok(Some((stats, what)))
 }
 
@@ -218,17 +162,13 @@ impl Table {
                 label.to_string(),
                 format!("{:.1} %", 100.0 * r.removed_non_embedding),
                 format!("{:.2}M", r.params_non_embedding as f64 / 1e6),
-                r.perplexity
-                    .get(corpus)
-                    .map_or("–".into(), |p| format!("{p:.2}")),
+                r.perplexity.get(corpus).map_or("–".into(), |p| format!("{p:.2}")),
                 pct(r.mean_acc),
                 pct(r.mean_acc_norm),
                 r.held_out.last().map_or("–".into(), |p| format!("{p:.1}")),
                 r.kv_bytes_per_token_f32.to_string(),
-                r.speed
-                    .map_or("–".into(), |s| format!("{:.0}", s.prefill_tokens_per_s)),
-                r.speed
-                    .map_or("–".into(), |s| format!("{:.1}", s.decode_tokens_per_s)),
+                r.speed.map_or("–".into(), |s| format!("{:.0}", s.prefill_tokens_per_s)),
+                r.speed.map_or("–".into(), |s| format!("{:.1}", s.decode_tokens_per_s)),
             ]
         };
         for r in rows.iter().filter(|r| r.point.is_none()) {
@@ -237,26 +177,16 @@ impl Table {
         for s in lines {
             for r in &s.rows {
                 let ratio = r.point.as_ref().map_or(0.0, |p| p.ratio);
-                entries.push((
-                    ratio,
-                    r.perplexity.get(corpus).copied().unwrap_or(f64::INFINITY),
-                    cells(&s.label, r),
-                ));
+                entries.push((ratio, r.perplexity.get(corpus).copied().unwrap_or(f64::INFINITY), cells(&s.label, r)));
             }
         }
         entries.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
-        Table {
-            header,
-            rows: entries.into_iter().map(|e| e.2).collect(),
-        }
+        Table { header, rows: entries.into_iter().map(|e| e.2).collect() }
     }
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 /// How the rows were made, from `sweep.json`.
@@ -272,18 +202,14 @@ fn protocol(shared: Option<&Shared>) -> String {
         s.calib.samples,
         s.calib.seq_len,
         s.calib.source,
-        serde_json::to_value(s.recovery.loss)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default(),
+        serde_json::to_value(s.recovery.loss).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
         s.recovery.lr,
         s.recovery.data,
         e.ppl.join(", "),
         e.ppl_windows.map_or("all".into(), |w| w.to_string()),
         e.ppl_seq_len,
         e.tasks.join(", "),
-        e.limit
-            .map_or("all docs".into(), |l| format!("first {l} docs each")),
+        e.limit.map_or("all docs".into(), |l| format!("first {l} docs each")),
     )
 }
 
@@ -300,13 +226,7 @@ fn html(figures: &[Figure], table: &Table, shared: Option<&Shared>, sweep: &Path
         escape(&protocol(shared)).replace('`', "")
     );
     for f in figures {
-        let _ = write!(
-            s,
-            "<figure id=\"{}\">\n{}\n<figcaption>{}</figcaption></figure>\n",
-            f.name,
-            f.svg,
-            escape(&f.caption)
-        );
+        let _ = write!(s, "<figure id=\"{}\">\n{}\n<figcaption>{}</figcaption></figure>\n", f.name, f.svg, escape(&f.caption));
     }
     s += "<h2>All rows</h2>\n<table><tr>";
     for h in &table.header {
@@ -325,17 +245,9 @@ fn html(figures: &[Figure], table: &Table, shared: Option<&Shared>, sweep: &Path
 }
 
 fn markdown(figures: &[Figure], table: &Table, shared: Option<&Shared>, sweep: &Path) -> String {
-    let mut s = format!(
-        "# Sweep report\n\nFrom `{}`. {}\n\n",
-        sweep.display(),
-        protocol(shared)
-    );
+    let mut s = format!("# Sweep report\n\nFrom `{}`. {}\n\n", sweep.display(), protocol(shared));
     for f in figures {
-        let _ = write!(
-            s,
-            "![{}](plots/{}.png)\n\n{}\n\n",
-            f.name, f.name, f.caption
-        );
+        let _ = write!(s, "![{}](plots/{}.png)\n\n{}\n\n", f.name, f.name, f.caption);
     }
     s += "## All rows\n\n| ";
     s += &table.header.join(" | ");

@@ -81,47 +81,27 @@ pub fn looks(series: &[Series]) -> Vec<Look> {
     series
         .iter()
         .map(|s| {
-            let i = families
-                .iter()
-                .position(|f| *f == s.family)
-                .unwrap_or_else(|| {
-                    families.push(&s.family);
-                    families.len() - 1
-                });
-            Look {
-                color: color(i),
-                filled: s.recovered,
-            }
+            let i = families.iter().position(|f| *f == s.family).unwrap_or_else(|| {
+                families.push(&s.family);
+                families.len() - 1
+            });
+            Look { color: color(i), filled: s.recovered }
         })
         .collect()
 }
 
 /// Entries of a legend drawn below the plots, in as many columns as fit.
-fn legend<DB: DrawingBackend>(
-    area: &DrawingArea<DB, Shift>,
-    entries: &[(String, RGBColor, bool)],
-) -> Result<()> {
+fn legend<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, entries: &[(String, RGBColor, bool)]) -> Result<()> {
     let (w, _) = area.dim_in_pixel();
     let cols = (w / 300).max(1) as usize;
     let col_w = (w as usize / cols) as i32;
     for (i, (label, color, filled)) in entries.iter().enumerate() {
         let (x, y) = (12 + (i % cols) as i32 * col_w, 10 + (i / cols) as i32 * 20);
-        let style = if *filled {
-            color.stroke_width(2)
-        } else {
-            color.stroke_width(1)
-        };
-        area.draw(&PathElement::new(vec![(x, y + 6), (x + 26, y + 6)], style))
-            .drawn()?;
-        let marker = if *filled {
-            color.filled()
-        } else {
-            color.stroke_width(1)
-        };
-        area.draw(&Circle::new((x + 13, y + 6), 4, marker))
-            .drawn()?;
-        area.draw(&Text::new(label.clone(), (x + 34, y), (FONT, 14)))
-            .drawn()?;
+        let style = if *filled { color.stroke_width(2) } else { color.stroke_width(1) };
+        area.draw(&PathElement::new(vec![(x, y + 6), (x + 26, y + 6)], style)).drawn()?;
+        let marker = if *filled { color.filled() } else { color.stroke_width(1) };
+        area.draw(&Circle::new((x + 13, y + 6), 4, marker)).drawn()?;
+        area.draw(&Text::new(label.clone(), (x + 34, y), (FONT, 14))).drawn()?;
     }
     Ok(())
 }
@@ -145,31 +125,15 @@ fn panel<DB: DrawingBackend>(
     dense: Option<&Row>,
     value: &dyn Fn(&Row) -> Option<f64>,
 ) -> Result<()> {
-    let y = |r: &Row| {
-        value(r)
-            .filter(|v| v.is_finite() && (!log || *v > 0.0))
-            .map(|v| if log { v.log10() } else { v })
-    };
+    let y = |r: &Row| value(r).filter(|v| v.is_finite() && (!log || *v > 0.0)).map(|v| if log { v.log10() } else { v });
     let x = |r: &Row| r.params_non_embedding as f64 / 1e6;
-    let all: Vec<(f64, f64)> = series
-        .iter()
-        .flat_map(|s| s.rows.iter().copied())
-        .chain(dense)
-        .filter_map(|r| Some((x(r), y(r)?)))
-        .collect();
+    let all: Vec<(f64, f64)> = series.iter().flat_map(|s| s.rows.iter().copied()).chain(dense).filter_map(|r| Some((x(r), y(r)?))).collect();
     if all.is_empty() {
         return Ok(());
     }
-    let (x0, x1) = all
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
-    let (y0, y1) = all
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
-    let (xpad, ypad) = (
-        ((x1 - x0) * 0.05).max(1.0),
-        ((y1 - y0) * 0.08).max(if log { 0.05 } else { 0.005 }),
-    );
+    let (x0, x1) = all.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
+    let (y0, y1) = all.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
+    let (xpad, ypad) = (((x1 - x0) * 0.05).max(1.0), ((y1 - y0) * 0.08).max(if log { 0.05 } else { 0.005 }));
     let mut chart = ChartBuilder::on(area)
         .caption(title, (FONT, 18))
         .margin(10)
@@ -178,11 +142,7 @@ fn panel<DB: DrawingBackend>(
         .build_cartesian_2d((x0 - xpad)..(x1 + xpad), (y0 - ypad)..(y1 + ypad))
         .drawn()?;
     let unlog = |v: &f64| {
-        if log {
-            format!("{:.0}", 10f64.powf(*v))
-        } else {
-            format!("{v:.2}")
-        }
+        if log { format!("{:.0}", 10f64.powf(*v)) } else { format!("{v:.2}") }
     };
     chart
         .configure_mesh()
@@ -194,53 +154,24 @@ fn panel<DB: DrawingBackend>(
         .draw()
         .drawn()?;
     if let Some(d) = dense.and_then(|d| Some((x(d), y(d)?))) {
-        chart
-            .draw_series(DashedLineSeries::new(
-                vec![(x0 - xpad, d.1), (x1 + xpad, d.1)],
-                4,
-                4,
-                BLACK.stroke_width(1),
-            ))
-            .drawn()?;
-        chart
-            .draw_series(std::iter::once(TriangleMarker::new(d, 6, BLACK.filled())))
-            .drawn()?;
+        chart.draw_series(DashedLineSeries::new(vec![(x0 - xpad, d.1), (x1 + xpad, d.1)], 4, 4, BLACK.stroke_width(1))).drawn()?;
+        chart.draw_series(std::iter::once(TriangleMarker::new(d, 6, BLACK.filled()))).drawn()?;
     }
     for (s, look) in series.iter().zip(looks) {
         let points: Vec<(f64, f64)> = s.rows.iter().filter_map(|r| Some((x(r), y(r)?))).collect();
         if look.filled {
-            chart
-                .draw_series(LineSeries::new(points.clone(), look.color.stroke_width(2)))
-                .drawn()?;
+            chart.draw_series(LineSeries::new(points.clone(), look.color.stroke_width(2))).drawn()?;
         } else {
-            chart
-                .draw_series(DashedLineSeries::new(
-                    points.clone(),
-                    6,
-                    4,
-                    look.color.stroke_width(1),
-                ))
-                .drawn()?;
+            chart.draw_series(DashedLineSeries::new(points.clone(), 6, 4, look.color.stroke_width(1))).drawn()?;
         }
-        let style = if look.filled {
-            look.color.filled()
-        } else {
-            look.color.stroke_width(1)
-        };
-        chart
-            .draw_series(points.iter().map(|&p| Circle::new(p, 4, style)))
-            .drawn()?;
+        let style = if look.filled { look.color.filled() } else { look.color.stroke_width(1) };
+        chart.draw_series(points.iter().map(|&p| Circle::new(p, 4, style))).drawn()?;
     }
     Ok(())
 }
 
 /// Perplexity (log) and mean accuracy against size, one line per series.
-pub fn quality<DB: DrawingBackend>(
-    root: &DrawingArea<DB, Shift>,
-    series: &[Series],
-    dense: Option<&Row>,
-    corpus: &str,
-) -> Result<()> {
+pub fn quality<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, series: &[Series], dense: Option<&Row>, corpus: &str) -> Result<()> {
     let looks = looks(series);
     let (w, h) = root.dim_in_pixel();
     let entries: Vec<(String, RGBColor, bool)> = series
@@ -252,27 +183,9 @@ pub fn quality<DB: DrawingBackend>(
     let (plots, key) = root.split_vertically(h - legend_height(entries.len(), w));
     let (left, right) = plots.split_horizontally(w / 2);
     let ppl = |r: &Row| r.perplexity.get(corpus).copied();
-    panel(
-        &left,
-        &format!("{corpus} perplexity (lower is better)"),
-        "token perplexity (log scale)",
-        true,
-        series,
-        &looks,
-        dense,
-        &ppl,
-    )?;
+    panel(&left, &format!("{corpus} perplexity (lower is better)"), "token perplexity (log scale)", true, series, &looks, dense, &ppl)?;
     let acc = |r: &Row| r.mean_acc.map(|a| 100.0 * a);
-    panel(
-        &right,
-        "mean accuracy over the tasks (higher is better)",
-        "accuracy (%)",
-        false,
-        series,
-        &looks,
-        dense,
-        &acc,
-    )?;
+    panel(&right, "mean accuracy over the tasks (higher is better)", "accuracy (%)", false, series, &looks, dense, &acc)?;
     legend(&key, &entries)
 }
 
@@ -294,14 +207,7 @@ pub fn speed<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, rows: &[Row]) ->
     let x = |r: &Row| r.params_non_embedding as f64 / 1e6;
     let xmax = shapes.iter().map(|r| x(r)).fold(1.0, f64::max) * 1.08;
     // Left: tokens per second, prefill (squares) and decode (circles).
-    let top = shapes
-        .iter()
-        .filter_map(|r| {
-            r.speed
-                .map(|s| s.prefill_tokens_per_s.max(s.decode_tokens_per_s))
-        })
-        .fold(1.0, f64::max)
-        * 1.1;
+    let top = shapes.iter().filter_map(|r| r.speed.map(|s| s.prefill_tokens_per_s.max(s.decode_tokens_per_s))).fold(1.0, f64::max) * 1.1;
     let mut chart = ChartBuilder::on(&left)
         .caption("speed (f32, this machine)", (FONT, 18))
         .margin(10)
@@ -322,32 +228,15 @@ pub fn speed<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, rows: &[Row]) ->
         if let Some(s) = r.speed {
             chart
                 .draw_series(std::iter::once(Rectangle::new(
-                    [
-                        (x(r) - 0.8, s.prefill_tokens_per_s * 0.985),
-                        (x(r) + 0.8, s.prefill_tokens_per_s * 1.015),
-                    ],
+                    [(x(r) - 0.8, s.prefill_tokens_per_s * 0.985), (x(r) + 0.8, s.prefill_tokens_per_s * 1.015)],
                     c.filled(),
                 )))
                 .drawn()?;
-            chart
-                .draw_series(std::iter::once(Circle::new(
-                    (x(r), s.decode_tokens_per_s),
-                    4,
-                    c.filled(),
-                )))
-                .drawn()?;
+            chart.draw_series(std::iter::once(Circle::new((x(r), s.decode_tokens_per_s), 4, c.filled()))).drawn()?;
         }
     }
-    for (name, c) in [
-        ("dense", BLACK),
-        ("heads + MLP pruned", color(0)),
-        ("hidden size pruned", color(3)),
-    ] {
-        chart
-            .draw_series(std::iter::empty::<Circle<(f64, f64), i32>>())
-            .drawn()?
-            .label(name)
-            .legend(move |(px, py)| Circle::new((px + 8, py), 4, c.filled()));
+    for (name, c) in [("dense", BLACK), ("heads + MLP pruned", color(0)), ("hidden size pruned", color(3))] {
+        chart.draw_series(std::iter::empty::<Circle<(f64, f64), i32>>()).drawn()?.label(name).legend(move |(px, py)| Circle::new((px + 8, py), 4, c.filled()));
     }
     chart
         .configure_series_labels()
@@ -357,19 +246,9 @@ pub fn speed<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, rows: &[Row]) ->
         .position(SeriesLabelPosition::UpperRight)
         .draw()
         .drawn()?;
-    chart
-        .draw_series(std::iter::once(Text::new(
-            "bars: prefill of 256 tokens; dots: decode",
-            (xmax * 0.03, top * 0.95),
-            (FONT, 13),
-        )))
-        .drawn()?;
+    chart.draw_series(std::iter::once(Text::new("bars: prefill of 256 tokens; dots: decode", (xmax * 0.03, top * 0.95), (FONT, 13)))).drawn()?;
     // Right: KV-cache bytes per token.
-    let kv_top = shapes
-        .iter()
-        .map(|r| r.kv_bytes_per_token_f32 as f64 / 1024.0)
-        .fold(1.0, f64::max)
-        * 1.1;
+    let kv_top = shapes.iter().map(|r| r.kv_bytes_per_token_f32 as f64 / 1024.0).fold(1.0, f64::max) * 1.1;
     let mut chart = ChartBuilder::on(&right)
         .caption("KV cache per token (f32)", (FONT, 18))
         .margin(10)
@@ -387,29 +266,16 @@ pub fn speed<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, rows: &[Row]) ->
         .drawn()?;
     for r in &shapes {
         let c = group(r);
-        chart
-            .draw_series(std::iter::once(Circle::new(
-                (x(r), r.kv_bytes_per_token_f32 as f64 / 1024.0),
-                5,
-                c.filled(),
-            )))
-            .drawn()?;
+        chart.draw_series(std::iter::once(Circle::new((x(r), r.kv_bytes_per_token_f32 as f64 / 1024.0), 5, c.filled()))).drawn()?;
     }
     Ok(())
 }
 
 /// Training loss along each recovery (tokens on x, the shots of one run joined) and the
 /// held-out perplexity after each shot.
-pub fn recovery<DB: DrawingBackend>(
-    root: &DrawingArea<DB, Shift>,
-    runs: &[(String, &Row)],
-) -> Result<()> {
+pub fn recovery<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, runs: &[(String, &Row)]) -> Result<()> {
     let (w, h) = root.dim_in_pixel();
-    let entries: Vec<(String, RGBColor, bool)> = runs
-        .iter()
-        .enumerate()
-        .map(|(i, (l, _))| (l.clone(), color(i), true))
-        .collect();
+    let entries: Vec<(String, RGBColor, bool)> = runs.iter().enumerate().map(|(i, (l, _))| (l.clone(), color(i), true)).collect();
     let (plots, key) = root.split_vertically(h - legend_height(entries.len(), w));
     let (left, right) = plots.split_horizontally(w / 2);
     let curve = |r: &Row| -> Vec<(f64, f64)> {
@@ -436,40 +302,17 @@ pub fn recovery<DB: DrawingBackend>(
         .y_label_area_size(60)
         .build_cartesian_2d(0.0..xmax, 0.0..ymax)
         .drawn()?;
-    chart
-        .configure_mesh()
-        .x_desc("training tokens (thousands)")
-        .y_desc("loss per step")
-        .label_style((FONT, 13))
-        .light_line_style(WHITE)
-        .draw()
-        .drawn()?;
+    chart.configure_mesh().x_desc("training tokens (thousands)").y_desc("loss per step").label_style((FONT, 13)).light_line_style(WHITE).draw().drawn()?;
     for (i, c) in curves.into_iter().enumerate() {
-        chart
-            .draw_series(LineSeries::new(c, color(i).stroke_width(2)))
-            .drawn()?;
+        chart.draw_series(LineSeries::new(c, color(i).stroke_width(2))).drawn()?;
     }
     let ppl: Vec<Vec<(usize, f64)>> = runs
         .iter()
-        .map(|(_, r)| {
-            r.held_out
-                .iter()
-                .enumerate()
-                .filter(|(_, p)| p.is_finite() && **p > 0.0)
-                .map(|(i, p)| (i + 1, p.log10()))
-                .collect()
-        })
+        .map(|(_, r)| r.held_out.iter().enumerate().filter(|(_, p)| p.is_finite() && **p > 0.0).map(|(i, p)| (i + 1, p.log10())).collect())
         .collect();
     let shots = ppl.iter().map(|p| p.len()).max().unwrap_or(1).max(1);
-    let (lo, hi) = ppl
-        .iter()
-        .flatten()
-        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
-    let (lo, hi) = if lo <= hi {
-        (lo - 0.05, hi + 0.05)
-    } else {
-        (0.0, 1.0)
-    };
+    let (lo, hi) = ppl.iter().flatten().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
+    let (lo, hi) = if lo <= hi { (lo - 0.05, hi + 0.05) } else { (0.0, 1.0) };
     let mut chart = ChartBuilder::on(&right)
         .caption("held-out wiki perplexity after each shot", (FONT, 18))
         .margin(10)
@@ -491,27 +334,16 @@ pub fn recovery<DB: DrawingBackend>(
         .draw()
         .drawn()?;
     for (i, p) in ppl.into_iter().enumerate() {
-        let p: Vec<(SegmentValue<usize>, f64)> = p
-            .into_iter()
-            .map(|(s, v)| (SegmentValue::CenterOf(s), v))
-            .collect();
-        chart
-            .draw_series(LineSeries::new(p.clone(), color(i).stroke_width(2)))
-            .drawn()?;
-        chart
-            .draw_series(p.into_iter().map(|q| Circle::new(q, 4, color(i).filled())))
-            .drawn()?;
+        let p: Vec<(SegmentValue<usize>, f64)> = p.into_iter().map(|(s, v)| (SegmentValue::CenterOf(s), v)).collect();
+        chart.draw_series(LineSeries::new(p.clone(), color(i).stroke_width(2))).drawn()?;
+        chart.draw_series(p.into_iter().map(|q| Circle::new(q, 4, color(i).filled()))).drawn()?;
     }
     legend(&key, &entries)
 }
 
 /// The dense model's salience per layer: TransAct's head scores (layers × heads) and the MLP
 /// channel norms sorted from high to low (averaged into bins), each layer scaled to its maximum.
-pub fn salience<DB: DrawingBackend>(
-    root: &DrawingArea<DB, Shift>,
-    stats: &ActivationStats,
-    n_heads: usize,
-) -> Result<()> {
+pub fn salience<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, stats: &ActivationStats, n_heads: usize) -> Result<()> {
     let (w, _) = root.dim_in_pixel();
     let (left, right) = root.split_horizontally(w * 2 / 5);
     let transact = scorer::build(ScorerKind::Transact, None, 0);
@@ -532,27 +364,13 @@ pub fn salience<DB: DrawingBackend>(
             let mut ch = l.mlp.l2();
             ch.sort_by(|a, b| b.total_cmp(a));
             let per = ch.len().div_ceil(BINS).max(1);
-            ch.chunks(per)
-                .map(|c| c.iter().sum::<f64>() / c.len() as f64)
-                .collect()
+            ch.chunks(per).map(|c| c.iter().sum::<f64>() / c.len() as f64).collect()
         })
         .collect();
-    heat(
-        &left,
-        "attention heads (TransAct score)",
-        "head",
-        &heads,
-        false,
-    )?;
+    heat(&left, "attention heads (TransAct score)", "head", &heads, false)?;
     heat(
         &right,
-        &format!(
-            "MLP channels, sorted (bins of {})",
-            stats
-                .layers
-                .first()
-                .map_or(1, |l| l.mlp.width().div_ceil(BINS))
-        ),
+        &format!("MLP channels, sorted (bins of {})", stats.layers.first().map_or(1, |l| l.mlp.width().div_ceil(BINS))),
         "channel rank (bin)",
         &mlp,
         true,
@@ -565,13 +383,7 @@ const DECADES: f64 = 2.0;
 /// A heat map with a row per layer (viridis: bright = the row's maximum). `log`: each row on a
 /// log scale of [`DECADES`] below its maximum; else linear from the row's minimum (dark) to
 /// its maximum, which shows the ranking inside the row.
-fn heat<DB: DrawingBackend>(
-    area: &DrawingArea<DB, Shift>,
-    title: &str,
-    x_desc: &str,
-    cells: &[Vec<f64>],
-    log: bool,
-) -> Result<()> {
+fn heat<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, title: &str, x_desc: &str, cells: &[Vec<f64>], log: bool) -> Result<()> {
     let cols = cells.iter().map(|r| r.len()).max().unwrap_or(1).max(1);
     let rows = cells.len().max(1);
     let mut chart = ChartBuilder::on(area)
@@ -581,32 +393,17 @@ fn heat<DB: DrawingBackend>(
         .y_label_area_size(50)
         .build_cartesian_2d(0..cols, 0..rows)
         .drawn()?;
-    chart
-        .configure_mesh()
-        .disable_mesh()
-        .x_desc(x_desc)
-        .y_desc("layer")
-        .label_style((FONT, 13))
-        .light_line_style(WHITE)
-        .draw()
-        .drawn()?;
+    chart.configure_mesh().disable_mesh().x_desc(x_desc).y_desc("layer").label_style((FONT, 13)).light_line_style(WHITE).draw().drawn()?;
     for (l, row) in cells.iter().enumerate() {
         let max = row.iter().copied().fold(f64::MIN, f64::max).max(1e-30);
         let min = row.iter().copied().fold(f64::MAX, f64::min);
         let level = |v: f64| {
-            if log {
-                1.0 + (v / max).max(1e-30).log10() / DECADES
-            } else {
-                (v - min) / (max - min).max(1e-30)
-            }
+            if log { 1.0 + (v / max).max(1e-30).log10() / DECADES } else { (v - min) / (max - min).max(1e-30) }
         };
         chart
-            .draw_series(row.iter().enumerate().map(|(c, v)| {
-                Rectangle::new(
-                    [(c, l), (c + 1, l + 1)],
-                    ViridisRGB::get_color(level(*v).clamp(0.0, 1.0)).filled(),
-                )
-            }))
+            .draw_series(
+                row.iter().enumerate().map(|(c, v)| Rectangle::new([(c, l), (c + 1, l + 1)], ViridisRGB::get_color(level(*v).clamp(0.0, 1.0)).filled())),
+            )
             .drawn()?;
     }
     Ok(())

@@ -23,18 +23,8 @@ struct Varies {
 }
 
 fn varies(points: &[&Point]) -> Varies {
-    let many = |f: &dyn Fn(&Point) -> String| {
-        points
-            .iter()
-            .map(|p| f(p))
-            .collect::<std::collections::BTreeSet<_>>()
-            .len()
-            > 1
-    };
-    Varies {
-        shots: many(&|p| p.shots.to_string()),
-        seed: many(&|p| p.seed.to_string()),
-    }
+    let many = |f: &dyn Fn(&Point) -> String| points.iter().map(|p| f(p)).collect::<std::collections::BTreeSet<_>>().len() > 1;
+    Varies { shots: many(&|p| p.shots.to_string()), seed: many(&|p| p.seed.to_string()) }
 }
 
 /// `100000` → `100K`.
@@ -52,17 +42,10 @@ fn label(p: &Point, v: &Varies) -> (String, String) {
     let mut parts = Vec::new();
     parts.push(match p.axis {
         Axis::Hidden => "hidden size".to_string(),
-        Axis::Transitional => serde_json::to_value(p.scorer)
-            .ok()
-            .and_then(|s| s.as_str().map(str::to_string))
-            .unwrap_or_default(),
+        Axis::Transitional => serde_json::to_value(p.scorer).ok().and_then(|s| s.as_str().map(str::to_string)).unwrap_or_default(),
     });
     if v.shots || p.shots > 1 {
-        parts.push(format!(
-            "{} shot{}",
-            p.shots,
-            if p.shots == 1 { "" } else { "s" }
-        ));
+        parts.push(format!("{} shot{}", p.shots, if p.shots == 1 { "" } else { "s" }));
     }
     if p.compensate == Compensate::Ls {
         parts.push("ls".into());
@@ -77,11 +60,7 @@ fn label(p: &Point, v: &Varies) -> (String, String) {
     if v.seed {
         parts.push(format!("seed {}", p.seed));
     }
-    let family = if v.seed {
-        format!("{family}, seed {}", p.seed)
-    } else {
-        family
-    };
+    let family = if v.seed { format!("{family}, seed {}", p.seed) } else { family };
     (parts.join(", "), family)
 }
 
@@ -96,12 +75,7 @@ pub fn series(rows: &[Row]) -> Vec<Series<'_>> {
         let (l, family) = label(p, &v);
         match out.iter_mut().find(|s| s.label == l) {
             Some(s) => s.rows.push(r),
-            None => out.push(Series {
-                label: l,
-                family,
-                recovered: p.recover + p.final_recover > 0,
-                rows: vec![r],
-            }),
+            None => out.push(Series { label: l, family, recovered: p.recover + p.final_recover > 0, rows: vec![r] }),
         }
     }
     for s in &mut out {

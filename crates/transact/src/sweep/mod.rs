@@ -92,8 +92,7 @@ impl Sweep {
         if self.out.exists() && !self.out.is_dir() {
             bail!("{}: exists and is not a directory", self.out.display());
         }
-        std::fs::create_dir_all(self.out.join("runs"))
-            .with_context(|| format!("{}: cannot create", self.out.display()))?;
+        std::fs::create_dir_all(self.out.join("runs")).with_context(|| format!("{}: cannot create", self.out.display()))?;
         self.check_shared()?;
         let results_path = self.out.join("results.jsonl");
         let (rows, warning) = results::read(&results_path)?;
@@ -102,22 +101,12 @@ impl Sweep {
             results::repair(&results_path)?;
         }
         let done: HashSet<String> = rows.iter().map(|r| r.key.clone()).collect();
-        let mut speeds: HashMap<Shape, Speed> = rows
-            .iter()
-            .filter_map(|r| Some((r.shape, r.speed?)))
-            .collect();
-        let todo: Vec<&Planned> = plan
-            .iter()
-            .filter(|p| !done.contains(&p.point.key()))
-            .collect();
+        let mut speeds: HashMap<Shape, Speed> = rows.iter().filter_map(|r| Some((r.shape, r.speed?))).collect();
+        let todo: Vec<&Planned> = plan.iter().filter(|p| !done.contains(&p.point.key())).collect();
         let dense_done = done.contains(DENSE);
         let total = plan.len() + 1;
         let skipped = total - todo.len() - usize::from(!dense_done);
-        let mut outcome = Outcome {
-            rows: total,
-            ran: 0,
-            skipped,
-        };
+        let mut outcome = Outcome { rows: total, ran: 0, skipped };
         if outcome.ran + outcome.skipped == total {
             return Ok(outcome);
         }
@@ -128,29 +117,16 @@ impl Sweep {
         grid.advance(skipped as u64);
         if !dense_done {
             let t0 = Instant::now();
-            let eval =
-                self.evaluate(&dense, &self.out.join("runs").join(DENSE), &suite, progress)?;
-            let mut row = Row::new(
-                DENSE.into(),
-                format!("runs/{DENSE}"),
-                &dense.model.config,
-                &dense.model.config,
-                &eval,
-            );
+            let eval = self.evaluate(&dense, &self.out.join("runs").join(DENSE), &suite, progress)?;
+            let mut row = Row::new(DENSE.into(), format!("runs/{DENSE}"), &dense.model.config, &dense.model.config, &eval);
             row.speed = self.speed(&dense, &mut speeds, &mut row.seconds.bench)?;
             results::append(&results_path, &row)?;
-            progress.note(&format!(
-                "dense: {} ({:.0} s)",
-                summary(&row),
-                t0.elapsed().as_secs_f64()
-            ));
+            progress.note(&format!("dense: {} ({:.0} s)", summary(&row), t0.elapsed().as_secs_f64()));
             outcome.ran += 1;
             grid.advance(1);
         }
         for p in todo {
-            let row = self
-                .run_point(p, &dense, &dense_sha, &suite, &mut speeds, progress)
-                .with_context(|| format!("run `{}`", p.point.key()))?;
+            let row = self.run_point(p, &dense, &dense_sha, &suite, &mut speeds, progress).with_context(|| format!("run `{}`", p.point.key()))?;
             results::append(&results_path, &row)?;
             progress.note(&format!("{}: {}", p.point.dir_name(), summary(&row)));
             outcome.ran += 1;
@@ -166,8 +142,7 @@ impl Sweep {
         let ours = self.spec.shared();
         match std::fs::read_to_string(&path) {
             Ok(text) => {
-                let theirs: Shared = serde_json::from_str(&text)
-                    .with_context(|| format!("{}: unreadable", path.display()))?;
+                let theirs: Shared = serde_json::from_str(&text).with_context(|| format!("{}: unreadable", path.display()))?;
                 let differ = [
                     ("model", theirs.model != ours.model),
                     ("calib", theirs.calib != ours.calib),
@@ -185,9 +160,7 @@ impl Sweep {
                 Ok(())
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                atomic::write_file(&path, false, |tmp| {
-                    Ok(std::fs::write(tmp, serde_json::to_string_pretty(&ours)?)?)
-                })
+                atomic::write_file(&path, false, |tmp| Ok(std::fs::write(tmp, serde_json::to_string_pretty(&ours)?)?))
             }
             Err(e) => Err(e).with_context(|| format!("{}: cannot read", path.display())),
         }
@@ -198,11 +171,7 @@ impl Sweep {
         let e = &self.spec.eval;
         Ok(Suite {
             tasks: task::builtins(&e.tasks, e.limit)?,
-            corpora: e
-                .ppl
-                .iter()
-                .map(|c| corpus::load(c))
-                .collect::<Result<Vec<_>>>()?,
+            corpora: e.ppl.iter().map(|c| corpus::load(c)).collect::<Result<Vec<_>>>()?,
             seq_len: e.ppl_seq_len,
             windows: e.ppl_windows,
             limit: e.limit,
@@ -212,27 +181,14 @@ impl Sweep {
     }
 
     /// Evaluates `lm` and writes `eval.json` into `dir`.
-    fn evaluate(
-        &self,
-        lm: &LoadedModel,
-        dir: &Path,
-        suite: &Suite,
-        progress: &dyn Progress,
-    ) -> Result<EvalReport> {
+    fn evaluate(&self, lm: &LoadedModel, dir: &Path, suite: &Suite, progress: &dyn Progress) -> Result<EvalReport> {
         let report = suite.run(lm, progress)?;
-        atomic::write_file(&dir.join("eval.json"), true, |tmp| {
-            Ok(std::fs::write(tmp, report.to_json())?)
-        })?;
+        atomic::write_file(&dir.join("eval.json"), true, |tmp| Ok(std::fs::write(tmp, report.to_json())?))?;
         Ok(report)
     }
 
     /// Prefill (256 tokens) and decode (64 tokens) speed of `lm`'s shape, measured once per shape.
-    fn speed(
-        &self,
-        lm: &LoadedModel,
-        speeds: &mut HashMap<Shape, Speed>,
-        seconds: &mut f64,
-    ) -> Result<Option<Speed>> {
+    fn speed(&self, lm: &LoadedModel, speeds: &mut HashMap<Shape, Speed>, seconds: &mut f64) -> Result<Option<Speed>> {
         if !self.spec.bench {
             return Ok(None);
         }
@@ -242,38 +198,18 @@ impl Sweep {
         }
         let t0 = Instant::now();
         let s = crate::bench::prefill_decode(&lm.model, &crate::bench::prompt(256), 64, 2)?;
-        let speed = Speed {
-            prefill_tokens: s.prefill_tokens,
-            prefill_tokens_per_s: s.prefill_tokens_per_s,
-            decode_tokens_per_s: s.decode_tokens_per_s,
-        };
+        let speed = Speed { prefill_tokens: s.prefill_tokens, prefill_tokens_per_s: s.prefill_tokens_per_s, decode_tokens_per_s: s.decode_tokens_per_s };
         *seconds = t0.elapsed().as_secs_f64();
         speeds.insert(shape, speed);
         Ok(Some(speed))
     }
 
     /// The dense model's statistics for calibration seed `seed`, collected on first use.
-    fn stats(
-        &self,
-        dense: &LoadedModel,
-        sha: &str,
-        seed: u64,
-        progress: &dyn Progress,
-    ) -> Result<PathBuf> {
-        let path = self
-            .out
-            .join("stats")
-            .join(format!("seed-{seed}.safetensors"));
+    fn stats(&self, dense: &LoadedModel, sha: &str, seed: u64, progress: &dyn Progress) -> Result<PathBuf> {
+        let path = self.out.join("stats").join(format!("seed-{seed}.safetensors"));
         if !path.exists() {
             let data = prepare(&dense.tokenizer, &self.calib(seed), progress)?;
-            let stats = collect(
-                &dense.model,
-                &data,
-                sha,
-                self.spec.calib.batch,
-                &format!("calibrate (seed {seed})"),
-                progress,
-            )?;
+            let stats = collect(&dense.model, &data, sha, self.spec.calib.batch, &format!("calibrate (seed {seed})"), progress)?;
             atomic::write_file(&path, false, |tmp| stats.save(tmp))?;
         }
         Ok(path)
@@ -281,12 +217,7 @@ impl Sweep {
 
     fn calib(&self, seed: u64) -> CalibSpec {
         let c = &self.spec.calib;
-        CalibSpec {
-            source: c.source.clone(),
-            samples: c.samples,
-            seq_len: c.seq_len,
-            seed,
-        }
+        CalibSpec { source: c.source.clone(), samples: c.samples, seq_len: c.seq_len, seed }
     }
 
     /// The `prune` job of point `p`.
@@ -296,12 +227,7 @@ impl Sweep {
             tokens: p.recover,
             final_tokens: p.final_recover,
             data: r.data.clone(),
-            train: TrainOptions {
-                loss: r.loss,
-                lr: r.lr,
-                seed: p.seed,
-                ..TrainOptions::default()
-            },
+            train: TrainOptions { loss: r.loss, lr: r.lr, seed: p.seed, ..TrainOptions::default() },
         });
         let mut job = PruneJob {
             model: self.spec.model.clone(),
@@ -355,66 +281,29 @@ impl Sweep {
         let (report_path, model_path) = (dir.join("prune_report.json"), dir.join("model.gguf"));
         // A model whose evaluation was interrupted is evaluated, not pruned again.
         if !(report_path.exists() && model_path.exists()) {
-            let needs_stats = point.axis == Axis::Transitional
-                && scorer::build(point.scorer, None, point.seed).needs_stats();
-            let stats = if needs_stats {
-                Some(self.stats(dense, dense_sha, point.seed, progress)?)
-            } else {
-                None
-            };
+            let needs_stats = point.axis == Axis::Transitional && scorer::build(point.scorer, None, point.seed).needs_stats();
+            let stats = if needs_stats { Some(self.stats(dense, dense_sha, point.seed, progress)?) } else { None };
             self.job(point, dir.clone(), stats).run(progress)?;
         }
-        let text = std::fs::read_to_string(&report_path)
-            .with_context(|| format!("{}: cannot read", report_path.display()))?;
-        let pruned: PruneOutcome = serde_json::from_str(&text)
-            .with_context(|| format!("{}: not a prune report", report_path.display()))?;
+        let text = std::fs::read_to_string(&report_path).with_context(|| format!("{}: cannot read", report_path.display()))?;
+        let pruned: PruneOutcome = serde_json::from_str(&text).with_context(|| format!("{}: not a prune report", report_path.display()))?;
         let lm = load_model(&model_path, &self.device)?;
         let eval = self.evaluate(&lm, &dir, suite, progress)?;
-        let mut row = Row::new(
-            point.key(),
-            rel,
-            &lm.model.config,
-            &dense.model.config,
-            &eval,
-        );
+        let mut row = Row::new(point.key(), rel, &lm.model.config, &dense.model.config, &eval);
         row.grids = p.grids.clone();
         row.point = Some(point.clone());
         row.seconds.prune = pruned.seconds.total;
-        row.held_out = pruned
-            .shots
-            .iter()
-            .filter_map(|s| s.held_out.as_ref().map(|h| h.last()))
-            .chain(pruned.final_held_out_perplexity)
-            .collect();
+        row.held_out = pruned.shots.iter().filter_map(|s| s.held_out.as_ref().map(|h| h.last())).chain(pruned.final_held_out_perplexity).collect();
         if row.held_out.is_empty() {
             row.held_out.extend(pruned.held_out.map(|h| h.pruned));
         }
-        let curve = |label: String, r: &RecoveryRecord| Curve {
-            label,
-            tokens: r.tokens,
-            loss: r.loss.clone(),
-            loss_by_step: r.loss_by_step.clone(),
-        };
-        row.recovery = pruned
-            .shots
-            .iter()
-            .filter_map(|s| {
-                s.recovery
-                    .as_ref()
-                    .map(|r| curve(format!("shot {}", s.shot), r))
-            })
-            .collect();
-        row.recovery.extend(
-            pruned
-                .final_recovery
-                .as_ref()
-                .map(|r| curve("final".into(), r)),
-        );
+        let curve = |label: String, r: &RecoveryRecord| Curve { label, tokens: r.tokens, loss: r.loss.clone(), loss_by_step: r.loss_by_step.clone() };
+        row.recovery = pruned.shots.iter().filter_map(|s| s.recovery.as_ref().map(|r| curve(format!("shot {}", s.shot), r))).collect();
+        row.recovery.extend(pruned.final_recovery.as_ref().map(|r| curve("final".into(), r)));
         row.speed = self.speed(&lm, speeds, &mut row.seconds.bench)?;
         drop(lm);
         if !self.spec.keep_models {
-            std::fs::remove_file(&model_path)
-                .with_context(|| format!("{}: cannot remove", model_path.display()))?;
+            std::fs::remove_file(&model_path).with_context(|| format!("{}: cannot remove", model_path.display()))?;
         }
         Ok(row)
     }
@@ -422,16 +311,9 @@ impl Sweep {
 
 /// One line on a finished row.
 fn summary(row: &Row) -> String {
-    let ppl: Vec<String> = row
-        .perplexity
-        .iter()
-        .map(|(c, p)| format!("{c} ppl {p:.2}"))
-        .collect();
+    let ppl: Vec<String> = row.perplexity.iter().map(|(c, p)| format!("{c} ppl {p:.2}")).collect();
     let acc = row.mean_acc.map(|a| format!("mean acc {:.2} %", 100.0 * a));
-    let mut parts = vec![format!(
-        "{:.1} % removed",
-        100.0 * row.removed_non_embedding
-    )];
+    let mut parts = vec![format!("{:.1} % removed", 100.0 * row.removed_non_embedding)];
     parts.extend(ppl);
     parts.extend(acc);
     parts.join(", ")

@@ -61,18 +61,8 @@ pub struct Shape {
 impl Shape {
     /// The first layer's shape (sweeps prune every layer to the same widths).
     pub fn of(c: &ModelConfig) -> Shape {
-        let (n_heads, n_kv_heads, head_dim, mlp_width) =
-            c.layers.first().map_or((0, 0, 0, 0), |l| {
-                (l.n_heads, l.n_kv_heads, l.head_dim, l.mlp_width)
-            });
-        Shape {
-            hidden_size: c.hidden_size,
-            n_heads,
-            n_kv_heads,
-            head_dim,
-            mlp_width,
-            n_layers: c.layers.len(),
-        }
+        let (n_heads, n_kv_heads, head_dim, mlp_width) = c.layers.first().map_or((0, 0, 0, 0), |l| (l.n_heads, l.n_kv_heads, l.head_dim, l.mlp_width));
+        Shape { hidden_size: c.hidden_size, n_heads, n_kv_heads, head_dim, mlp_width, n_layers: c.layers.len() }
     }
 }
 
@@ -102,13 +92,7 @@ pub struct Seconds {
 
 impl Row {
     /// The size and score columns of a row, from the model's config and its evaluation.
-    pub fn new(
-        key: String,
-        dir: String,
-        config: &ModelConfig,
-        dense: &ModelConfig,
-        eval: &EvalReport,
-    ) -> Row {
+    pub fn new(key: String, dir: String, config: &ModelConfig, dense: &ModelConfig, eval: &EvalReport) -> Row {
         let (cost, dense_cost) = (ModelCost::new(config, 2048), ModelCost::new(dense, 2048));
         let mut acc = BTreeMap::new();
         let mut acc_norm = BTreeMap::new();
@@ -126,15 +110,10 @@ impl Row {
             shape: Shape::of(config),
             params_total: cost.params_total,
             params_non_embedding: cost.params_non_embedding,
-            removed_non_embedding: 1.0
-                - cost.params_non_embedding as f64 / dense_cost.params_non_embedding as f64,
+            removed_non_embedding: 1.0 - cost.params_non_embedding as f64 / dense_cost.params_non_embedding as f64,
             kv_bytes_per_token_f32: cost.kv_bytes_per_token_f32,
             flops_per_token: cost.flops_per_token,
-            perplexity: eval
-                .perplexity
-                .iter()
-                .map(|p| (p.corpus.clone(), p.token_perplexity))
-                .collect(),
+            perplexity: eval.perplexity.iter().map(|p| (p.corpus.clone(), p.token_perplexity)).collect(),
             acc,
             acc_norm,
             mean_acc: eval.average.as_ref().map(|a| a.acc),
@@ -142,10 +121,7 @@ impl Row {
             held_out: Vec::new(),
             recovery: Vec::new(),
             speed: None,
-            seconds: Seconds {
-                eval: eval.seconds_total,
-                ..Seconds::default()
-            },
+            seconds: Seconds { eval: eval.seconds_total, ..Seconds::default() },
         }
     }
 }
@@ -169,17 +145,9 @@ pub fn read(path: &Path) -> Result<(Vec<Row>, Option<String>)> {
             Ok(r) => rows.push(r),
             // The last line without its newline: an append the run did not finish.
             Err(_) if i + 1 == lines.len() => {
-                warning = Some(format!(
-                    "{}: line {} is incomplete (an interrupted append) and is ignored; its run is redone",
-                    path.display(),
-                    i + 1
-                ))
+                warning = Some(format!("{}: line {} is incomplete (an interrupted append) and is ignored; its run is redone", path.display(), i + 1))
             }
-            Err(e) => bail!(
-                "{}: line {} is not a result row: {e}",
-                path.display(),
-                i + 1
-            ),
+            Err(e) => bail!("{}: line {} is not a result row: {e}", path.display(), i + 1),
         }
     }
     Ok((rows, warning))
@@ -187,26 +155,18 @@ pub fn read(path: &Path) -> Result<(Vec<Row>, Option<String>)> {
 
 /// Appends `row` as one line and flushes it to disk.
 pub fn append(path: &Path, row: &Row) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .with_context(|| format!("{}: cannot open for appending", path.display()))?;
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("{}: cannot open for appending", path.display()))?;
     let mut line = serde_json::to_string(row)?;
     line.push('\n');
-    f.write_all(line.as_bytes())
-        .and_then(|_| f.sync_data())
-        .with_context(|| format!("{}: cannot append a row", path.display()))?;
+    f.write_all(line.as_bytes()).and_then(|_| f.sync_data()).with_context(|| format!("{}: cannot append a row", path.display()))?;
     Ok(())
 }
 
 /// Drops an incomplete last line (see [`read`]) so the next append starts a line of its own.
 pub fn repair(path: &Path) -> Result<()> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
     let keep = text.rfind('\n').map_or(0, |i| i + 1);
-    std::fs::write(path, &text[..keep])
-        .with_context(|| format!("{}: cannot rewrite", path.display()))
+    std::fs::write(path, &text[..keep]).with_context(|| format!("{}: cannot rewrite", path.display()))
 }
 
 #[cfg(test)]
@@ -219,14 +179,7 @@ mod tests {
             dir: format!("runs/{key}"),
             grids: Vec::new(),
             point: None,
-            shape: Shape {
-                hidden_size: 8,
-                n_heads: 2,
-                n_kv_heads: 1,
-                head_dim: 4,
-                mlp_width: 16,
-                n_layers: 1,
-            },
+            shape: Shape { hidden_size: 8, n_heads: 2, n_kv_heads: 1, head_dim: 4, mlp_width: 16, n_layers: 1 },
             params_total: 10,
             params_non_embedding: 5,
             removed_non_embedding: 0.0,
@@ -255,10 +208,7 @@ mod tests {
         let text = std::fs::read_to_string(&p).unwrap();
         std::fs::write(&p, &text[..text.len() - 20]).unwrap();
         let (rows, warning) = read(&p).unwrap();
-        assert_eq!(
-            rows.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(),
-            ["a"]
-        );
+        assert_eq!(rows.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(), ["a"]);
         assert!(warning.unwrap().contains("line 2 is incomplete"));
         repair(&p).unwrap();
         append(&p, &row("b")).unwrap();
@@ -266,11 +216,7 @@ mod tests {
         assert_eq!(rows.len(), 2);
         assert!(warning.is_none());
         // A damaged line in the middle is not an interrupted append.
-        std::fs::write(
-            &p,
-            format!("{{\"key\": 1}}\n{}", std::fs::read_to_string(&p).unwrap()),
-        )
-        .unwrap();
+        std::fs::write(&p, format!("{{\"key\": 1}}\n{}", std::fs::read_to_string(&p).unwrap())).unwrap();
         let e = read(&p).unwrap_err().to_string();
         assert!(e.contains("line 1 is not a result row"), "{e}");
     }

@@ -70,12 +70,7 @@ pub struct CalibSettings {
 
 impl Default for CalibSettings {
     fn default() -> Self {
-        Self {
-            source: "mix".into(),
-            samples: 128,
-            seq_len: 256,
-            batch: 8,
-        }
+        Self { source: "mix".into(), samples: 128, seq_len: 256, batch: 8 }
     }
 }
 
@@ -91,11 +86,7 @@ pub struct RecoverySettings {
 
 impl Default for RecoverySettings {
     fn default() -> Self {
-        Self {
-            loss: LossKind::Kd,
-            lr: 3e-4,
-            data: "mix".into(),
-        }
+        Self { loss: LossKind::Kd, lr: 3e-4, data: "mix".into() }
     }
 }
 
@@ -116,13 +107,7 @@ pub struct EvalSettings {
 
 impl Default for EvalSettings {
     fn default() -> Self {
-        Self {
-            tasks: vec!["all".into()],
-            limit: Some(100),
-            ppl: vec!["wiki".into()],
-            ppl_seq_len: 2048,
-            ppl_windows: Some(20),
-        }
+        Self { tasks: vec!["all".into()], limit: Some(100), ppl: vec!["wiki".into()], ppl_seq_len: 2048, ppl_windows: Some(20) }
     }
 }
 
@@ -220,10 +205,7 @@ pub struct Point {
 }
 
 fn name<T: Serialize>(v: T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
+    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
 }
 
 impl Point {
@@ -265,19 +247,13 @@ impl Point {
 
 /// Index of the grid labelled `label` (unnamed grids are `grid N`).
 fn first_grid(grids: &[Grid], label: &str) -> usize {
-    grids
-        .iter()
-        .enumerate()
-        .position(|(i, g)| g.label(i) == label)
-        .unwrap_or(0)
+    grids.iter().enumerate().position(|(i, g)| g.label(i) == label).unwrap_or(0)
 }
 
 impl Grid {
     /// The grid's name, or `grid N` (1-based) for an unnamed one.
     fn label(&self, index: usize) -> String {
-        self.name
-            .clone()
-            .unwrap_or_else(|| format!("grid {}", index + 1))
+        self.name.clone().unwrap_or_else(|| format!("grid {}", index + 1))
     }
 }
 
@@ -291,17 +267,13 @@ pub struct Planned {
 impl Spec {
     /// Reads a `.toml` or `.json` spec; every problem names the file.
     pub fn load(path: &Path) -> Result<Spec> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("{}: cannot read the sweep spec", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read the sweep spec", path.display()))?;
         let spec: Spec = if path.extension().is_some_and(|e| e == "json") {
-            serde_json::from_str(&text)
-                .with_context(|| format!("{}: not a sweep spec", path.display()))?
+            serde_json::from_str(&text).with_context(|| format!("{}: not a sweep spec", path.display()))?
         } else {
-            toml::from_str(&text)
-                .with_context(|| format!("{}: not a sweep spec", path.display()))?
+            toml::from_str(&text).with_context(|| format!("{}: not a sweep spec", path.display()))?
         };
-        spec.plan()
-            .with_context(|| format!("{}: not a sweep spec", path.display()))?;
+        spec.plan().with_context(|| format!("{}: not a sweep spec", path.display()))?;
         Ok(spec)
     }
 
@@ -313,68 +285,35 @@ impl Spec {
         }
         let e = &self.eval;
         if e.tasks.is_empty() && e.ppl.is_empty() {
-            return Err(
-                SettingError::new("eval", "scores nothing: give `tasks` and/or `ppl`").into(),
-            );
+            return Err(SettingError::new("eval", "scores nothing: give `tasks` and/or `ppl`").into());
         }
         if e.ppl_seq_len < 2 || e.limit == Some(0) || e.ppl_windows == Some(0) {
-            return Err(SettingError::new(
-                "eval",
-                "`ppl_seq_len` must be at least 2, `limit` and `ppl_windows` at least 1",
-            )
-            .into());
+            return Err(SettingError::new("eval", "`ppl_seq_len` must be at least 2, `limit` and `ppl_windows` at least 1").into());
         }
         if self.calib.samples == 0 || self.calib.seq_len == 0 || self.calib.batch == 0 {
-            return Err(SettingError::new(
-                "calib",
-                "`samples`, `seq_len` and `batch` must be at least 1",
-            )
-            .into());
+            return Err(SettingError::new("calib", "`samples`, `seq_len` and `batch` must be at least 1").into());
         }
         let mut planned: Vec<Planned> = Vec::new();
         let mut index: BTreeMap<String, usize> = BTreeMap::new();
         for (g, grid) in self.grids.iter().enumerate() {
             let label = grid.label(g);
             let counts = |c: &OneOrMany<Count>, what: &'static str| -> Result<Vec<u64>> {
-                c.values()
-                    .iter()
-                    .map(|c| c.tokens().map_err(|p| SettingError::new(what, p).into()))
-                    .collect()
+                c.values().iter().map(|c| c.tokens().map_err(|p| SettingError::new(what, p).into())).collect()
             };
-            let (recover, final_recover) = (
-                counts(&grid.recover, "recover")?,
-                counts(&grid.final_recover, "final_recover")?,
-            );
-            let (axes, scorers, compensates, shots, ratios, seeds) = (
-                grid.axis.values(),
-                grid.scorer.values(),
-                grid.compensate.values(),
-                grid.shots.values(),
-                grid.ratio.values(),
-                grid.seed.values(),
-            );
-            let sizes = [
-                axes.len(),
-                scorers.len(),
-                compensates.len(),
-                shots.len(),
-                recover.len(),
-                final_recover.len(),
-                ratios.len(),
-                seeds.len(),
-            ];
+            let (recover, final_recover) = (counts(&grid.recover, "recover")?, counts(&grid.final_recover, "final_recover")?);
+            let (axes, scorers, compensates, shots, ratios, seeds) =
+                (grid.axis.values(), grid.scorer.values(), grid.compensate.values(), grid.shots.values(), grid.ratio.values(), grid.seed.values());
+            let sizes = [axes.len(), scorers.len(), compensates.len(), shots.len(), recover.len(), final_recover.len(), ratios.len(), seeds.len()];
             if sizes.contains(&0) {
                 bail!("grid `{label}` has an empty list: every field needs at least one value");
             }
             if let Some(r) = ratios.iter().find(|r| !(**r > 0.0 && **r < 1.0)) {
-                return Err(SettingError::new("ratio", format!("is the fraction removed and must lie strictly between 0 and 1, got {r} in grid `{label}`")).into());
+                return Err(
+                    SettingError::new("ratio", format!("is the fraction removed and must lie strictly between 0 and 1, got {r} in grid `{label}`")).into()
+                );
             }
             if shots.contains(&0) {
-                return Err(SettingError::new(
-                    "shots",
-                    format!("must be at least 1 in grid `{label}`"),
-                )
-                .into());
+                return Err(SettingError::new("shots", format!("must be at least 1 in grid `{label}`")).into());
             }
             // Every combination: index `i` in mixed radix, the first field varying fastest.
             for i in 0..sizes.iter().product::<usize>() {
@@ -395,16 +334,11 @@ impl Spec {
                     seed: seeds[pick(sizes[7])],
                 };
                 match index.get(&point.key()) {
-                    Some(&i) if !planned[i].grids.contains(&label) => {
-                        planned[i].grids.push(label.clone())
-                    }
+                    Some(&i) if !planned[i].grids.contains(&label) => planned[i].grids.push(label.clone()),
                     Some(_) => {}
                     None => {
                         index.insert(point.key(), planned.len());
-                        planned.push(Planned {
-                            point,
-                            grids: vec![label.clone()],
-                        });
+                        planned.push(Planned { point, grids: vec![label.clone()] });
                     }
                 }
             }
@@ -418,12 +352,7 @@ impl Spec {
     /// The settings every row of a results folder must share: a rerun with other values would
     /// mix incomparable rows, so `sweep` refuses it.
     pub fn shared(&self) -> Shared {
-        Shared {
-            model: self.model.display().to_string(),
-            calib: self.calib.clone(),
-            recovery: self.recovery.clone(),
-            eval: self.eval.clone(),
-        }
+        Shared { model: self.model.display().to_string(), calib: self.calib.clone(), recovery: self.recovery.clone(), eval: self.eval.clone() }
     }
 }
 
@@ -469,24 +398,11 @@ mod tests {
         let costs: Vec<u64> = plan.iter().map(|p| p.point.cost()).collect();
         assert_eq!(costs, [0, 0, 0, 0, 1000, 1000, 1000, 1000, 1000]);
         assert_eq!(plan[8].point.shots, 8);
-        let shared = plan
-            .iter()
-            .find(|p| {
-                p.point.shots == 1
-                    && p.point.recover == 1000
-                    && p.point.ratio == 0.5
-                    && p.point.scorer == ScorerKind::Transact
-            })
-            .unwrap();
+        let shared =
+            plan.iter().find(|p| p.point.shots == 1 && p.point.recover == 1000 && p.point.ratio == 0.5 && p.point.scorer == ScorerKind::Transact).unwrap();
         assert_eq!(shared.grids, ["scorers", "iterative"]);
-        assert_eq!(
-            shared.point.key(),
-            "axis=transitional scorer=transact ratio=0.5 shots=1 compensate=none recover=1000 final_recover=0 seed=0"
-        );
-        assert_eq!(
-            shared.point.dir_name(),
-            "transitional-transact-r0.5-k1-none-rec1000-fin0-s0"
-        );
+        assert_eq!(shared.point.key(), "axis=transitional scorer=transact ratio=0.5 shots=1 compensate=none recover=1000 final_recover=0 seed=0");
+        assert_eq!(shared.point.dir_name(), "transitional-transact-r0.5-k1-none-rec1000-fin0-s0");
     }
 
     #[test]
@@ -494,16 +410,10 @@ mod tests {
         for (text, needle) in [
             ("model = \"m\"\n[[grid]]\nratio = 1.5", "ratio"),
             ("model = \"m\"\n[[grid]]\nratio = 0.5\nshots = 0", "shots"),
-            (
-                "model = \"m\"\n[[grid]]\nratio = 0.5\nrecover = \"lots\"",
-                "recover",
-            ),
+            ("model = \"m\"\n[[grid]]\nratio = 0.5\nrecover = \"lots\"", "recover"),
             ("model = \"m\"\n[[grid]]\nratio = []", "empty list"),
             ("model = \"m\"", "grid"),
-            (
-                "model = \"m\"\n[eval]\ntasks = []\nppl = []\n[[grid]]\nratio = 0.5",
-                "scores nothing",
-            ),
+            ("model = \"m\"\n[eval]\ntasks = []\nppl = []\n[[grid]]\nratio = 0.5", "scores nothing"),
         ] {
             let e = match toml::from_str::<Spec>(text) {
                 Ok(s) => format!("{:#}", s.plan().unwrap_err()),
@@ -511,10 +421,7 @@ mod tests {
             };
             assert!(e.contains(needle), "{text}: {e}");
         }
-        for text in [
-            "model = \"m\"\n[[grid]]\nratio = 0.5\nscorer = \"best\"",
-            "model = \"m\"\ntypo = 1\n[[grid]]\nratio = 0.5",
-        ] {
+        for text in ["model = \"m\"\n[[grid]]\nratio = 0.5\nscorer = \"best\"", "model = \"m\"\ntypo = 1\n[[grid]]\nratio = 0.5"] {
             assert!(toml::from_str::<Spec>(text).is_err(), "{text}");
         }
     }
