@@ -74,7 +74,7 @@ pub fn run(a: CompareArgs) -> Result<()> {
         let p = corpus_perplexity(m, &lm.tokenizer, &corpus, a.seq_len, Some(a.ppl_windows), &bars)?;
         col.push(format!("{:.2}", p.token_perplexity));
         for t in &tasks {
-            let r = run_task(m, &lm.tokenizer, t, m.config.max_position, 1, &bars)?;
+            let r = run_task(m, &lm.tokenizer, t, m.config.max_position, transact::eval::metrics::PACK_TOKENS, &bars)?;
             col.push(format!("{:.1} / {:.1}", 100.0 * r.acc, 100.0 * r.acc_norm.unwrap_or(r.acc)));
         }
         let prompt = lm.tokenizer.encode(&corpus.text())?.into_iter().take(128).collect::<Vec<_>>();

@@ -35,10 +35,11 @@ pub struct EvalArgs {
     /// Only the first N docs of each task and the first N windows of each corpus (N ≥ 1).
     #[arg(long, value_parser = common::at_least_one)]
     limit: Option<usize>,
-    /// Docs scored in one forward pass. 1 (default) lets a doc's choices share their common
-    /// prefix through the KV cache; larger batches pad instead.
-    #[arg(long, default_value_t = 1, value_parser = common::at_least_one)]
-    batch_size: usize,
+    /// Tokens scored in one forward pass: docs are packed (each doc's shared context once, its
+    /// choices attending to it, no padding) up to this many tokens; a longer doc runs alone.
+    /// 0: one doc per pass, its context in a KV cache.
+    #[arg(long, default_value_t = transact::eval::metrics::PACK_TOKENS)]
+    pack_tokens: usize,
     /// Longest scored sequence in tokens (longer contexts are left-truncated); default: the
     /// model's context length.
     #[arg(long, value_parser = common::at_least_one)]
@@ -70,7 +71,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let corpora = a.ppl.iter().map(|c| corpus::load(c)).collect::<Result<Vec<_>>>()?;
 
     let lm = common::load(&a.model)?;
-    let suite = Suite { tasks, corpora, seq_len: a.seq_len, windows: a.limit, limit: a.limit, max_length: a.max_length, batch_size: a.batch_size };
+    let suite = Suite { tasks, corpora, seq_len: a.seq_len, windows: a.limit, limit: a.limit, max_length: a.max_length, pack_tokens: a.pack_tokens };
     let mut report = suite.run(&lm, &Bars::new())?;
     report.seconds_total = t0.elapsed().as_secs_f64();
     print!("{}", report.table());

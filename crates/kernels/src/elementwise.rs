@@ -26,6 +26,32 @@ pub fn causal_softmax(x: &[f32], keys: usize, visible: impl Fn(usize) -> usize +
     out
 }
 
+/// Softmax of each row of `x` (rows of `keys`) over the keys in the two ranges `spans(r)` (half
+/// open, not overlapping; either may be empty); every other key becomes 0. Packed sequences
+/// attend this way: a token sees its own sequence's earlier tokens and a shared prefix.
+pub fn span_softmax(x: &[f32], keys: usize, spans: impl Fn(usize) -> [(usize, usize); 2] + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    let rows_per_task = (CHUNK / keys.max(1)).max(1);
+    out.par_chunks_mut(rows_per_task * keys).zip(x.par_chunks(rows_per_task * keys)).enumerate().for_each(|(c, (o, x))| {
+        let mut seen = Vec::with_capacity(keys);
+        for (i, (o, x)) in o.chunks_exact_mut(keys).zip(x.chunks_exact(keys)).enumerate() {
+            let ranges = spans(c * rows_per_task + i).map(|(a, b)| a.min(keys)..b.min(keys));
+            seen.clear();
+            ranges.iter().for_each(|r| seen.extend_from_slice(&x[r.clone()]));
+            if seen.is_empty() {
+                continue;
+            }
+            let (_, sum) = exp_minus_max(&mut seen);
+            let inv = 1.0 / sum;
+            let mut from = seen.iter();
+            for r in ranges {
+                o[r].iter_mut().zip(from.by_ref()).for_each(|(o, v)| *o = v * inv);
+            }
+        }
+    });
+    out
+}
+
 /// `silu(g) · u = g / (1 + e^-g) · u`, element by element.
 pub fn silu_mul(gate: &[f32], up: &[f32]) -> Vec<f32> {
     let mut out = vec![0f32; gate.len()];
@@ -91,6 +117,24 @@ mod tests {
 
     fn close(a: &[f32], b: &[f32], tol: f32) -> bool {
         a.len() == b.len() && a.iter().zip(b).all(|(a, b)| (a - b).abs() <= tol * (1e-6 + b.abs()))
+    }
+
+    #[test]
+    fn span_softmax_equals_causal_softmax_over_the_spans() {
+        let keys = 7;
+        let x: Vec<f32> = (0..3 * keys).map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.7).collect();
+        // One contiguous span is causal softmax.
+        let causal = causal_softmax(&x, keys, |r| r + 3);
+        let spans = span_softmax(&x, keys, |r| [(0, r + 3), (0, 0)]);
+        assert!(close(&spans, &causal, 1e-5));
+        // Two spans: keys 0..2 and 4..6 of row 0; the rest are 0 and the row sums to 1.
+        let two = span_softmax(&x, keys, |_| [(0, 2), (4, 6)]);
+        let row = &two[..keys];
+        assert!(row[2] == 0.0 && row[3] == 0.0 && row[6] == 0.0);
+        assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        let picked = [x[0], x[1], x[4], x[5]];
+        let want = causal_softmax(&picked, 4, |_| 4);
+        assert!(close(&[row[0], row[1], row[4], row[5]], &want, 1e-5));
     }
 
     #[cfg(target_arch = "x86_64")]

@@ -16,6 +16,7 @@ use crate::decode;
 use crate::host::{self, with_cpu_f32};
 use crate::kv_cache::{KvCache, KvDtype, KvStorage, LayerKv, append_and_attend};
 use crate::linear::{WeightDtype, convert, into_huge_pages, linear, linear_many};
+use crate::packed::{Packing, attend_packed};
 use crate::rope::{RopeTables, permute_rows};
 use crate::weights::{LayerWeights, Weights};
 
@@ -75,7 +76,7 @@ fn causal_mask(t: usize, start: usize, device: &Device) -> Result<Tensor> {
 
 /// `a · bᵀ` (`b_rows_are_columns`) or `a · b` over the leading dims: contiguous f32 on the CPU
 /// through [`gemm::f32::matmul`], candle's matmul otherwise.
-fn bmm(a: &Tensor, b: &Tensor, b_rows_are_columns: bool) -> Result<Tensor> {
+pub(crate) fn bmm(a: &Tensor, b: &Tensor, b_rows_are_columns: bool) -> Result<Tensor> {
     let (m, k) = (a.dim(D::Minus2)?, a.dim(D::Minus1)?);
     let n = b.dim(if b_rows_are_columns { D::Minus2 } else { D::Minus1 })?;
     let batch = a.elem_count() / (m * k).max(1);
@@ -198,7 +199,7 @@ impl Model {
         };
         let x = self.weights.embed.index_select(&tokens.flatten_all()?, 0)?.reshape((b, t, cfg.hidden_size))?;
         let mut observer = observer;
-        let mut x = self.run_layers(x, start, cache.as_deref_mut(), observer.as_deref_mut())?;
+        let mut x = self.run_layers(x, start, cache.as_deref_mut(), observer.as_deref_mut(), None)?;
         if let Some(c) = cache {
             c.len += t;
         }
@@ -235,7 +236,12 @@ impl Model {
     /// Runs the decoder layers on hidden states `x` `[b, t, hidden]` from scratch: no embedding,
     /// no final norm, no cache. Streaming calibration feeds a one-layer model at a time.
     pub fn forward_layers(&self, x: &Tensor, observer: Option<&mut dyn Observer>) -> Result<Tensor> {
-        self.run_layers(x.clone(), 0, None, observer)
+        self.run_layers(x.clone(), 0, None, observer, None)
+    }
+
+    /// The decoder layers over packed sequences (see [`crate::packed`]).
+    pub(crate) fn run_layers_packed(&self, x: Tensor, packing: &Packing) -> Result<Tensor> {
+        self.run_layers(x, 0, None, None, Some(packing))
     }
 
     fn run_layers(
@@ -244,6 +250,7 @@ impl Model {
         start: usize,
         mut cache: Option<&mut KvCache>,
         mut observer: Option<&mut (dyn Observer + '_)>,
+        packing: Option<&Packing>,
     ) -> Result<Tensor> {
         let cfg = &self.config;
         let t = x.dim(1)?;
@@ -251,7 +258,11 @@ impl Model {
         let mut tables: Vec<(usize, RopeTables)> = Vec::new();
         for (l, shape) in cfg.layers.iter().enumerate() {
             if !tables.iter().any(|(d, _)| *d == shape.head_dim) {
-                tables.push((shape.head_dim, RopeTables::new(shape.head_dim, cfg.rope_theta, start, t, &self.device)?));
+                let table = match packing {
+                    Some(p) => RopeTables::at(&RopeTables::inv_freq(shape.head_dim, cfg.rope_theta), &p.positions, &self.device)?,
+                    None => RopeTables::new(shape.head_dim, cfg.rope_theta, start, t, &self.device)?,
+                };
+                tables.push((shape.head_dim, table));
             }
             let rope = &tables.iter().find(|(d, _)| *d == shape.head_dim).unwrap().1;
             let slot = cache.as_deref_mut().map(|c| (c.storage(), &mut c.layers[l]));
@@ -260,7 +271,7 @@ impl Model {
             if let Some(o) = observer.as_deref_mut() {
                 o.normed(l, Norm::Attn, &xb)?;
             }
-            x = host::add(&x, &self.attention(l, &xb, rope, slot, observer.as_deref_mut())?)?;
+            x = host::add(&x, &self.attention(l, &xb, rope, slot, observer.as_deref_mut(), packing)?)?;
             let xb = rms_norm(&x, &w.mlp_norm, cfg.rms_eps as f32)?;
             if let Some(o) = observer.as_deref_mut() {
                 o.normed(l, Norm::Mlp, &xb)?;
@@ -325,6 +336,7 @@ impl Model {
         rope: &RopeTables,
         slot: Option<(KvStorage, &mut Option<LayerKv>)>,
         observer: Option<&mut (dyn Observer + '_)>,
+        packing: Option<&Packing>,
     ) -> Result<Tensor> {
         let s = self.config.layers[l];
         let w = &self.weights.layers[l];
@@ -340,7 +352,11 @@ impl Model {
             let mut qs = Vec::with_capacity(hkv);
             let mut ks = Vec::with_capacity(hkv);
             for grp in 0..hkv {
-                let tables = RopeTables::from_inv_freq(&self.config.inv_freq(l, grp), start, t, &self.device)?;
+                let inv_freq = self.config.inv_freq(l, grp);
+                let tables = match packing {
+                    Some(p) => RopeTables::at(&inv_freq, &p.positions, &self.device)?,
+                    None => RopeTables::from_inv_freq(&inv_freq, start, t, &self.device)?,
+                };
                 qs.push(tables.apply(&q.narrow(1, grp * g, g)?.contiguous()?, layout)?);
                 ks.push(tables.apply(&k.narrow(1, grp, 1)?.contiguous()?, layout)?);
             }
@@ -350,9 +366,11 @@ impl Model {
         };
         // GQA without copying K/V: the g query heads of a group become g·t rows against one KV head.
         let q = (q * (1.0 / (d as f64).sqrt()))?.reshape((b, hkv, g, t, d))?;
-        let y = match slot {
-            None => attend(&q, &k, &v, rope.start)?,
-            Some((storage, slot)) => {
+        let y = match (slot, packing) {
+            (None, Some(p)) => attend_packed(&q, &k, &v, p)?,
+            (None, None) => attend(&q, &k, &v, rope.start)?,
+            (Some(_), Some(_)) => candle_core::bail!("packed sequences run without a KV cache"),
+            (Some((storage, slot)), None) => {
                 let direct = t <= gemv::MAX_ROWS && matches!(self.device, Device::Cpu);
                 match append_and_attend(slot, storage, self.kv_dtype, &q, &k, &v, rope.start, direct)? {
                     Ok(y) => y,

@@ -30,6 +30,7 @@ pub mod host;
 pub mod io;
 pub mod kv_cache;
 pub mod linear;
+pub mod packed;
 pub mod reference;
 pub mod rope;
 pub mod sample;

@@ -17,17 +17,28 @@ pub struct RopeTables {
 
 impl RopeTables {
     pub fn new(head_dim: usize, theta: f64, start: usize, t: usize, device: &Device) -> Result<Self> {
-        let inv_freq: Vec<f64> =
-            (0..head_dim / 2).map(|i| theta.powf(-2.0 * i as f64 / head_dim as f64)).collect();
-        Self::from_inv_freq(&inv_freq, start, t, device)
+        Self::from_inv_freq(&Self::inv_freq(head_dim, theta), start, t, device)
+    }
+
+    /// `θ^(−2i/d)` for every pair `i` of a head of `head_dim`.
+    pub fn inv_freq(head_dim: usize, theta: f64) -> Vec<f64> {
+        (0..head_dim / 2).map(|i| theta.powf(-2.0 * i as f64 / head_dim as f64)).collect()
     }
 
     /// Tables for explicit per-pair inverse frequencies (pairs kept by head-dim pruning).
     pub fn from_inv_freq(inv_freq: &[f64], start: usize, t: usize, device: &Device) -> Result<Self> {
-        let half = inv_freq.len();
+        let positions: Vec<usize> = (start..start + t).collect();
+        let mut tables = Self::at(inv_freq, &positions, device)?;
+        tables.start = start;
+        Ok(tables)
+    }
+
+    /// Tables whose row `i` is for position `positions[i]` (packed sequences); `start` is 0.
+    pub fn at(inv_freq: &[f64], positions: &[usize], device: &Device) -> Result<Self> {
+        let (half, t) = (inv_freq.len(), positions.len());
         let mut cos = Vec::with_capacity(t * half);
         let mut sin = Vec::with_capacity(t * half);
-        for p in start..start + t {
+        for &p in positions {
             for f in inv_freq {
                 // Angles in f64: at position 8k the f32 product already loses ~1e-3 rad.
                 let a = p as f64 * f;
@@ -38,7 +49,7 @@ impl RopeTables {
         Ok(Self {
             cos: Tensor::from_vec(cos, (t, half), device)?,
             sin: Tensor::from_vec(sin, (t, half), device)?,
-            start,
+            start: 0,
         })
     }
 

@@ -1,7 +1,7 @@
 use transact::data::corpus::{self, Corpus};
-use transact::eval::metrics::run_task;
+use transact::eval::metrics::{PACK_TOKENS, run_task};
 use transact::eval::perplexity::{corpus_perplexity, sequence_nll, windows};
-use transact::eval::scorer::{encode, score_group};
+use transact::eval::scorer::{encode, score_group, score_packed};
 use transact::Silent;
 use transact::eval::task::{self, Request};
 
@@ -16,7 +16,7 @@ fn olmo(task: &str, variant: &str) -> std::path::PathBuf {
 fn piqa_first_50_matches_reference() {
     let lm = model();
     let t = task::load_task_dir(&olmo("piqa", "rc_0shot")).unwrap().limit(Some(50));
-    let r = run_task(&lm.model, &lm.tokenizer, &t, 8192, 1, &Silent).unwrap();
+    let r = run_task(&lm.model, &lm.tokenizer, &t, 8192, PACK_TOKENS, &Silent).unwrap();
     assert_eq!((r.docs, r.split.as_str()), (50, "validation"));
     assert!((r.acc - 0.72).abs() < 1e-9, "acc {}", r.acc);
     assert!((r.acc_norm.unwrap() - 0.70).abs() < 1e-9, "acc_norm {:?}", r.acc_norm);
@@ -26,8 +26,8 @@ fn piqa_first_50_matches_reference() {
 fn arc_easy_first_40_matches_reference() {
     let lm = model();
     let t = task::load_task_dir(&olmo("arc_easy", "rc_0shot")).unwrap().limit(Some(40));
-    // Batching docs (no shared prefix) must not change a single decision.
-    let r = run_task(&lm.model, &lm.tokenizer, &t, 8192, 3, &Silent).unwrap();
+    // One doc per forward (its context in a KV cache) and packed docs decide alike.
+    let r = run_task(&lm.model, &lm.tokenizer, &t, 8192, 0, &Silent).unwrap();
     assert!((r.acc - 0.50).abs() < 1e-9, "acc {}", r.acc);
     assert!((r.acc_norm.unwrap() - 0.425).abs() < 1e-9, "acc_norm {:?}", r.acc_norm);
 }
@@ -64,6 +64,14 @@ fn shared_prefix_scoring_equals_separate_forwards() {
     }
     // " carbon dioxide" is the likelier answer.
     assert!(together[0].loglik > together[2].loglik);
+    // Packed into one forward pass as three docs (the first with a shared prefix), each request
+    // gets the same log-likelihood and greediness.
+    let docs = [encoded[..3].to_vec(), encoded[3..4].to_vec(), encoded[4..].to_vec()];
+    let packed: Vec<_> = score_packed(&lm.model, &docs).unwrap().into_iter().flatten().collect();
+    for (i, (p, m)) in packed.iter().zip(&mixed).enumerate() {
+        assert!((p.loglik - m.loglik).abs() < 1e-3, "packed request {i}: {} vs {}", p.loglik, m.loglik);
+        assert_eq!((p.is_greedy, p.tokens), (m.is_greedy, m.tokens), "packed request {i}");
+    }
 }
 
 #[test]
@@ -97,7 +105,7 @@ fn builtin_tasks_load_with_lm_eval_prompts() {
 fn lambada_subset_scores_last_word() {
     let lm = model();
     let t = task::builtin("lambada").unwrap().limit(Some(20));
-    let r = run_task(&lm.model, &lm.tokenizer, &t, 8192, 1, &Silent).unwrap();
+    let r = run_task(&lm.model, &lm.tokenizer, &t, 8192, PACK_TOKENS, &Silent).unwrap();
     assert!(r.acc_norm.is_none());
     let ppl = r.perplexity.unwrap();
     eprintln!("LAMBADA first 20: acc {:.3}, perplexity {ppl:.2}", r.acc);

@@ -3,7 +3,7 @@
 use anyhow::Result;
 use serde::Serialize;
 
-use super::scorer::{encode, score_group};
+use super::scorer::{Encoded, encode, packed_len, score_group, score_packed};
 use super::task::{Task, TaskKind};
 use crate::model::forward::Model;
 use crate::model::tokenizer::Tokenizer;
@@ -53,25 +53,32 @@ fn argmax(xs: impl IntoIterator<Item = f64>) -> usize {
     best.0
 }
 
-/// Scores every doc of `task` (contexts longer than `max_len` are left-truncated). The requests
-/// of `batch_docs` docs run together: with 1, a doc's choices share their common prefix; with
-/// more, docs rarely share one and the batch is simply padded.
-pub fn run_task(model: &Model, tok: &Tokenizer, task: &Task, max_len: usize, batch_docs: usize, progress: &dyn Progress) -> Result<TaskResult> {
+/// Tokens packed into one forward pass by default (see [`run_task`]).
+pub const PACK_TOKENS: usize = 512;
+
+/// Scores every doc of `task` (contexts longer than `max_len` are left-truncated). Docs are
+/// packed into forward passes of up to `pack_tokens` tokens ([`score_packed`]); a longer doc, or
+/// every doc with `pack_tokens` 0, runs on its own with its prefix in a KV cache ([`score_group`]).
+pub fn run_task(model: &Model, tok: &Tokenizer, task: &Task, max_len: usize, pack_tokens: usize, progress: &dyn Progress) -> Result<TaskResult> {
     let t0 = std::time::Instant::now();
     progress.start(&task.name, task.docs.len() as u64);
     let (mut acc, mut acc_norm, mut logliks) = (Vec::new(), Vec::new(), Vec::new());
     let mut tokens = 0;
     let mut scored_docs = Vec::with_capacity(task.docs.len());
-    for chunk in task.docs.chunks(batch_docs.max(1)) {
-        let encoded = chunk
-            .iter()
-            .flat_map(|d| d.requests.iter().map(|r| encode(tok, r, max_len)))
-            .collect::<Result<Vec<_>>>()?;
-        let mut scored = score_group(model, &encoded)?.into_iter();
-        for d in chunk {
-            scored_docs.push((d, scored.by_ref().take(d.requests.len()).collect::<Vec<_>>()));
+    let encoded: Vec<Vec<Encoded>> =
+        task.docs.iter().map(|d| d.requests.iter().map(|r| encode(tok, r, max_len)).collect::<Result<Vec<_>>>()).collect::<Result<_>>()?;
+    let mut i = 0;
+    while i < encoded.len() {
+        // The next docs that fit in one pack (at least one).
+        let (mut j, mut len) = (i, 0);
+        while j < encoded.len() && (j == i || len + packed_len(&encoded[j]) <= pack_tokens) {
+            len += packed_len(&encoded[j]);
+            j += 1;
         }
-        progress.advance(chunk.len() as u64);
+        let scored = if len > pack_tokens { vec![score_group(model, &encoded[i])?] } else { score_packed(model, &encoded[i..j])? };
+        scored_docs.extend(task.docs[i..j].iter().zip(scored));
+        progress.advance((j - i) as u64);
+        i = j;
     }
     for (doc, scored) in scored_docs {
         tokens += scored.iter().map(|s| s.tokens).sum::<usize>();

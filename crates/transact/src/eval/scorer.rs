@@ -4,7 +4,9 @@
 //! newlines, tabs, any Unicode space) moves onto the continuation;
 //! `whole = enc(context + continuation)`, `ctx = enc(context)`, `cont = whole[len(ctx):]`. No BOS
 //! unless the tokenizer asks for one. The choices of one doc share their common token prefix: it is
-//! run once into a KV cache, then all suffixes run as one batch on copies of that cache.
+//! run once, and every choice's suffix attends to it. [`score_packed`] packs several docs this way
+//! into one forward pass (no padding, a few hundred GEMM rows); [`score_group`] runs one doc with
+//! its prefix in a KV cache and the suffixes as a padded batch on copies of it.
 
 use anyhow::Result;
 use candle_core::{D, Tensor};
@@ -12,6 +14,7 @@ use candle_core::{D, Tensor};
 use super::task::Request;
 use crate::model::forward::{Logits, Model, log_softmax};
 use crate::model::kv_cache::KvCache;
+use crate::model::packed::Packing;
 use crate::model::tokenizer::Tokenizer;
 
 #[derive(Debug, Clone, Copy)]
@@ -63,16 +66,97 @@ fn common_prefix(seqs: &[&[u32]]) -> usize {
     (0..first.len()).take_while(|&i| seqs.iter().all(|s| s.get(i) == Some(&first[i]))).count()
 }
 
-/// Scores all requests of one doc together.
-pub fn score_group(model: &Model, encoded: &[Encoded]) -> Result<Vec<Scored>> {
-    let dev = &model.device;
-    // Model inputs drop the last token; targets are ids[cont_start..].
+/// Model inputs of a doc's requests (each drops its last token; targets are `ids[cont_start..]`)
+/// and the length of their shared prefix: positions no request needs logits from except its
+/// last one, leaving every suffix at least one token.
+fn shared_prefix(encoded: &[Encoded]) -> (Vec<&[u32]>, usize) {
     let inputs: Vec<&[u32]> = encoded.iter().map(|e| &e.ids[..e.ids.len() - 1]).collect();
     let min_input = inputs.iter().map(|s| s.len()).min().unwrap_or(0);
     let min_cont = encoded.iter().map(|e| e.cont_start).min().unwrap_or(0);
-    // Shared prefix: positions no choice needs logits from, except its last one. Each suffix keeps
-    // at least one token.
     let p = common_prefix(&inputs).min(min_cont).min(min_input.saturating_sub(1));
+    (inputs, p)
+}
+
+/// Tokens one doc takes in a packed forward: its shared prefix once, then every suffix.
+pub fn packed_len(encoded: &[Encoded]) -> usize {
+    let (inputs, p) = shared_prefix(encoded);
+    p + inputs.iter().map(|s| s.len() - p).sum::<usize>()
+}
+
+/// Scores the requests of several docs in one forward pass: per doc, the shared prefix once and
+/// each request's suffix attending to it (see [`Packing`]). Equals [`score_group`] per doc.
+pub fn score_packed(model: &Model, docs: &[Vec<Encoded>]) -> Result<Vec<Vec<Scored>>> {
+    let mut tokens = Vec::new();
+    let mut packing = Packing::default();
+    // Packed indices whose logits are needed, and per request the (row, target) pairs.
+    let mut rows = Vec::new();
+    let mut wanted: Vec<Vec<Vec<(usize, u32)>>> = Vec::with_capacity(docs.len());
+    for encoded in docs {
+        let (inputs, p) = shared_prefix(encoded);
+        let prefix = (p > 0).then(|| {
+            let a = packing.push(p, None);
+            tokens.extend_from_slice(&inputs[0][..p]);
+            (a, a + p)
+        });
+        let mut doc = Vec::with_capacity(encoded.len());
+        for (e, input) in encoded.iter().zip(&inputs) {
+            let start = packing.push(input.len() - p, prefix);
+            tokens.extend_from_slice(&input[p..]);
+            // Target t is predicted at input position t − 1: in the prefix only for its last token.
+            let pairs = (e.cont_start..e.ids.len())
+                .map(|t| {
+                    let q = t - 1;
+                    rows.push(if q < p { prefix.expect("q < p implies a prefix").0 + q } else { start + q - p });
+                    (rows.len() - 1, e.ids[t])
+                })
+                .collect();
+            doc.push(pairs);
+        }
+        wanted.push(doc);
+    }
+    let logits = model.forward_packed(&tokens, &packing, &rows)?.to_dtype(candle_core::DType::F32)?;
+    let vocab = logits.dim(1)?;
+    let logits = logits.flatten_all()?.to_vec1::<f32>()?;
+    // Per needed row: log-sum-exp and argmax over the vocabulary.
+    let stats: Vec<(f64, u32)> = {
+        use rayon::prelude::*;
+        logits.par_chunks(vocab).map(row_stats).collect()
+    };
+    wanted
+        .into_iter()
+        .map(|doc| {
+            doc.into_iter()
+                .map(|pairs| {
+                    let mut loglik = 0.0;
+                    let mut is_greedy = true;
+                    for &(row, target) in &pairs {
+                        loglik += logits[row * vocab + target as usize] as f64 - stats[row].0;
+                        is_greedy &= stats[row].1 == target;
+                    }
+                    let loglik = crate::model::finite::check_value(loglik, "a continuation's log-likelihood")?;
+                    Ok(Scored { loglik, is_greedy, tokens: pairs.len() })
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Log-sum-exp (in f64) and the first argmax of one row of logits.
+fn row_stats(row: &[f32]) -> (f64, u32) {
+    let (mut best, mut arg) = (f32::NEG_INFINITY, 0);
+    for (i, &v) in row.iter().enumerate() {
+        if v > best {
+            (best, arg) = (v, i as u32);
+        }
+    }
+    let sum: f64 = row.iter().map(|&v| ((v - best) as f64).exp()).sum();
+    (best as f64 + sum.ln(), arg)
+}
+
+/// Scores all requests of one doc together.
+pub fn score_group(model: &Model, encoded: &[Encoded]) -> Result<Vec<Scored>> {
+    let dev = &model.device;
+    let (inputs, p) = shared_prefix(encoded);
 
     let mut cache = KvCache::new(&model.config);
     let prefix_logp = if p > 0 {

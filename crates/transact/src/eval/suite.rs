@@ -24,8 +24,8 @@ pub struct Suite {
     pub limit: Option<usize>,
     /// Longest scored sequence; `None`: the model's context.
     pub max_length: Option<usize>,
-    /// Docs per forward pass.
-    pub batch_size: usize,
+    /// Tokens packed into one forward pass ([`super::metrics::run_task`]; 0: one doc per pass).
+    pub pack_tokens: usize,
 }
 
 impl Suite {
@@ -37,7 +37,7 @@ impl Suite {
         let max_len = self.max_length.unwrap_or(lm.model.config.max_position);
         let mut tasks = Vec::new();
         for t in &self.tasks {
-            let r = run_task(&lm.model, &lm.tokenizer, t, max_len, self.batch_size, progress)?;
+            let r = run_task(&lm.model, &lm.tokenizer, t, max_len, self.pack_tokens, progress)?;
             progress.note(&format!("{}: acc {:.4} ({} docs, {:.1} s)", r.task, r.acc, r.docs, r.seconds));
             tasks.push(r);
         }

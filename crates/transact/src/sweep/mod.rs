@@ -176,7 +176,7 @@ impl Sweep {
             windows: e.ppl_windows,
             limit: e.limit,
             max_length: None,
-            batch_size: 1,
+            pack_tokens: crate::eval::metrics::PACK_TOKENS,
         })
     }
 
