@@ -44,6 +44,10 @@ pub struct EvalArgs {
     /// model's context length.
     #[arg(long, value_parser = common::at_least_one)]
     max_length: Option<usize>,
+    /// Also write every doc's scores (log-likelihood and greediness of each choice, acc,
+    /// acc_norm) to this JSONL file, one line per doc, like lm-eval's --log_samples.
+    #[arg(long)]
+    samples: Option<PathBuf>,
     /// Also write the report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -56,8 +60,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
     if a.tasks.is_empty() && a.task_dir.is_empty() && a.task_file.is_empty() && a.ppl.is_empty() {
         bail!("nothing to evaluate: pass --tasks all (or a list such as piqa,arc_easy), --task-dir, --task-file or --ppl wiki");
     }
-    if let Some(j) = &a.json {
-        atomic::check_output(j, a.force)?;
+    for out in a.json.iter().chain(&a.samples) {
+        atomic::check_output(out, a.force)?;
     }
     let t0 = std::time::Instant::now();
     // Load every task before the model so a bad file fails fast.
@@ -78,6 +82,18 @@ pub fn run(a: EvalArgs) -> Result<()> {
     if let Some(j) = &a.json {
         atomic::write_file(j, a.force, |tmp| Ok(std::fs::write(tmp, report.to_json())?))?;
         eprintln!("wrote {}", j.display());
+    }
+    if let Some(path) = &a.samples {
+        let mut lines = String::new();
+        for t in &report.tasks {
+            for s in &t.samples {
+                let mut v = serde_json::to_value(s)?;
+                v["task"] = t.task.clone().into();
+                lines += &format!("{v}\n");
+            }
+        }
+        atomic::write_file(path, a.force, |tmp| Ok(std::fs::write(tmp, &lines)?))?;
+        eprintln!("wrote {}", path.display());
     }
     Ok(())
 }

@@ -63,25 +63,42 @@ impl Packing {
     }
 }
 
+/// Query rows per block of packed attention: each block scores only the keys from the first one
+/// its queries see to its last query, so packed docs skip most of each other's keys.
+const BLOCK: usize = 128;
+
 /// Attention of `q` `[1, kv_heads, g, t, d]` over `k`, `v` `[1, kv_heads, t, d]` where packed
 /// token `i` sees the keys of `packing.spans[i]`.
 pub(crate) fn attend_packed(q: &Tensor, k: &Tensor, v: &Tensor, packing: &Packing) -> Result<Tensor> {
     let (b, hkv, g, t, d) = q.dims5()?;
-    let att = bmm(&q.reshape((b, hkv, g * t, d))?, k, true)?;
-    let p = match with_cpu_f32(&[&att], |x| elementwise::span_softmax(x[0], t, |r| packing.spans[r % t]))? {
-        Some(p) => Tensor::from_vec(p, att.shape(), att.device())?,
-        None => {
-            let mut mask = vec![f32::NEG_INFINITY; t * t];
-            for (i, s) in packing.spans.iter().enumerate() {
-                for &(a, e) in s {
-                    mask[i * t + a..i * t + e].fill(0.0);
+    let mut blocks = Vec::with_capacity(t.div_ceil(BLOCK));
+    for c0 in (0..t).step_by(BLOCK) {
+        let c = BLOCK.min(t - c0);
+        let spans = &packing.spans[c0..c0 + c];
+        // Keys lo..hi cover every span of the block's queries.
+        let lo = spans.iter().flat_map(|s| s.iter().filter(|r| r.0 < r.1).map(|r| r.0)).min().unwrap_or(c0);
+        let hi = c0 + c;
+        let narrow = |x: &Tensor, dim: usize, from: usize, n: usize| if n == x.dim(dim).unwrap_or(0) { Ok(x.clone()) } else { x.narrow(dim, from, n)?.contiguous() };
+        let (qc, kc, vc) = (narrow(q, 3, c0, c)?, narrow(k, 2, lo, hi - lo)?, narrow(v, 2, lo, hi - lo)?);
+        let keys = hi - lo;
+        let att = bmm(&qc.reshape((b, hkv, g * c, d))?, &kc, true)?;
+        let shifted = |r: usize| spans[r % c].map(|(a, e)| if a < e { (a - lo, e - lo) } else { (0, 0) });
+        let p = match with_cpu_f32(&[&att], |x| elementwise::span_softmax(x[0], keys, shifted))? {
+            Some(p) => Tensor::from_vec(p, att.shape(), att.device())?,
+            None => {
+                let mut mask = vec![f32::NEG_INFINITY; c * keys];
+                for i in 0..c {
+                    for (a, e) in shifted(i) {
+                        mask[i * keys + a..i * keys + e].fill(0.0);
+                    }
                 }
+                let mask = Tensor::from_vec(mask, (c, keys), att.device())?;
+                softmax_last_dim(&att.reshape((b, hkv, g, c, keys))?.broadcast_add(&mask)?.reshape((b, hkv, g * c, keys))?)?
             }
-            let mask = Tensor::from_vec(mask, (t, t), att.device())?;
-            softmax_last_dim(&att.reshape((b, hkv, g, t, t))?.broadcast_add(&mask)?.reshape((b, hkv, g * t, t))?)?
-        }
-    };
-    bmm(&p, v, false)?.reshape((b, hkv, g, t, d))
+        };
+        blocks.push(bmm(&p, &vc, false)?.reshape((b, hkv, g, c, d))?);
+    }
+    if blocks.len() == 1 { Ok(blocks.pop().expect("one block")) } else { Tensor::cat(&blocks, 3) }
 }
 
 impl Model {

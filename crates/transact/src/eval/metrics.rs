@@ -26,6 +26,23 @@ pub struct TaskResult {
     /// LAMBADA only: exp(−mean log-likelihood of the last word).
     pub perplexity: Option<f64>,
     pub seconds: f64,
+    /// Every doc's scores, in doc order (`eval --samples` writes them; not in the report).
+    #[serde(skip)]
+    pub samples: Vec<DocSample>,
+}
+
+/// One doc's scores, as lm-eval's `--log_samples` keeps them.
+#[derive(Debug, Clone, Serialize)]
+pub struct DocSample {
+    pub doc: usize,
+    pub gold: usize,
+    /// Log-likelihood of each request (choice) of the doc.
+    pub logliks: Vec<f64>,
+    /// Whether each request's continuation is the greedy one.
+    pub greedy: Vec<bool>,
+    pub acc: f64,
+    /// Multiple choice only.
+    pub acc_norm: Option<f64>,
 }
 
 /// Mean and its standard error (sample standard deviation / √n), as lm-eval's `mean_stderr`.
@@ -54,7 +71,7 @@ fn argmax(xs: impl IntoIterator<Item = f64>) -> usize {
 }
 
 /// Tokens packed into one forward pass by default (see [`run_task`]).
-pub const PACK_TOKENS: usize = 512;
+pub const PACK_TOKENS: usize = 1024;
 
 /// Scores every doc of `task` (contexts longer than `max_len` are left-truncated). Docs are
 /// packed into forward passes of up to `pack_tokens` tokens ([`score_packed`]); a longer doc, or
@@ -80,20 +97,31 @@ pub fn run_task(model: &Model, tok: &Tokenizer, task: &Task, max_len: usize, pac
         progress.advance((j - i) as u64);
         i = j;
     }
-    for (doc, scored) in scored_docs {
+    let mut samples = Vec::with_capacity(scored_docs.len());
+    for (i, (doc, scored)) in scored_docs.into_iter().enumerate() {
         tokens += scored.iter().map(|s| s.tokens).sum::<usize>();
-        match task.kind {
+        let norm = match task.kind {
             TaskKind::MultipleChoice => {
                 let pick = argmax(scored.iter().map(|s| s.loglik));
                 let pick_norm = argmax(scored.iter().zip(&doc.norm_chars).map(|(s, &n)| s.loglik / n.max(1) as f64));
                 acc.push(f64::from(pick == doc.gold));
                 acc_norm.push(f64::from(pick_norm == doc.gold));
+                acc_norm.last().copied()
             }
             TaskKind::Lambada => {
                 acc.push(f64::from(scored[0].is_greedy));
                 logliks.push(scored[0].loglik);
+                None
             }
-        }
+        };
+        samples.push(DocSample {
+            doc: i,
+            gold: doc.gold,
+            logliks: scored.iter().map(|s| s.loglik).collect(),
+            greedy: scored.iter().map(|s| s.is_greedy).collect(),
+            acc: *acc.last().expect("pushed above"),
+            acc_norm: norm,
+        });
     }
     progress.finish();
     let (acc_mean, acc_se) = mean_stderr(&acc);
@@ -115,5 +143,6 @@ pub fn run_task(model: &Model, tok: &Tokenizer, task: &Task, max_len: usize, pac
         acc_norm_stderr: norm.map(|n| n.1),
         perplexity,
         seconds: t0.elapsed().as_secs_f64(),
+        samples,
     })
 }
