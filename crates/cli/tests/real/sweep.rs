@@ -60,6 +60,14 @@ fn sweep_runs_resumes_and_reports() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("another `eval` setting"), "{err}");
 
+    // A grid point `prune` would refuse fails the whole sweep before anything runs.
+    let bad = d.path().join("bad.toml");
+    std::fs::write(&bad, format!("{}[[grid]]\nname = \"hidden\"\naxis = \"hidden\"\nratio = 0.5\nshots = 2\n", spec(3))).unwrap();
+    let (code, _, err) = run_cli(&["sweep", path_str(&bad), "--out", path_str(&d.path().join("bad"))]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("axis=hidden") && err.contains("--axis hidden runs one shot"), "{err}");
+    assert!(!d.path().join("bad").exists());
+
     let (code, text, err) = run_cli(&["report", path_str(&out), "--out", path_str(&report)]);
     assert_eq!(code, 0, "{err}");
     assert!(text.contains("figures: quality, salience, speed"), "{text}");

@@ -63,7 +63,7 @@ impl PruneJob {
     }
 
     /// Checks everything that does not need the model, so mistakes fail in milliseconds.
-    fn check_options(&self) -> Result<()> {
+    pub fn check_options(&self) -> Result<()> {
         let o = &self.options;
         atomic::check_output(&self.out, self.force)?;
         if self.formats.is_empty() {

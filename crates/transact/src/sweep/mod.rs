@@ -92,8 +92,15 @@ impl Sweep {
         if self.out.exists() && !self.out.is_dir() {
             bail!("{}: exists and is not a directory", self.out.display());
         }
+        // Every run's settings are checked before the first one starts.
+        for p in &plan {
+            self.job(&p.point, self.out.join("runs").join(p.point.dir_name()), None)
+                .check_options()
+                .with_context(|| format!("run `{}`", p.point.key()))?;
+        }
         std::fs::create_dir_all(self.out.join("runs")).with_context(|| format!("{}: cannot create", self.out.display()))?;
-        self.check_shared()?;
+        let dense_sha = model_sha256(&self.spec.model)?;
+        self.check_shared(&dense_sha)?;
         let results_path = self.out.join("results.jsonl");
         let (rows, warning) = results::read(&results_path)?;
         if let Some(w) = warning {
@@ -107,12 +114,11 @@ impl Sweep {
         let total = plan.len() + 1;
         let skipped = total - todo.len() - usize::from(!dense_done);
         let mut outcome = Outcome { rows: total, ran: 0, skipped };
-        if outcome.ran + outcome.skipped == total {
+        if skipped == total {
             return Ok(outcome);
         }
         let suite = self.suite()?;
         let dense = load_model(&self.spec.model, &self.device)?;
-        let dense_sha = model_sha256(&self.spec.model)?;
         grid.start("sweep", total as u64);
         grid.advance(skipped as u64);
         if !dense_done {
@@ -136,15 +142,16 @@ impl Sweep {
         Ok(outcome)
     }
 
-    /// Refuses a folder whose rows were made with other shared settings; records them in a new one.
-    fn check_shared(&self) -> Result<()> {
+    /// Refuses a folder whose rows were made with other shared settings or another model file
+    /// (`sha256`); records them in a new one.
+    fn check_shared(&self, sha256: &str) -> Result<()> {
         let path = self.out.join("sweep.json");
-        let ours = self.spec.shared();
+        let ours = self.spec.shared(sha256);
         match std::fs::read_to_string(&path) {
             Ok(text) => {
                 let theirs: Shared = serde_json::from_str(&text).with_context(|| format!("{}: unreadable", path.display()))?;
                 let differ = [
-                    ("model", theirs.model != ours.model),
+                    ("model", theirs.model != ours.model || theirs.model_sha256 != ours.model_sha256),
                     ("calib", theirs.calib != ours.calib),
                     ("recovery", theirs.recovery != ours.recovery),
                     ("eval", theirs.eval != ours.eval),

@@ -351,8 +351,8 @@ impl Spec {
 
     /// The settings every row of a results folder must share: a rerun with other values would
     /// mix incomparable rows, so `sweep` refuses it.
-    pub fn shared(&self) -> Shared {
-        Shared { model: self.model.display().to_string(), calib: self.calib.clone(), recovery: self.recovery.clone(), eval: self.eval.clone() }
+    pub fn shared(&self, model_sha256: &str) -> Shared {
+        Shared { model: self.model.display().to_string(), model_sha256: model_sha256.to_string(), calib: self.calib.clone(), recovery: self.recovery.clone(), eval: self.eval.clone() }
     }
 }
 
@@ -360,6 +360,7 @@ impl Spec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Shared {
     pub model: String,
+    pub model_sha256: String,
     pub calib: CalibSettings,
     pub recovery: RecoverySettings,
     pub eval: EvalSettings,
