@@ -37,8 +37,8 @@ pub struct EvalArgs {
     limit: Option<usize>,
     /// Tokens scored in one forward pass: docs are packed (each doc's shared context once, its
     /// choices attending to it, no padding) up to this many tokens; a longer doc runs alone.
-    /// 0: one doc per pass, its context in a KV cache.
-    #[arg(long, default_value_t = transact::eval::metrics::PACK_TOKENS)]
+    /// 0: one doc per pass, its context in a KV cache. At most 8192.
+    #[arg(long, default_value_t = transact::eval::metrics::PACK_TOKENS, value_parser = pack_tokens)]
     pack_tokens: usize,
     /// Longest scored sequence in tokens (longer contexts are left-truncated); default: the
     /// model's context length.
@@ -54,6 +54,15 @@ pub struct EvalArgs {
     /// Replace the JSON file if it exists.
     #[arg(long)]
     force: bool,
+}
+
+fn pack_tokens(s: &str) -> Result<usize, String> {
+    let max = transact::eval::metrics::MAX_PACK_TOKENS;
+    match s.parse::<usize>() {
+        Ok(n) if n > max => Err(format!("must be at most {max}")),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {

@@ -288,4 +288,8 @@ fn unwritable_outputs_fail_before_the_work() {
         assert_eq!(code, 2, "{args:?}: {err}");
         assert!(err.contains("must be at least 1") && !err.contains("roofs") && !err.contains("loaded"), "{args:?}: {err}");
     }
+    // A pack whose logits would not fit in memory is refused before the model loads.
+    let (code, _, err) = run_cli(&["eval", path_str(&gguf), "--tasks", "piqa", "--pack-tokens", "100000000"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("must be at most 8192") && !err.contains("loaded"), "{err}");
 }
