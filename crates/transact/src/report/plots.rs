@@ -141,9 +141,8 @@ fn panel<DB: DrawingBackend>(
         .y_label_area_size(60)
         .build_cartesian_2d((x0 - xpad)..(x1 + xpad), (y0 - ypad)..(y1 + ypad))
         .drawn()?;
-    let unlog = |v: &f64| {
-        if log { format!("{:.0}", 10f64.powf(*v)) } else { format!("{v:.2}") }
-    };
+    let span = y1 - y0 + 2.0 * ypad;
+    let unlog = |v: &f64| if log { log_label(*v, span) } else { format!("{v:.2}") };
     chart
         .configure_mesh()
         .x_desc("non-embedding parameters (millions)")
@@ -168,6 +167,17 @@ fn panel<DB: DrawingBackend>(
         chart.draw_series(points.iter().map(|&p| Circle::new(p, 4, style))).drawn()?;
     }
     Ok(())
+}
+
+/// The label of tick `v` (a log10 value) of an axis spanning `span` decades: over two decades or
+/// more only whole decades are labelled (10, 100, 1000, 1e4, …), so the ticks read as round numbers.
+fn log_label(v: f64, span: f64) -> String {
+    let whole = (v - v.round()).abs() < 1e-6;
+    match (span >= 2.0, whole) {
+        (true, false) => String::new(),
+        (true, true) if v.round() > 4.0 => format!("1e{}", v.round()),
+        _ => format!("{:.0}", 10f64.powf(v)),
+    }
 }
 
 /// Perplexity (log) and mean accuracy against size, one line per series.
@@ -324,7 +334,7 @@ pub fn recovery<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, runs: &[(Stri
         .configure_mesh()
         .x_desc("shot (the last point: after the final recovery, if any)")
         .y_desc("perplexity (log scale, 8 × 512 tokens)")
-        .y_label_formatter(&|v| format!("{:.0}", 10f64.powf(*v)))
+        .y_label_formatter(&|v| log_label(*v, hi - lo))
         .x_label_formatter(&|v| match v {
             SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => i.to_string(),
             SegmentValue::Last => String::new(),
