@@ -91,12 +91,13 @@ pub fn run_task(model: &Model, tok: &Tokenizer, task: &Task, max_len: usize, pac
     let mut scored_docs = Vec::with_capacity(task.docs.len());
     let encoded: Vec<Vec<Encoded>> =
         task.docs.iter().map(|d| d.requests.iter().map(|r| encode(tok, r, max_len)).collect::<Result<Vec<_>>>()).collect::<Result<_>>()?;
+    let lens: Vec<usize> = encoded.iter().map(|e| packed_len(e)).collect();
     let mut i = 0;
     while i < encoded.len() {
         // The next docs that fit in one pack (at least one).
         let (mut j, mut len) = (i, 0);
-        while j < encoded.len() && (j == i || len + packed_len(&encoded[j]) <= pack_tokens) {
-            len += packed_len(&encoded[j]);
+        while j < encoded.len() && (j == i || len + lens[j] <= pack_tokens) {
+            len += lens[j];
             j += 1;
         }
         let scored = if len > pack_tokens { vec![score_group(model, &encoded[i])?] } else { score_packed(model, &encoded[i..j])? };

@@ -90,6 +90,13 @@ pub fn looks(series: &[Series]) -> Vec<Look> {
         .collect()
 }
 
+/// A chart on `area` with the report's caption, margin and label areas (`y_labels` pixels wide).
+fn framed<'a, 'b, DB: DrawingBackend>(area: &'a DrawingArea<DB, Shift>, title: &str, y_labels: u32) -> ChartBuilder<'a, 'b, DB> {
+    let mut b = ChartBuilder::on(area);
+    b.caption(title, (FONT, 18)).margin(10).x_label_area_size(40).y_label_area_size(y_labels);
+    b
+}
+
 /// Entries of a legend drawn below the plots, in as many columns as fit.
 fn legend<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, entries: &[(String, RGBColor, bool)]) -> Result<()> {
     let (w, _) = area.dim_in_pixel();
@@ -134,11 +141,7 @@ fn panel<DB: DrawingBackend>(
     let (x0, x1) = all.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
     let (y0, y1) = all.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
     let (xpad, ypad) = (((x1 - x0) * 0.05).max(1.0), ((y1 - y0) * 0.08).max(if log { 0.05 } else { 0.005 }));
-    let mut chart = ChartBuilder::on(area)
-        .caption(title, (FONT, 18))
-        .margin(10)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
+    let mut chart = framed(area, title, 60)
         .build_cartesian_2d((x0 - xpad)..(x1 + xpad), (y0 - ypad)..(y1 + ypad))
         .drawn()?;
     let span = y1 - y0 + 2.0 * ypad;
@@ -218,11 +221,7 @@ pub fn speed<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, rows: &[Row]) ->
     let xmax = shapes.iter().map(|r| x(r)).fold(1.0, f64::max) * 1.08;
     // Left: tokens per second, prefill (squares) and decode (circles).
     let top = shapes.iter().filter_map(|r| r.speed.map(|s| s.prefill_tokens_per_s.max(s.decode_tokens_per_s))).fold(1.0, f64::max) * 1.1;
-    let mut chart = ChartBuilder::on(&left)
-        .caption("speed (f32, this machine)", (FONT, 18))
-        .margin(10)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
+    let mut chart = framed(&left, "speed (f32, this machine)", 60)
         .build_cartesian_2d(0.0..xmax, 0.0..top)
         .drawn()?;
     chart
@@ -259,11 +258,7 @@ pub fn speed<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, rows: &[Row]) ->
     chart.draw_series(std::iter::once(Text::new("bars: prefill of 256 tokens; dots: decode", (xmax * 0.03, top * 0.95), (FONT, 13)))).drawn()?;
     // Right: KV-cache bytes per token.
     let kv_top = shapes.iter().map(|r| r.kv_bytes_per_token_f32 as f64 / 1024.0).fold(1.0, f64::max) * 1.1;
-    let mut chart = ChartBuilder::on(&right)
-        .caption("KV cache per token (f32)", (FONT, 18))
-        .margin(10)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
+    let mut chart = framed(&right, "KV cache per token (f32)", 60)
         .build_cartesian_2d(0.0..xmax, 0.0..kv_top)
         .drawn()?;
     chart
@@ -305,11 +300,7 @@ pub fn recovery<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, runs: &[(Stri
     let curves: Vec<Vec<(f64, f64)>> = runs.iter().map(|(_, r)| curve(r)).collect();
     let xmax = curves.iter().flatten().map(|p| p.0).fold(1.0, f64::max);
     let ymax = curves.iter().flatten().map(|p| p.1).fold(0.1, f64::max) * 1.05;
-    let mut chart = ChartBuilder::on(&left)
-        .caption("recovery: training loss", (FONT, 18))
-        .margin(10)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
+    let mut chart = framed(&left, "recovery: training loss", 60)
         .build_cartesian_2d(0.0..xmax, 0.0..ymax)
         .drawn()?;
     chart.configure_mesh().x_desc("training tokens (thousands)").y_desc("loss per step").label_style((FONT, 13)).light_line_style(WHITE).draw().drawn()?;
@@ -323,11 +314,7 @@ pub fn recovery<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, runs: &[(Stri
     let shots = ppl.iter().map(|p| p.len()).max().unwrap_or(1).max(1);
     let (lo, hi) = ppl.iter().flatten().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
     let (lo, hi) = if lo <= hi { (lo - 0.05, hi + 0.05) } else { (0.0, 1.0) };
-    let mut chart = ChartBuilder::on(&right)
-        .caption("held-out wiki perplexity after each shot", (FONT, 18))
-        .margin(10)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
+    let mut chart = framed(&right, "held-out wiki perplexity after each shot", 60)
         .build_cartesian_2d((0..shots + 1).into_segmented(), lo..hi)
         .drawn()?;
     chart
@@ -396,11 +383,7 @@ const DECADES: f64 = 2.0;
 fn heat<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, title: &str, x_desc: &str, cells: &[Vec<f64>], log: bool) -> Result<()> {
     let cols = cells.iter().map(|r| r.len()).max().unwrap_or(1).max(1);
     let rows = cells.len().max(1);
-    let mut chart = ChartBuilder::on(area)
-        .caption(title, (FONT, 18))
-        .margin(10)
-        .x_label_area_size(40)
-        .y_label_area_size(50)
+    let mut chart = framed(area, title, 50)
         .build_cartesian_2d(0..cols, 0..rows)
         .drawn()?;
     chart.configure_mesh().disable_mesh().x_desc(x_desc).y_desc("layer").label_style((FONT, 13)).light_line_style(WHITE).draw().drawn()?;
