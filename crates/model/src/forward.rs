@@ -47,6 +47,13 @@ pub trait Observer {
     }
 }
 
+/// A decoder layer's two residual blocks, for [`Model::forward_block`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Block {
+    Attention,
+    Mlp,
+}
+
 /// Which RMSNorm an [`Observer::normed`] call reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Norm {
@@ -239,6 +246,38 @@ impl Model {
         self.run_layers(x.clone(), 0, None, observer, None)
     }
 
+    /// One residual block of layer `l` on hidden states `x` `[b, t, hidden]` from position 0 (no
+    /// cache): `x + attention(norm(x))` or `x + mlp(norm(x))`. Compensation refits each block's
+    /// output projection on its own and so needs neither the other block's work nor its cost.
+    pub fn forward_block(&self, l: usize, block: Block, x: &Tensor) -> Result<Tensor> {
+        let cfg = &self.config;
+        let w = &self.weights.layers[l];
+        match block {
+            Block::Attention => {
+                let rope = RopeTables::new(cfg.layers[l].head_dim, cfg.rope_theta, 0, x.dim(1)?, &self.device)?;
+                let xb = rms_norm(x, &w.attn_norm, cfg.rms_eps as f32)?;
+                host::add(x, &self.attention(l, &xb, &rope, None, None, None)?)
+            }
+            Block::Mlp => host::add(x, &self.mlp(l, &rms_norm(x, &w.mlp_norm, cfg.rms_eps as f32)?, None)?),
+        }
+    }
+
+    /// The transitional activation of `block` of layer `l` on hidden states `x` `[b, t, hidden]`
+    /// from position 0 (no cache): the attention output before `o_proj` (`[b, t, heads · d]`)
+    /// or the SwiGLU product before `down_proj` (`[b, t, mlp_width]`); the output projection
+    /// is not applied.
+    pub fn transitional(&self, l: usize, block: Block, x: &Tensor) -> Result<Tensor> {
+        let cfg = &self.config;
+        let w = &self.weights.layers[l];
+        match block {
+            Block::Attention => {
+                let rope = RopeTables::new(cfg.layers[l].head_dim, cfg.rope_theta, 0, x.dim(1)?, &self.device)?;
+                self.attention_inner(l, &rms_norm(x, &w.attn_norm, cfg.rms_eps as f32)?, &rope, None, None)
+            }
+            Block::Mlp => self.mlp_inner(l, &rms_norm(x, &w.mlp_norm, cfg.rms_eps as f32)?),
+        }
+    }
+
     /// The decoder layers over packed sequences (see [`crate::packed`]).
     pub(crate) fn run_layers_packed(&self, x: Tensor, packing: &Packing) -> Result<Tensor> {
         self.run_layers(x, 0, None, None, Some(packing))
@@ -338,6 +377,16 @@ impl Model {
         observer: Option<&mut (dyn Observer + '_)>,
         packing: Option<&Packing>,
     ) -> Result<Tensor> {
+        let y = self.attention_inner(l, xb, rope, slot, packing)?;
+        if let Some(o) = observer {
+            o.attn_inner(l, &y)?;
+        }
+        linear(&y, &self.weights.layers[l].o_proj)
+    }
+
+    /// The transitional activation the MHA salience scores: the attention output before o_proj,
+    /// `[b, t, heads · d]`.
+    fn attention_inner(&self, l: usize, xb: &Tensor, rope: &RopeTables, slot: Option<(KvStorage, &mut Option<LayerKv>)>, packing: Option<&Packing>) -> Result<Tensor> {
         let s = self.config.layers[l];
         let w = &self.weights.layers[l];
         let (b, t, _) = xb.dims3()?;
@@ -378,26 +427,25 @@ impl Model {
                 }
             }
         };
-        // The transitional activation the MHA salience scores: `[b, t, heads · d]` before o_proj.
-        let y = y.reshape((b, hq, t, d))?.transpose(1, 2)?.reshape((b, t, hq * d))?;
-        if let Some(o) = observer {
-            o.attn_inner(l, &y)?;
-        }
-        linear(&y, &w.o_proj)
+        y.reshape((b, hq, t, d))?.transpose(1, 2)?.reshape((b, t, hq * d))
     }
 
     fn mlp(&self, l: usize, xb: &Tensor, observer: Option<&mut (dyn Observer + '_)>) -> Result<Tensor> {
-        let w = &self.weights.layers[l];
-        // The transitional activation the MLP salience scores: silu(gate x) ⊙ up x.
-        let [gate, up]: [Tensor; 2] = linear_many(xb, &[&w.gate_proj, &w.up_proj])?.try_into().expect("two outputs");
-        let h = match with_cpu_f32(&[&gate, &up], |x| elementwise::silu_mul(x[0], x[1]))? {
-            Some(h) => Tensor::from_vec(h, gate.shape(), gate.device())?,
-            None => (candle_nn::ops::silu(&gate)? * up)?,
-        };
+        let h = self.mlp_inner(l, xb)?;
         if let Some(o) = observer {
             o.mlp_inner(l, &h)?;
         }
-        linear(&h, &w.down_proj)
+        linear(&h, &self.weights.layers[l].down_proj)
+    }
+
+    /// The transitional activation the MLP salience scores: silu(gate x) ⊙ up x.
+    fn mlp_inner(&self, l: usize, xb: &Tensor) -> Result<Tensor> {
+        let w = &self.weights.layers[l];
+        let [gate, up]: [Tensor; 2] = linear_many(xb, &[&w.gate_proj, &w.up_proj])?.try_into().expect("two outputs");
+        match with_cpu_f32(&[&gate, &up], |x| elementwise::silu_mul(x[0], x[1]))? {
+            Some(h) => Tensor::from_vec(h, gate.shape(), gate.device()),
+            None => candle_nn::ops::silu(&gate)? * up,
+        }
     }
 }
 

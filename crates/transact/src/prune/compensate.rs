@@ -4,20 +4,20 @@
 //!
 //! Layer by layer on the pruned model's own inputs (sequential): the calibration tokens' hidden
 //! states pass the already compensated layers, so each refit also sees the drift of the layers
-//! before it. Per layer, three passes of one layer: the unpruned layer gives the attention's
-//! Gram matrix; the layer with its attention pruned and refit but its MLP whole gives the MLP's
-//! (its input is what the pruned attention leaves); the finished layer gives the next layer's
-//! inputs.
+//! before it. Per layer, four passes of one residual block each: the unpruned attention, up to its
+//! transitional activation, gives the attention's Gram matrix; the pruned, refit attention gives
+//! the MLP's input, on which the unpruned MLP (up to its transitional activation) gives the MLP's
+//! Gram matrix and the pruned, refit MLP the next layer's input (`bench/NOTES.md`).
 
 use anyhow::Result;
-use candle_core::{D, DType, Tensor};
+use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::choose::LayerKeep;
 use super::ridge::{self, Gram};
 use super::slice::o_columns;
 use crate::calibrate::blocks::CalibData;
-use crate::model::forward::{Model, Observer};
+use crate::model::forward::{Block, Model};
 use crate::model::weights::LayerWeights;
 use crate::progress::Progress;
 
@@ -43,69 +43,32 @@ transact_model::impl_choice!(Compensate {
 /// cut it).
 const MIN_TOKENS_PER_INPUT: usize = 2;
 
-/// Which transitional activation a pass collects.
-#[derive(Clone, Copy, PartialEq)]
-enum Site {
-    Attn,
-    Mlp,
-}
-
-/// The kept rows `X_Sᵀ X` of the Gram matrix of one site's activations, summed over batches
-/// (each batch's product in f32 by the GEMM, the sum in f64).
-struct GramObserver {
-    site: Site,
-    gram: Gram,
-    kept: Tensor,
-}
-
-impl GramObserver {
-    fn new(site: Site, kept: &[usize], n: usize, device: &candle_core::Device) -> candle_core::Result<Self> {
-        let idx = Tensor::new(kept.iter().map(|&i| i as u32).collect::<Vec<_>>(), device)?;
-        Ok(Self { site, gram: Gram::zeros(kept, n), kept: idx })
-    }
-
-    fn add(&mut self, y: &Tensor) -> candle_core::Result<()> {
-        let d = y.dim(D::Minus1)?;
-        let x = y.to_dtype(DType::F32)?.contiguous()?.reshape(((), d))?;
-        let xs = x.index_select(&self.kept, 1)?;
-        let p = xs.t()?.contiguous()?.matmul(&x)?.flatten_all()?.to_vec1::<f32>()?;
-        self.gram.rows.iter_mut().zip(p).for_each(|(a, b)| *a += b as f64);
-        Ok(())
-    }
-}
-
-impl Observer for GramObserver {
-    fn attn_inner(&mut self, _: usize, y: &Tensor) -> candle_core::Result<()> {
-        if self.site == Site::Attn { self.add(y) } else { Ok(()) }
-    }
-    fn mlp_inner(&mut self, _: usize, h: &Tensor) -> candle_core::Result<()> {
-        if self.site == Site::Mlp { self.add(h) } else { Ok(()) }
-    }
-}
-
-/// Runs the one-layer `model` over hidden states `h` (`[n, t, hidden]`) in batches; with a
-/// site, returns the kept rows of that site's Gram matrix instead of the outputs.
-fn pass(model: &Model, h: &Tensor, batch: usize, site: Option<(Site, &[usize], usize)>) -> Result<(Option<Tensor>, Option<Gram>)> {
+/// The kept rows `X_Sᵀ X` of the Gram matrix of `block`'s transitional activations `X` (`width`
+/// wide) as the one-layer `model` computes them over hidden states `h` (`[n, t, hidden]`) in
+/// batches: each batch's product in f32 by the GEMM, the sum in f64.
+fn gram(model: &Model, block: Block, h: &Tensor, batch: usize, kept: &[usize], width: usize) -> Result<Gram> {
+    let idx = Tensor::new(kept.iter().map(|&i| i as u32).collect::<Vec<_>>(), h.device())?;
+    let mut gram = Gram::zeros(kept, width);
     let n = h.dim(0)?;
-    let mut obs = site.map(|(site, kept, width)| GramObserver::new(site, kept, width, h.device())).transpose()?;
-    let mut outs = Vec::new();
     for i in (0..n).step_by(batch) {
-        let x = h.narrow(0, i, batch.min(n - i))?;
-        let y = model.forward_layers(&x, obs.as_mut().map(|o| o as &mut dyn Observer))?;
-        if obs.is_none() {
-            outs.push(y);
-        }
+        let x = model.transitional(0, block, &h.narrow(0, i, batch.min(n - i))?)?;
+        let x = x.to_dtype(DType::F32)?.contiguous()?.reshape(((), width))?;
+        let p = x.index_select(&idx, 1)?.t()?.contiguous()?.matmul(&x)?.flatten_all()?.to_vec1::<f32>()?;
+        gram.rows.iter_mut().zip(p).for_each(|(a, b)| *a += b as f64);
     }
-    match obs {
-        Some(o) => Ok((None, Some(o.gram))),
-        None => Ok((Some(Tensor::cat(&outs, 0)?), None)),
-    }
+    Ok(gram)
+}
+
+/// The outputs of `block` of the one-layer `model` over hidden states `h` in batches.
+fn outputs(model: &Model, block: Block, h: &Tensor, batch: usize) -> Result<Tensor> {
+    let n = h.dim(0)?;
+    let outs = (0..n).step_by(batch).map(|i| model.forward_block(0, block, &h.narrow(0, i, batch.min(n - i))?)).collect::<candle_core::Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&outs, 0)?)
 }
 
 /// `w` (`[out, n]`) refit to the kept input columns of `g`, the kept Gram rows of its inputs.
-fn refit_weight(g: Option<Gram>, w: &Tensor) -> Result<Tensor> {
+fn refit_weight(g: Gram, w: &Tensor) -> Result<Tensor> {
     let (out, n) = w.dims2()?;
-    let g = g.ok_or_else(|| anyhow::anyhow!("compensate: no calibration tokens reached the layer"))?;
     anyhow::ensure!(g.n == n, "compensate: activations are {} wide, the weight takes {n}", g.n);
     let data = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
     let refit = ridge::refit(&g, &data, out, ridge::DAMP)?;
@@ -138,24 +101,24 @@ pub fn compensate(before: &Model, sliced: &Model, keeps: &[LayerKeep], data: &Ca
         let shape = before.config.layers[l];
         let mut layer = weights.layers[l].clone();
 
+        // The attention's refit wants what the unpruned attention makes of this layer's input.
         let o_cols = o_columns(&shape, keep);
-        let site = Some((Site::Attn, o_cols.as_slice(), shape.mha_width()));
-        let (_, g) = pass(&Model::single_layer(&before.config, l, whole.clone())?, &h, batch, site)?;
-        layer.o_proj = refit_weight(g, &whole.o_proj)?;
+        let unpruned = Model::single_layer(&before.config, l, whole.clone())?;
+        layer.o_proj = refit_weight(gram(&unpruned, Block::Attention, &h, batch, &o_cols, shape.mha_width())?, &whole.o_proj)?;
 
+        // The MLP's wants what the unpruned MLP makes of what the pruned, refit attention leaves.
         let mlp_whole = LayerWeights {
             gate_proj: whole.gate_proj.clone(),
             up_proj: whole.up_proj.clone(),
             down_proj: whole.down_proj.clone(),
             ..layer.clone()
         };
-        let site = Some((Site::Mlp, keep.mlp.as_slice(), shape.mlp_width));
-        let (_, g) = pass(&Model::single_layer(&sliced.config, l, mlp_whole)?, &h, batch, site)?;
-        layer.down_proj = refit_weight(g, &whole.down_proj)?;
+        let mlp_whole = Model::single_layer(&sliced.config, l, mlp_whole)?;
+        let mid = outputs(&mlp_whole, Block::Attention, &h, batch)?;
+        layer.down_proj = refit_weight(gram(&mlp_whole, Block::Mlp, &mid, batch, &keep.mlp, shape.mlp_width)?, &whole.down_proj)?;
 
         if l + 1 < layers {
-            let (out, _) = pass(&Model::single_layer(&sliced.config, l, layer.clone())?, &h, batch, None)?;
-            h = out.expect("a pass without a site returns its outputs");
+            h = outputs(&Model::single_layer(&sliced.config, l, layer.clone())?, Block::Mlp, &mid, batch)?;
         }
         weights.layers[l] = layer;
         progress.advance(1);
