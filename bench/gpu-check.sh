@@ -24,7 +24,7 @@ MODEL=$G/model.gguf
 [ -f $MODEL ] || cat $G/a/model.part1 $G/b/model.part2 > $MODEL
 [ "$(sha256sum $MODEL | cut -d' ' -f1)" = "$(cat $G/a/model.sha256)" ] || { echo "model parts do not match" >&2; exit 1; }
 # Shapes decide speed, so the pruned model uses the magnitude scorer (no calibration data).
-$G/transact prune $MODEL --device cuda --ratio 0.5 --mlp-multiple 32 --scorer magnitude \
+$G/transact prune $MODEL --device cuda --ratio 0.5 --mlp-multiple 32 --scorer magnitude --compensate none \
     --format gguf --out /tmp/half 2>&1 | tail -5
 # Each dtype reports max |Δlogit| against the CPU forward in f32 ("vs CPU f32").
 $G/transact bench $MODEL --vs /tmp/half/model.gguf --device cuda --dtype f32,bf16,f16 --kv-dtype f32,f16 --repeats 3 \

@@ -16,7 +16,7 @@ DENSE=assets/SmolLM2-135M-Instruct.Q4_1.gguf
 mkdir -p "$OUT"
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$OUT/run.log"; }
 log "loadavg $(cat /proc/loadavg)"
-[ -d "$OUT/half" ] || { log "prune"; $T prune $DENSE --out "$OUT/half" --ratio 0.5 --format hf >> "$OUT/run.log" 2>&1; }
+[ -d "$OUT/half" ] || { log "prune"; $T prune $DENSE --out "$OUT/half" --ratio 0.5 --compensate none --format hf >> "$OUT/run.log" 2>&1; }
 for loss in kd ce kd+ce; do
   name="short-${loss/+/}"
   [ -d "$OUT/$name" ] && continue

@@ -75,7 +75,7 @@ impl PruneJob {
         if o.axis == Axis::Hidden {
             let why = if o.shots != 1 {
                 Some("runs one shot (`shots` 1)")
-            } else if o.compensate != Compensate::None {
+            } else if o.compensate == Compensate::Ls {
                 Some("has no compensation (it refits transitional widths)")
             } else if self.stats.is_some() {
                 Some("collects its own statistics of the hidden states (drop `stats`)")
@@ -125,7 +125,7 @@ impl PruneJob {
                 Some("prunes the transitional activations (`axis` transitional)")
             } else if o.recover_cmd.is_some() || o.recover.is_some() || self.resume {
                 Some("has no recovery or resume")
-            } else if o.compensate != Compensate::None {
+            } else if o.compensate == Compensate::Ls {
                 Some("has no compensation")
             } else if !self.model.is_dir() {
                 Some("reads a Hugging Face safetensors directory (convert a GGUF to one first, in f16 to keep its size)")
@@ -215,6 +215,7 @@ impl PruneJob {
         }
         report.final_recovery = outcome.final_recovery;
         report.final_held_out_perplexity = outcome.final_held_out;
+        report.seconds.held_out = outcome.seconds_held_out;
         // Seconds on the held-out text, so every report and model card says what pruning cost.
         if self.held_out {
             let t_held_out = Instant::now();
@@ -227,7 +228,7 @@ impl PruneJob {
                 None => held_out(&pruned.model)?,
             };
             report.held_out = Some(HeldOutPair { dense: held_out(&dense.model)?, pruned: pruned_ppl });
-            report.seconds.held_out = t_held_out.elapsed().as_secs_f64();
+            report.seconds.held_out += t_held_out.elapsed().as_secs_f64();
         }
         let report = self.write(report, t0, &dense.storage, dense_cfg, pruned_cfg, |dir| {
             let mut written = Vec::new();
@@ -278,6 +279,7 @@ impl PruneJob {
             seconds_prune: 0.0,
             seconds_compensate: 0.0,
             seconds_recover: 0.0,
+            seconds_held_out: 0.0,
             recovery: None,
             held_out: None,
         };

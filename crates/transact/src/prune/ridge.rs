@@ -49,14 +49,15 @@ fn cholesky(a: &[f64], n: usize) -> Result<Vec<f64>> {
     Ok(l)
 }
 
-/// Solves `L Lᵀ x = b` in place.
-fn solve_in_place(l: &[f64], n: usize, x: &mut [f64]) {
+/// Solves `L Lᵀ x = b` in place; `lt` is `Lᵀ`, so both substitutions read rows (reading `L`'s
+/// columns instead made the back substitution cache-bound: 40 s of a 512-token compensation).
+fn solve_in_place(l: &[f64], lt: &[f64], n: usize, x: &mut [f64]) {
     for i in 0..n {
-        let s: f64 = (0..i).map(|k| l[i * n + k] * x[k]).sum();
+        let s: f64 = l[i * n..i * n + i].iter().zip(&x[..i]).map(|(a, b)| a * b).sum();
         x[i] = (x[i] - s) / l[i * n + i];
     }
     for i in (0..n).rev() {
-        let s: f64 = (i + 1..n).map(|k| l[k * n + i] * x[k]).sum();
+        let s: f64 = lt[i * n + i + 1..(i + 1) * n].iter().zip(&x[i + 1..]).map(|(a, b)| a * b).sum();
         x[i] = (x[i] - s) / l[i * n + i];
     }
 }
@@ -76,6 +77,7 @@ pub fn refit(g: &Gram, w: &[f32], out: usize, damp: f64) -> Result<Vec<f32>> {
         a[i * s + i] += lambda;
     }
     let l = cholesky(&a, s)?;
+    let lt: Vec<f64> = (0..s * s).map(|ij| l[(ij % s) * s + ij / s]).collect();
     // The right-hand sides, one per output row r: (G_S· Wᵀ)[:, r] + λ W[r, kept], by one GEMM.
     let gs = Tensor::from_slice(&g.rows, (s, n), &Device::Cpu)?;
     let wt = Tensor::from_slice(w, (out, n), &Device::Cpu)?.to_dtype(DType::F64)?.t()?;
@@ -85,7 +87,7 @@ pub fn refit(g: &Gram, w: &[f32], out: usize, damp: f64) -> Result<Vec<f32>> {
         .map(|r| {
             let wr = &w[r * n..(r + 1) * n];
             let mut x: Vec<f64> = (0..s).map(|i| b[r * s + i] + lambda * wr[kept[i]] as f64).collect();
-            solve_in_place(&l, s, &mut x);
+            solve_in_place(&l, &lt, s, &mut x);
             x.into_iter().map(|v| v as f32).collect()
         })
         .collect();

@@ -83,6 +83,9 @@ pub struct ShotRecord {
     #[serde(default)]
     pub seconds_compensate: f64,
     pub seconds_recover: f64,
+    /// Measuring held-out perplexity along the shot (not part of the stages above).
+    #[serde(default)]
+    pub seconds_held_out: f64,
     /// The built-in recovery of this shot.
     #[serde(default)]
     pub recovery: Option<RecoveryRecord>,
@@ -114,6 +117,8 @@ pub struct Outcome {
     pub final_recovery: Option<RecoveryRecord>,
     /// Held-out wiki perplexity after the final recovery.
     pub final_held_out: Option<f64>,
+    /// Measuring held-out perplexity, over the shots run now and after the final recovery.
+    pub seconds_held_out: f64,
 }
 
 /// Progress of an interrupted run, stored next to the checkpoints.
@@ -184,8 +189,8 @@ pub fn run(r: PruneRun) -> Result<Outcome> {
         state = saved;
     }
     let scorer = scorer::build(o.scorer, o.alpha, o.seed);
-    let compensating = o.compensate != Compensate::None;
     let hidden_axis = o.axis == Axis::Hidden;
+    let compensating = o.compensate.applies(&r.dense.model.config, !hidden_axis, o.calib.samples * o.calib.seq_len, progress);
     let source: Option<TokenizedSource> = if scorer.needs_stats() || compensating || hidden_axis {
         Some(tokenize_source(&r.dense.tokenizer, &o.calib.source, progress)?)
     } else {
@@ -202,8 +207,13 @@ pub fn run(r: PruneRun) -> Result<Outcome> {
     let teacher = o.recover.as_ref().filter(|rec| rec.train.loss.needs_teacher()).map(|_| &r.dense.model);
     // Shots measure themselves when something besides slicing changes the weights.
     let wiki = if compensating || o.recover.is_some() { Some(corpus::load("wiki")?) } else { None };
+    // Its time is kept apart, so `compensate` and `recover` report what those stages cost.
+    let held_out_seconds = std::cell::Cell::new(0.0);
     let held_out = |m: &crate::model::Model| -> Result<Option<f64>> {
-        wiki.as_ref().map(|w| crate::train::job::held_out(m, &r.dense.tokenizer, w)).transpose()
+        let t = Instant::now();
+        let p = wiki.as_ref().map(|w| crate::train::job::held_out(m, &r.dense.tokenizer, w)).transpose();
+        held_out_seconds.set(held_out_seconds.get() + t.elapsed().as_secs_f64());
+        p
     };
 
     for shot in state.shots.len() + 1..=o.shots {
@@ -263,18 +273,20 @@ pub fn run(r: PruneRun) -> Result<Outcome> {
             *k = k.then(keep, shape);
         }
         let seconds_prune = t1.elapsed().as_secs_f64();
-        let t_comp = Instant::now();
+        let held_out_before = held_out_seconds.get();
         let mut measured = held_out(&sliced)?.map(|p| HeldOut { sliced: p, compensated: None, recovered: None });
+        let mut seconds_compensate = 0.0;
         if compensating {
             let data = data.as_ref().expect("compensation draws calibration blocks");
+            let t = Instant::now();
             sliced = compensate(m, &sliced, &keeps, data, o.calib_batch, &format!("compensate {shot}/{}", o.shots), progress)?;
+            seconds_compensate = t.elapsed().as_secs_f64();
             if let Some(h) = &mut measured {
                 h.compensated = held_out(&sliced)?;
             }
         }
-        let seconds_compensate = t_comp.elapsed().as_secs_f64();
         current = clone_with(r.dense, sliced)?;
-        let t2 = Instant::now();
+        let (t2, held_out_at_t2) = (Instant::now(), held_out_seconds.get());
         if let Some(cmd) = &o.recover_cmd {
             current = recover(&current, cmd, &r.work_dir, shot, progress)?;
         }
@@ -305,7 +317,8 @@ pub fn run(r: PruneRun) -> Result<Outcome> {
             seconds_calibrate,
             seconds_prune,
             seconds_compensate,
-            seconds_recover: t2.elapsed().as_secs_f64(),
+            seconds_recover: t2.elapsed().as_secs_f64() - (held_out_seconds.get() - held_out_at_t2),
+            seconds_held_out: held_out_seconds.get() - held_out_before,
             recovery,
             held_out: measured,
         });
@@ -338,7 +351,7 @@ pub fn run(r: PruneRun) -> Result<Outcome> {
         final_record = Some(record);
         final_held_out = held_out(&current.model)?;
     }
-    Ok(Outcome { model: current, shots: state.shots, final_recovery: final_record, final_held_out })
+    Ok(Outcome { model: current, shots: state.shots, final_recovery: final_record, final_held_out, seconds_held_out: held_out_seconds.get() })
 }
 
 /// Each recovery continues in the training text where the previous one stopped, so the shots

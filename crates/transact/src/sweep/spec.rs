@@ -312,6 +312,9 @@ impl Spec {
                     SettingError::new("ratio", format!("is the fraction removed and must lie strictly between 0 and 1, got {r} in grid `{label}`")).into()
                 );
             }
+            if compensates.contains(&Compensate::Auto) {
+                return Err(SettingError::new("compensate", format!("is `none` or `ls` in a sweep (`auto` would hide which rows compensated), in grid `{label}`")).into());
+            }
             if shots.contains(&0) {
                 return Err(SettingError::new("shots", format!("must be at least 1 in grid `{label}`")).into());
             }
@@ -413,6 +416,7 @@ mod tests {
             ("model = \"m\"\n[[grid]]\nratio = 0.5\nshots = 0", "shots"),
             ("model = \"m\"\n[[grid]]\nratio = 0.5\nrecover = \"lots\"", "recover"),
             ("model = \"m\"\n[[grid]]\nratio = []", "empty list"),
+            ("model = \"m\"\n[[grid]]\nratio = 0.5\ncompensate = [\"ls\", \"auto\"]", "compensate"),
             ("model = \"m\"", "grid"),
             ("model = \"m\"\n[eval]\ntasks = []\nppl = []\n[[grid]]\nratio = 0.5", "scores nothing"),
         ] {
