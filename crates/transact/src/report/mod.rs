@@ -59,8 +59,9 @@ pub fn write(sweep: &Path, out: &Path, force: bool) -> Result<Written> {
         let plots = dir.join("plots");
         std::fs::create_dir_all(&plots)?;
         let mut figures = Vec::new();
-        let legend = |n: usize| plots::legend_height(n, WIDTH);
-        let svg = figure!(plots, "quality", (WIDTH, 500 + legend(lines.len() + 1)), |root| plots::quality(&root, &lines, dense, &corpus));
+        let labels: Vec<&str> = lines.iter().map(|s| s.label.as_str()).chain(dense.map(|_| plots::DENSE_LABEL)).collect();
+        let height = 500 + plots::legend_height(&labels, WIDTH);
+        let svg = figure!(plots, "quality", (WIDTH, height), |root| plots::quality(&root, &lines, dense, &corpus));
         figures.push(Figure {
             name: "quality",
             caption: format!(
@@ -97,7 +98,8 @@ pub fn write(sweep: &Path, out: &Path, force: bool) -> Result<Written> {
         }
         let trained: Vec<(String, &Row)> = lines.iter().filter(|s| s.recovered).flat_map(|s| s.rows.iter().map(move |r| (run_label(s, r), *r))).collect();
         if !trained.is_empty() {
-            let svg = figure!(plots, "recovery", (WIDTH, 480 + legend(trained.len())), |root| plots::recovery(&root, &trained));
+            let height = 480 + plots::legend_height(&trained.iter().map(|t| t.0.as_str()).collect::<Vec<_>>(), WIDTH);
+            let svg = figure!(plots, "recovery", (WIDTH, height), |root| plots::recovery(&root, &trained));
             figures.push(Figure {
                 name: "recovery",
                 caption: "Recovery runs: training loss at every optimizer step against training tokens, the shots of one run joined (left), and \
