@@ -250,16 +250,12 @@ impl Model {
     /// cache): `x + attention(norm(x))` or `x + mlp(norm(x))`. Compensation refits each block's
     /// output projection on its own and so needs neither the other block's work nor its cost.
     pub fn forward_block(&self, l: usize, block: Block, x: &Tensor) -> Result<Tensor> {
-        let cfg = &self.config;
         let w = &self.weights.layers[l];
-        match block {
-            Block::Attention => {
-                let rope = RopeTables::new(cfg.layers[l].head_dim, cfg.rope_theta, 0, x.dim(1)?, &self.device)?;
-                let xb = rms_norm(x, &w.attn_norm, cfg.rms_eps as f32)?;
-                host::add(x, &self.attention(l, &xb, &rope, None, None, None)?)
-            }
-            Block::Mlp => host::add(x, &self.mlp(l, &rms_norm(x, &w.mlp_norm, cfg.rms_eps as f32)?, None)?),
-        }
+        let out = match block {
+            Block::Attention => &w.o_proj,
+            Block::Mlp => &w.down_proj,
+        };
+        host::add(x, &linear(&self.transitional(l, block, x)?, out)?)
     }
 
     /// The transitional activation of `block` of layer `l` on hidden states `x` `[b, t, hidden]`

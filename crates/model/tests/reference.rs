@@ -5,6 +5,7 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng, rngs::StdRng};
+use transact_model::forward::Block;
 use transact_model::weights::{TensorRole, Weights};
 use transact_model::{KvCache, KvDtype, KvStorage, LayerShape, Logits, Model, ModelConfig, RopeLayout, reference};
 
@@ -157,5 +158,26 @@ fn the_fast_forward_and_decode_compute_the_reference() {
             let (d, mx) = max_diff(&Tensor::cat(&parts, 1).unwrap().squeeze(0).unwrap(), &want.get(0).unwrap());
             assert!(d <= 0.05 * mx, "KV {kv:?}: max |Δlogit| {d} of {mx}");
         }
+    }
+}
+
+/// A layer run one residual block at a time (`forward_block`, which compensation uses) computes
+/// what the whole layer does, on every layer shape of a varied model (GQA, pruned head dims).
+#[test]
+fn a_layer_block_by_block_is_the_whole_layer() {
+    let cfg = config(true, RopeLayout::HalfSplit, 64, 16, 96, 80);
+    let (w, _) = random_weights(&cfg, DType::F32, 7);
+    let mut rng = StdRng::seed_from_u64(8);
+    let x: Vec<f32> = (0..2 * 5 * cfg.hidden_size).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect();
+    let x = Tensor::from_vec(x, (2, 5, cfg.hidden_size), &Device::Cpu).unwrap();
+    for l in 0..cfg.n_layers() {
+        let one = Model::single_layer(&cfg, l, w.layers[l].clone()).unwrap();
+        let whole = one.forward_layers(&x, None).unwrap();
+        let mid = one.forward_block(0, Block::Attention, &x).unwrap();
+        let blocks = one.forward_block(0, Block::Mlp, &mid).unwrap();
+        let (abs, _) = max_diff(&whole, &blocks);
+        assert!(abs < 1e-5, "layer {l}: max |Δ| {abs}");
+        assert_eq!(one.transitional(0, Block::Mlp, &mid).unwrap().dims(), [2, 5, cfg.layers[l].mlp_width]);
+        assert_eq!(one.transitional(0, Block::Attention, &x).unwrap().dims(), [2, 5, cfg.layers[l].mha_width()]);
     }
 }
