@@ -57,12 +57,9 @@ pub struct EvalArgs {
 }
 
 fn pack_tokens(s: &str) -> Result<usize, String> {
-    let max = transact::eval::metrics::MAX_PACK_TOKENS;
-    match s.parse::<usize>() {
-        Ok(n) if n > max => Err(format!("must be at most {max}")),
-        Ok(n) => Ok(n),
-        Err(e) => Err(e.to_string()),
-    }
+    let n = s.parse::<usize>().map_err(|e| e.to_string())?;
+    transact::eval::metrics::check_pack_tokens(n).map_err(|e| e.to_string())?;
+    Ok(n)
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {

@@ -77,13 +77,19 @@ pub const PACK_TOKENS: usize = 1024;
 /// bytes (1.6 GB at 8192 rows of a 49K vocabulary).
 pub const MAX_PACK_TOKENS: usize = 8192;
 
+/// Refuses a `pack_tokens` above [`MAX_PACK_TOKENS`] (front ends call it before loading a model).
+pub fn check_pack_tokens(pack_tokens: usize) -> std::result::Result<(), crate::SettingError> {
+    if pack_tokens > MAX_PACK_TOKENS {
+        return Err(crate::SettingError::new("pack_tokens", format!("must be at most {MAX_PACK_TOKENS}, got {pack_tokens}")));
+    }
+    Ok(())
+}
+
 /// Scores every doc of `task` (contexts longer than `max_len` are left-truncated). Docs are
 /// packed into forward passes of up to `pack_tokens` tokens ([`score_packed`]); a longer doc, or
 /// every doc with `pack_tokens` 0, runs on its own with its prefix in a KV cache ([`score_group`]).
 pub fn run_task(model: &Model, tok: &Tokenizer, task: &Task, max_len: usize, pack_tokens: usize, progress: &dyn Progress) -> Result<TaskResult> {
-    if pack_tokens > MAX_PACK_TOKENS {
-        return Err(crate::SettingError::new("pack_tokens", format!("must be at most {MAX_PACK_TOKENS}, got {pack_tokens}")).into());
-    }
+    check_pack_tokens(pack_tokens)?;
     let t0 = std::time::Instant::now();
     progress.start(&task.name, task.docs.len() as u64);
     let (mut acc, mut acc_norm, mut logliks) = (Vec::new(), Vec::new(), Vec::new());

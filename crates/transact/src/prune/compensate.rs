@@ -52,7 +52,7 @@ impl Compensate {
             Compensate::None => false,
             Compensate::Ls => true,
             Compensate::Auto => {
-                let needed = MIN_TOKENS_PER_INPUT * widest_input(config);
+                let needed = tokens_needed(config);
                 let enough = tokens >= needed;
                 if transitional && !enough {
                     progress.note(&format!(
@@ -65,9 +65,10 @@ impl Compensate {
     }
 }
 
-/// The most inputs any refit output has: the widest attention or MLP of `config`.
-fn widest_input(config: &ModelConfig) -> usize {
-    config.layers.iter().map(|s| s.mha_width().max(s.mlp_width)).max().unwrap_or(0)
+/// Calibration tokens below which the refits of `config` overfit: [`MIN_TOKENS_PER_INPUT`] for
+/// each input of the widest refit (the widest attention or MLP).
+fn tokens_needed(config: &ModelConfig) -> usize {
+    MIN_TOKENS_PER_INPUT * config.layers.iter().map(|s| s.mha_width().max(s.mlp_width)).max().unwrap_or(0)
 }
 
 /// Below this many calibration tokens per refit input the least squares overfit (measured on
@@ -116,12 +117,12 @@ pub fn compensate(before: &Model, sliced: &Model, keeps: &[LayerKeep], data: &Ca
     let ids: Vec<u32> = data.blocks.iter().flatten().copied().collect();
     let embed = before.weights.embed.to_dtype(DType::F32)?;
     let mut h = embed.index_select(&Tensor::new(ids, device)?, 0)?.reshape((n, len, before.config.hidden_size))?;
-    let widest = widest_input(&before.config);
-    if n * len < MIN_TOKENS_PER_INPUT * widest {
+    let needed = tokens_needed(&before.config);
+    if n * len < needed {
         progress.note(&format!(
-            "note: compensation fits up to {widest} inputs per output from {} calibration tokens; below {} it tends to overfit and can hurt (raise `samples` or `seq_len`)",
-            n * len,
-            MIN_TOKENS_PER_INPUT * widest
+            "note: compensation fits up to {} inputs per output from {} calibration tokens; below {needed} it tends to overfit and can hurt (raise `samples` or `seq_len`)",
+            needed / MIN_TOKENS_PER_INPUT,
+            n * len
         ));
     }
     let mut weights = sliced.weights.clone();
