@@ -70,7 +70,8 @@ pub struct PruneArgs {
     /// Built-in recovery between shots: training tokens in all (K/M/B suffixes), distilling from
     /// the input model as `transact train` does (batch 4 × 2 × 256). Shot i of K trains on
     /// p/2 + p·(i−1)/(K−1) tokens (p = TOKENS / K) at peak lr × 2i/K, as the paper splits its
-    /// 1B tokens; one shot gets them all at --recover-lr [default: none].
+    /// 1B tokens, in whole steps that add up to TOKENS rounded up to a step; one shot gets them
+    /// all at --recover-lr [default: none].
     #[arg(long, value_parser = common::count)]
     recover: Option<u64>,
     /// Built-in recovery after the last shot: training tokens at --recover-lr [default: none].

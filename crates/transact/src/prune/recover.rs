@@ -7,6 +7,10 @@
 //! `lr · 2i/K` (the paper's `5e-5 · 2i/K`; the mean over the shots is about `lr`). One shot
 //! gets the whole budget at `lr`. The final recovery trains at `lr`. Every run starts a fresh
 //! optimizer, as the paper's per-shot runs do.
+//!
+//! The split is made in whole optimizer steps, so K shots train on exactly as many tokens as one
+//! shot with the same budget: the budget rounds up to whole steps once and is apportioned by
+//! largest remainders (a shot whose share is under a step may train on nothing).
 
 use serde::{Deserialize, Serialize};
 
@@ -26,14 +30,27 @@ pub struct Recovery {
 }
 
 impl Recovery {
-    /// Tokens of shot `shot` (1-based) of `shots`.
+    /// Tokens of shot `shot` (1-based) of `shots`: a whole number of optimizer steps; over all
+    /// the shots, the budget rounded up to whole steps.
     pub fn shot_tokens(&self, shot: usize, shots: usize) -> u64 {
-        if shots == 1 {
-            return self.tokens;
+        let step = self.train.tokens_per_step().max(1);
+        let steps = self.tokens.div_ceil(step);
+        if shots <= 1 {
+            return steps * step;
         }
-        let (k, i) = (shots as f64, shot as f64);
-        let p = self.tokens as f64 / k;
-        (p / 2.0 + p * (i - 1.0) / (k - 1.0)).round() as u64
+        // Shot i's share of the steps is (1/2 + (i−1)/(K−1)) / K (the shares sum to 1). Each
+        // shot gets its share rounded down, and the steps left over go to the largest fractions,
+        // later shots first on ties, so a later shot never gets fewer steps than an earlier one.
+        let k = shots as f64;
+        let exact: Vec<f64> = (0..shots).map(|i| steps as f64 * (0.5 + i as f64 / (k - 1.0)) / k).collect();
+        let mut whole: Vec<u64> = exact.iter().map(|e| e.floor() as u64).collect();
+        let left = steps.saturating_sub(whole.iter().sum());
+        let mut by_fraction: Vec<usize> = (0..shots).collect();
+        by_fraction.sort_by(|&a, &b| (exact[b] - exact[b].floor()).total_cmp(&(exact[a] - exact[a].floor())).then(b.cmp(&a)));
+        for &i in by_fraction.iter().take(left as usize) {
+            whole[i] += 1;
+        }
+        whole[shot - 1] * step
     }
 
     /// The training settings of shot `shot`'s recovery, or `None` when it trains nothing.
@@ -76,13 +93,23 @@ mod tests {
 
     #[test]
     fn the_split_follows_the_paper_and_sums_to_the_budget() {
+        let step = TrainOptions::default().tokens_per_step();
         let r = recovery(1_000_000_000);
         let t: Vec<u64> = (1..=8).map(|i| r.shot_tokens(i, 8)).collect();
-        assert_eq!(t[0], 62_500_000);
-        assert_eq!(t[7], 187_500_000);
-        assert_eq!(t.iter().sum::<u64>(), 1_000_000_000);
+        let whole = 1_000_000_000u64.div_ceil(step) * step;
+        assert!(t[0].abs_diff(62_500_000) < step && t[7].abs_diff(187_500_000) < step, "{t:?}");
+        assert_eq!(t.iter().sum::<u64>(), whole);
         assert!(t.windows(2).all(|w| w[0] < w[1]));
-        assert_eq!(recovery(100_000).shot_tokens(1, 1), 100_000);
+        // K shots train on exactly the tokens one shot does, whole steps each, for any budget.
+        for tokens in [1, 100_000, 100_352, 1_234_567] {
+            for k in 1..=12 {
+                let t: Vec<u64> = (1..=k).map(|i| recovery(tokens).shot_tokens(i, k)).collect();
+                assert!(t.iter().all(|n| n % step == 0), "{tokens} {k}: {t:?}");
+                assert_eq!(t.iter().sum::<u64>(), recovery(tokens).shot_tokens(1, 1), "{tokens} {k}: {t:?}");
+                assert!(t.windows(2).all(|w| w[0] <= w[1]), "{tokens} {k}: {t:?}");
+            }
+        }
+        assert_eq!(recovery(100_000).shot_tokens(1, 1), 100_352);
         let lr = |i| r.shot_options(i, 8).unwrap().lr;
         assert!((lr(1) - 3e-4 / 4.0).abs() < 1e-12 && (lr(8) - 6e-4).abs() < 1e-12);
         assert_eq!(recovery(100_000).shot_options(1, 1).unwrap().lr, 3e-4);
