@@ -111,6 +111,24 @@ pub fn exp_minus_max(s: &mut [f32]) -> (f32, f32) {
     (max, sum)
 }
 
+/// `(ln Σ_j e^(s_j), the first j with the largest s_j)` of one row of logits: a token's
+/// log-probability is `s_t − ln Σ`. The terms are summed in f64. A NaN anywhere gives a NaN sum.
+pub fn log_sum_exp_argmax(s: &[f32]) -> (f64, u32) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::avx2() {
+        // SAFETY: AVX2 and FMA were detected.
+        return unsafe { crate::simd::log_sum_exp_argmax(s) };
+    }
+    let (mut best, mut arg) = (f32::NEG_INFINITY, 0);
+    for (i, &v) in s.iter().enumerate() {
+        if v > best {
+            (best, arg) = (v, i as u32);
+        }
+    }
+    let sum: f64 = s.iter().map(|&v| ((v - best) as f64).exp()).sum();
+    (best as f64 + sum.ln(), arg)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,5 +209,29 @@ mod tests {
         let up: Vec<f32> = x.iter().map(|v| v * 0.5 + 1.0).collect();
         let want: Vec<f32> = x.iter().zip(&up).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
         assert!(close(&silu_mul(&x, &up), &want, 1e-5));
+    }
+
+    #[test]
+    fn log_sum_exp_and_argmax_match_f64() {
+        let mut seed = 7u64;
+        for n in [1, 7, 8, 9, 100, 49_152] {
+            let row: Vec<f32> = (0..n)
+                .map(|_| {
+                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 40.0
+                })
+                .collect();
+            let best = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let want = best as f64 + row.iter().map(|&v| (v as f64 - best as f64).exp()).sum::<f64>().ln();
+            let (got, arg) = log_sum_exp_argmax(&row);
+            assert!((got - want).abs() < 1e-6 * want.abs().max(1.0), "{n}: {got} vs {want}");
+            assert_eq!(arg as usize, row.iter().position(|&v| v == best).unwrap(), "{n}");
+        }
+        // Ties give the first; a NaN gives NaN; -inf everywhere but one place is that place.
+        assert_eq!(log_sum_exp_argmax(&[1.0, 3.0, 3.0, 0.0, 3.0, 0.0, 0.0, 0.0, 3.0]).1, 1);
+        assert!(log_sum_exp_argmax(&[1.0, f32::NAN, 2.0]).0.is_nan());
+        let mut row = vec![f32::NEG_INFINITY; 20];
+        row[13] = 2.5;
+        assert_eq!(log_sum_exp_argmax(&row), (2.5, 13));
     }
 }

@@ -120,7 +120,7 @@ pub fn score_packed(model: &Model, docs: &[Vec<Encoded>]) -> Result<Vec<Vec<Scor
     // Per needed row: log-sum-exp and argmax over the vocabulary.
     let stats: Vec<(f64, u32)> = {
         use rayon::prelude::*;
-        logits.par_chunks(vocab).map(row_stats).collect()
+        logits.par_chunks(vocab).map(transact_kernels::elementwise::log_sum_exp_argmax).collect()
     };
     wanted
         .into_iter()
@@ -139,18 +139,6 @@ pub fn score_packed(model: &Model, docs: &[Vec<Encoded>]) -> Result<Vec<Vec<Scor
                 .collect()
         })
         .collect()
-}
-
-/// Log-sum-exp (in f64) and the first argmax of one row of logits.
-fn row_stats(row: &[f32]) -> (f64, u32) {
-    let (mut best, mut arg) = (f32::NEG_INFINITY, 0);
-    for (i, &v) in row.iter().enumerate() {
-        if v > best {
-            (best, arg) = (v, i as u32);
-        }
-    }
-    let sum: f64 = row.iter().map(|&v| ((v - best) as f64).exp()).sum();
-    (best as f64 + sum.ln(), arg)
 }
 
 /// Scores all requests of one doc together.
