@@ -86,6 +86,11 @@ pub struct PruneArgs {
     /// Training text of the built-in recovery (as `transact train --data`).
     #[arg(long, default_value = "mix")]
     recover_data: String,
+    /// Keep the distillation teacher's final hidden states in this folder (2.3 KB per training
+    /// token for SmolLM2) and read them back in later runs on the same text: those compute only
+    /// the teacher's LM head, with identical results [default: none].
+    #[arg(long)]
+    teacher_cache: Option<PathBuf>,
     /// After slicing, refit the kept columns of every o_proj and down_proj in closed form so
     /// each module's output matches the unpruned one on the calibration tokens (`ls`: ridge
     /// least squares, layer by layer on the pruned model's own inputs; costs about three forward
@@ -154,6 +159,7 @@ pub fn run(a: PruneArgs) -> Result<()> {
         resume: a.resume,
         stream: a.stream,
         held_out: true,
+        teacher_cache: a.teacher_cache,
     };
     let r = job.run(&Bars::new())?;
     let (b, f) = (&r.before, &r.after);

@@ -18,6 +18,11 @@ pub struct TrainArgs {
     /// The dense model to distil from (same tokenizer), run online without gradients.
     #[arg(long)]
     teacher: Option<crate::ModelPath>,
+    /// Keep the teacher's final hidden states in this folder (2.3 KB per training token for
+    /// SmolLM2) and read them back in later runs on the same text: those compute only the
+    /// teacher's LM head, with identical results [default: none].
+    #[arg(long)]
+    teacher_cache: Option<PathBuf>,
     /// Training loss [default: kd with --teacher, ce without].
     #[arg(long, value_parser = choice::<LossKind>())]
     loss: Option<LossKind>,
@@ -121,6 +126,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         },
         resume: a.resume,
         force: a.output.force,
+        teacher_cache: a.teacher_cache,
     };
     let r = job.run(&Bars::new())?;
     println!("trained {} → {}", r.input.path, job.out.display());

@@ -358,6 +358,17 @@ impl Model {
         Ok(m)
     }
 
+    /// The LM head on final normalised hidden states `x` (`[.., hidden]`, as [`Logits::None`]
+    /// returns them): `forward(.., Logits::All)` is `head(forward(.., Logits::None))`, bit for
+    /// bit. A distillation teacher whose hidden states are kept on disk runs only this.
+    pub fn head(&self, x: &Tensor) -> Result<Tensor> {
+        let run = || linear(x, self.weights.lm_head.as_ref().unwrap_or(&self.weights.embed));
+        if matches!(self.device, Device::Cpu) && rayon::current_thread_index().is_none() {
+            return rayon::scope(|_| run());
+        }
+        run()
+    }
+
     /// Convenience: logits `[t, vocab]` for one sequence, no cache.
     pub fn logits(&self, ids: &[u32]) -> Result<Tensor> {
         let tokens = Tensor::new(ids, &self.device)?.unsqueeze(0)?;

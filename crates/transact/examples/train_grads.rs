@@ -42,7 +42,8 @@ fn main() -> Result<()> {
     let (s, t) = (load_model(&PathBuf::from(student), &Device::Cpu)?, load_model(&PathBuf::from(teacher), &Device::Cpu)?);
     let text = TrainText::load(&s.tokenizer, &flag("--data", "mix"), o.seq_len, Some(&t.model), o.seed, &Silent)?;
     let tokens: Vec<Vec<u32>> = text.sequences(o.seed, 0, o.batch).chunks(o.seq_len).map(<[u32]>::to_vec).collect();
-    let mut trainer = Trainer::new(&s.model, Some(&t.model), &text, &o)?;
+    let teacher = transact::train::Teacher::new(&t.model);
+    let mut trainer = Trainer::new(&s.model, Some(&teacher), &text, &o)?;
     let m = trainer.accumulate(0, 1.0)?;
     let norms: BTreeMap<String, f64> = trainer
         .opt

@@ -204,6 +204,7 @@ pub fn job(out: &Path, shots: usize, stats: Option<std::path::PathBuf>, recover:
         resume: false,
         stream: false,
         held_out: true,
+        teacher_cache: None,
     }
 }
 

@@ -57,6 +57,7 @@ fn job(out: &Path, o: TrainOptions) -> TrainJob {
         options: o,
         resume: false,
         force: false,
+        teacher_cache: None,
     }
 }
 
@@ -134,7 +135,12 @@ fn resume_after_a_crash_is_bit_identical() {
     let d = scratch();
     let (straight, resumed) = (d.path().join("straight"), d.path().join("resumed"));
     let o = TrainOptions { checkpoint_every: Some(2), loss: LossKind::KdCe, ..options(4) };
-    job(&straight, o.clone()).run(&Silent).unwrap();
+    // The straight run fills a teacher cache that the resumed one reads: the resumed run's
+    // identical bytes also show that cached teacher logits are the computed ones.
+    let cache = d.path().join("teacher-cache");
+    let straight_report = TrainJob { teacher_cache: Some(cache.clone()), ..job(&straight, o.clone()) }.run(&Silent).unwrap();
+    let counts = |r: &transact::train::TrainReport| r.teacher_cache.as_ref().map(|c| (c.hits, c.misses));
+    assert_eq!(counts(&straight_report), Some((0, 8)), "4 steps × 2 micro-batches, all computed");
 
     let crash = CrashAfter { steps: 2, training: AtomicBool::new(false), done: AtomicU64::new(0) };
     let first = job(&resumed, o.clone());
@@ -150,8 +156,10 @@ fn resume_after_a_crash_is_bit_identical() {
     let e = TrainJob { resume: true, ..job(&resumed, TrainOptions { lr: 1e-3, ..o.clone() }) }.run(&Silent).unwrap_err();
     assert!(format!("{e:#}").contains("`lr` differs"), "{e:#}");
 
-    let r = TrainJob { resume: true, ..job(&resumed, o) }.run(&Silent).unwrap();
+    let r = TrainJob { resume: true, teacher_cache: Some(cache), ..job(&resumed, o) }.run(&Silent).unwrap();
     assert_eq!(r.resumed_from_step, Some(2));
+    assert_eq!(counts(&r), Some((4, 0)), "steps 3 and 4 read the straight run's teacher states");
+    assert!(r.flops_per_token < straight_report.flops_per_token, "cached micro-batches run only the teacher's LM head");
     let same_bytes = |f: &str| std::fs::read(straight.join(f)).unwrap() == std::fs::read(resumed.join(f)).unwrap();
     assert!(same_bytes("model.safetensors"), "final weights differ after resume");
     let key = |s: &StepRecord| (s.step, s.tokens, s.loss.to_bits(), s.kd.map(f64::to_bits), s.ce.map(f64::to_bits), s.lr.to_bits(), s.grad_norm.to_bits());
@@ -223,4 +231,33 @@ fn text_sampled_from_the_teacher_is_seeded_and_trains() {
         r.data.sha256
     };
     assert_eq!(run("a"), run("b"), "the same seed samples the same text");
+}
+
+/// The teacher's cached hidden states give bit for bit the logits of its full forward; a damaged
+/// cache file is noticed and recomputed.
+#[test]
+fn a_cached_teacher_gives_the_logits_of_its_forward() {
+    let d = scratch();
+    let dense = load_model(&gguf_path(), &Device::Cpu).unwrap();
+    let sha = transact::model::io::load::model_sha256(&gguf_path()).unwrap();
+    let ids: Vec<u32> = (0..2 * 24).map(|i| (i * 7919 % 49_000) as u32).collect();
+    let tokens = candle_core::Tensor::from_vec(ids.clone(), (2, 24), &Device::Cpu).unwrap();
+    let want = dense.model.forward(&tokens, None, transact::model::Logits::All).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let teacher = transact::train::Teacher::cached(&dense.model, &sha, d.path()).unwrap();
+    let logits = || teacher.logits(&tokens, &ids).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&logits()), bits(&want), "computed, then stored");
+    assert_eq!(bits(&logits()), bits(&want), "read back");
+    assert_eq!(teacher.cache_counts(), Some((1, 1)));
+    // One flipped byte, and then a truncated file: each is recomputed, never used.
+    let file = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().path()).find(|p| p.extension().is_some_and(|e| e == "f32")).unwrap();
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[100] ^= 0x40;
+    std::fs::write(&file, &bytes).unwrap();
+    assert_eq!(bits(&logits()), bits(&want), "a damaged file");
+    std::fs::write(&file, &bytes[..1000]).unwrap();
+    assert_eq!(bits(&logits()), bits(&want), "a short file");
+    assert_eq!(teacher.cache_counts(), Some((1, 3)));
+    assert_eq!(bits(&logits()), bits(&want), "the file was rewritten");
+    assert_eq!(teacher.cache_counts(), Some((2, 3)));
 }

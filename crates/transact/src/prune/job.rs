@@ -51,6 +51,9 @@ pub struct PruneJob {
     /// Measure the held-out perplexity of the input and the written model for the report (a
     /// sweep, which evaluates every model itself, skips it).
     pub held_out: bool,
+    /// A folder for the distillation teacher's final hidden states, shared by recovering runs
+    /// on the same text (see [`crate::train::teacher`]).
+    pub teacher_cache: Option<PathBuf>,
 }
 
 fn refuse(setting: &'static str, problem: impl Into<String>) -> Result<()> {
@@ -205,6 +208,7 @@ impl PruneJob {
             hidden_width,
             work_dir: work_dir.clone(),
             resume: self.resume,
+            teacher_cache: self.teacher_cache.clone(),
             progress,
         })?;
         let pruned = outcome.model;

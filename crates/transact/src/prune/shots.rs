@@ -20,6 +20,7 @@ use crate::calibrate::blocks::{CalibSpec, TokenizedSource, tokenize_source};
 use crate::data::corpus;
 use crate::train::recover::{RecoveryRecord, train_in_memory};
 use crate::train::text::TrainText;
+use crate::train::teacher::Teacher;
 use crate::model::io::atomic;
 use crate::model::io::hf_write::write_hf;
 use crate::model::io::save_dtype::SaveDtype;
@@ -142,6 +143,8 @@ pub struct PruneRun<'a> {
     /// Where per-shot checkpoints live (needed for `resume`).
     pub work_dir: PathBuf,
     pub resume: bool,
+    /// Where the teacher of a KD recovery keeps its hidden states, if anywhere.
+    pub teacher_cache: Option<PathBuf>,
     pub progress: &'a dyn Progress,
 }
 
@@ -204,7 +207,12 @@ pub fn run(r: PruneRun) -> Result<Outcome> {
         None => None,
     };
     let final_recovery = o.recover.as_ref().and_then(|rec| rec.final_options());
-    let teacher = o.recover.as_ref().filter(|rec| rec.train.loss.needs_teacher()).map(|_| &r.dense.model);
+    let teacher = match (o.recover.as_ref().filter(|rec| rec.train.loss.needs_teacher()), &r.teacher_cache) {
+        (None, _) => None,
+        (Some(_), None) => Some(Teacher::new(&r.dense.model)),
+        (Some(_), Some(dir)) => Some(Teacher::cached(&r.dense.model, r.dense_sha256, dir)?),
+    };
+    let teacher = teacher.as_ref();
     // Shots measure themselves when something besides slicing changes the weights.
     let wiki = if compensating || o.recover.is_some() { Some(corpus::load("wiki")?) } else { None };
     // Its time is kept apart, so `compensate` and `recover` report what those stages cost.

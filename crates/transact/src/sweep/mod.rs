@@ -267,6 +267,8 @@ impl Sweep {
             stream: false,
             // Every row is evaluated on the full protocol; the trained shots still measure it.
             held_out: false,
+            // Every recovering row trains on the same text against the same dense model.
+            teacher_cache: Some(self.out.join("teacher-cache")),
         };
         // A run killed inside its recovery goes on from its last finished shot.
         job.resume = job.work_dir().join("state.json").exists();

@@ -17,6 +17,7 @@ use super::checkpoint::{self, CheckpointState, LOG};
 use super::log::{self, StepRecord};
 use super::options::TrainOptions;
 use super::plot;
+use super::teacher::Teacher;
 use super::text::{TextSummary, TrainText};
 use super::trainer::Trainer;
 use crate::SettingError;
@@ -61,6 +62,9 @@ pub struct TrainJob {
     /// Continue from the checkpoint an interrupted run with the same settings left.
     pub resume: bool,
     pub force: bool,
+    /// A folder for the teacher's final hidden states, shared by runs on the same text
+    /// ([`super::teacher`]): a later run computes only the teacher's LM head.
+    pub teacher_cache: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -68,6 +72,13 @@ pub struct EvalPoint {
     pub step: u64,
     pub tokens: u64,
     pub wiki_perplexity: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CacheCounts {
+    pub dir: String,
+    pub hits: u64,
+    pub misses: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -98,8 +109,12 @@ pub struct TrainReport {
     pub tokens_per_s: f64,
     /// The teacher's share of the step time.
     pub teacher_fraction: f64,
-    /// Model FLOPs per training token: 6 × trainable parameters (forward and backward), plus
-    /// 2 × the teacher's parameters when it runs (attention and the loss not counted).
+    /// With a teacher cache, the micro-batches of this session whose hidden states were read
+    /// from it (only the LM head ran) and computed.
+    pub teacher_cache: Option<CacheCounts>,
+    /// FLOPs per training token: 6 × trainable parameters (forward and backward), plus 2 × the
+    /// teacher's parameters where it runs (its LM head alone on cached micro-batches; attention
+    /// and the loss not counted).
     pub flops_per_token: f64,
     /// `flops_per_token` × tokens/s, in GFLOP/s.
     pub achieved_gflops: f64,
@@ -190,7 +205,12 @@ impl TrainJob {
         };
         let fingerprint = self.fingerprint(&student_sha, teacher_input.as_ref(), &text)?;
 
-        let mut trainer = Trainer::new(&student.model, teacher.as_ref().map(|t| &t.model), &text, o)?;
+        let teacher = match (&teacher, &teacher_input, &self.teacher_cache) {
+            (Some(t), Some(input), Some(dir)) => Some(Teacher::cached(&t.model, &input.sha256, dir)?),
+            (Some(t), ..) => Some(Teacher::new(&t.model)),
+            _ => None,
+        };
+        let mut trainer = Trainer::new(&student.model, teacher.as_ref(), &text, o)?;
         let work = self.work_dir();
         let (ckpt, log_path) = (work.join("checkpoint"), work.join(LOG));
         let mut seconds_before = 0.0;
@@ -249,10 +269,19 @@ impl TrainJob {
         let seconds_training = seconds_before + t_train.elapsed().as_secs_f64();
         let records = log::read(&log_path)?;
         let roof = crate::bench::roof::gemm(&self.device).ok();
-        let teacher_params: usize = teacher.as_ref().map_or(0, |t| {
-            TensorRole::all(&t.model.config).iter().filter_map(|r| t.model.weights.get(*r)).map(|w| w.elem_count()).sum()
+        let cache = teacher.as_ref().and_then(|t| t.cache_counts());
+        let teacher_params = teacher.as_ref().map_or(0.0, |t| {
+            let m = &t.model;
+            let all: usize = TensorRole::all(&m.config).iter().filter_map(|r| m.weights.get(*r)).map(|w| w.elem_count()).sum();
+            match cache {
+                Some((hits, misses)) if hits > 0 => {
+                    let head = m.config.hidden_size * m.config.vocab_size;
+                    (hits * head as u64 + misses * all as u64) as f64 / (hits + misses) as f64
+                }
+                _ => all as f64,
+            }
         });
-        let flops_per_token = 6.0 * trainer.trainable_params() as f64 + 2.0 * teacher_params as f64;
+        let flops_per_token = 6.0 * trainer.trainable_params() as f64 + 2.0 * teacher_params;
         let tokens_per_s = (records.len() as u64 * o.tokens_per_step()) as f64 / records.iter().map(|r| r.seconds).sum::<f64>().max(1e-9);
         let achieved_gflops = flops_per_token * tokens_per_s / 1e9;
         let evals: Vec<EvalPoint> = before
@@ -291,6 +320,7 @@ impl TrainJob {
             seconds_total: 0.0,
             tokens_per_s,
             teacher_fraction: records.iter().map(|r| r.teacher_seconds).sum::<f64>() / records.iter().map(|r| r.seconds).sum::<f64>().max(1e-9),
+            teacher_cache: cache.zip(self.teacher_cache.as_ref()).map(|((hits, misses), dir)| CacheCounts { dir: dir.display().to_string(), hits, misses }),
             flops_per_token,
             achieved_gflops,
             gemm_roof_gflops: roof,

@@ -12,8 +12,10 @@ pub mod options;
 pub mod plot;
 pub mod recover;
 pub mod sampled;
+pub mod teacher;
 pub mod text;
 pub mod trainer;
 
 pub use job::{TrainJob, TrainReport};
 pub use options::{Budget, LossKind, ParamGroup, Schedule, TrainOptions};
+pub use teacher::Teacher;

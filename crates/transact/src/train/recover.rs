@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::job::{mean_loss, status};
 use super::options::TrainOptions;
+use super::teacher::Teacher;
 use super::text::TrainText;
 use super::trainer::Trainer;
 use crate::model::forward::Model;
@@ -39,7 +40,7 @@ pub struct RecoveryRecord {
 /// `text`, from its sequence `first_sequence` on, and returns the trained model.
 pub fn train_in_memory(
     student: &Model,
-    teacher: Option<&Model>,
+    teacher: Option<&Teacher>,
     text: &TrainText,
     first_sequence: u64,
     options: &TrainOptions,

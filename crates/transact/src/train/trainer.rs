@@ -13,9 +13,10 @@ use super::fused_loss::fused_loss;
 use super::log::StepRecord;
 use super::loss::{Loss, TeacherTargets, loss};
 use super::options::TrainOptions;
+use super::teacher::Teacher;
 use super::text::TrainText;
 use crate::model::config::ModelConfig;
-use crate::model::forward::{Logits, Model};
+use crate::model::forward::Model;
 use crate::model::fused::Fused;
 use crate::model::reference;
 use crate::model::weights::{TensorRole, Weights};
@@ -27,7 +28,7 @@ pub struct Trainer<'a> {
     weights: Weights,
     pub opt: AdamW,
     options: &'a TrainOptions,
-    teacher: Option<&'a Model>,
+    teacher: Option<&'a Teacher<'a>>,
     text: &'a TrainText,
     pub frozen_params: usize,
     /// Sequences of the text skipped before step 1 (a run that continues where another stopped).
@@ -36,7 +37,7 @@ pub struct Trainer<'a> {
 
 impl<'a> Trainer<'a> {
     /// A trainer for `student` (its weights are copied: the model passed in does not change).
-    pub fn new(student: &Model, teacher: Option<&'a Model>, text: &'a TrainText, options: &'a TrainOptions) -> Result<Self> {
+    pub fn new(student: &Model, teacher: Option<&'a Teacher<'a>>, text: &'a TrainText, options: &'a TrainOptions) -> Result<Self> {
         let cfg = student.config.clone();
         let mut params = Vec::new();
         let mut frozen_params = 0;
@@ -86,7 +87,7 @@ impl<'a> Trainer<'a> {
         let teacher_logits = match (self.teacher, o.loss.needs_teacher()) {
             (Some(t), true) => {
                 let t1 = Instant::now();
-                let logits = t.forward(&tokens, None, Logits::All)?;
+                let logits = t.logits(&tokens, &ids)?;
                 m.teacher_seconds = t1.elapsed().as_secs_f64();
                 Some(logits)
             }
