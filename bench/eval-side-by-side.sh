@@ -20,13 +20,13 @@ if [[ $# -gt 0 && $1 != -- ]]; then MODEL=$1; shift; fi
 BIN=${TRANSACT_BIN:-$ROOT/target/release/transact}
 VENV=${EVAL_VENV:-/tmp/evalvenv}
 [[ -x $BIN ]] || { echo "no transact binary at $BIN (cargo build --release, or set TRANSACT_BIN)" >&2; exit 2; }
-if ! "$VENV/bin/python" -c "import torch, transformers, lm_eval" 2>/dev/null; then
-    echo "installing torch (CPU), transformers and lm-eval 0.4.13 into $VENV" >&2
+if ! "$VENV/bin/python" -c "import torch, transformers, accelerate, lm_eval" 2>/dev/null; then
+    echo "installing torch (CPU), transformers, accelerate and lm-eval 0.4.13 into $VENV" >&2
     python3 -m venv "$VENV"
     if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
         "$VENV/bin/pip" install -q torch --index-url https://download.pytorch.org/whl/cpu || "$VENV/bin/pip" install -q torch
     fi
-    "$VENV/bin/pip" install -q transformers "lm-eval==0.4.13"
+    "$VENV/bin/pip" install -q transformers accelerate "lm-eval==0.4.13"
 fi
 if [[ -n ${EVAL_WORK:-} ]]; then
     WORK=$EVAL_WORK && mkdir -p "$WORK"
