@@ -51,9 +51,10 @@ pub(crate) use figure;
 
 const FONT: &str = "sans-serif";
 
-/// The colour of series `i`; the trained and untrained variants of one setting share it.
+/// The colour of series `i`; the trained and untrained variants of one setting share it. Twenty
+/// colours: the paper grid's recovery figure alone has twelve series.
 pub fn color(i: usize) -> RGBColor {
-    const COLORS: [RGBColor; 10] = [
+    const COLORS: [RGBColor; 20] = [
         RGBColor(31, 119, 180),
         RGBColor(255, 127, 14),
         RGBColor(44, 160, 44),
@@ -64,6 +65,16 @@ pub fn color(i: usize) -> RGBColor {
         RGBColor(127, 127, 127),
         RGBColor(188, 189, 34),
         RGBColor(23, 190, 207),
+        RGBColor(0, 0, 128),
+        RGBColor(128, 128, 0),
+        RGBColor(0, 128, 128),
+        RGBColor(128, 0, 0),
+        RGBColor(218, 165, 32),
+        RGBColor(50, 205, 50),
+        RGBColor(75, 0, 130),
+        RGBColor(250, 128, 114),
+        RGBColor(47, 79, 79),
+        RGBColor(199, 21, 133),
     ];
     COLORS[i % COLORS.len()]
 }
