@@ -220,7 +220,7 @@ impl Model {
         if logits == Logits::None {
             return Ok(x);
         }
-        linear(&x, self.weights.lm_head.as_ref().unwrap_or(&self.weights.embed))
+        self.head(&x)
     }
 
     /// Layer `l` of a model of `config` as a model of its own, for [`Model::forward_layers`]

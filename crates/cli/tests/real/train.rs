@@ -243,7 +243,7 @@ fn a_cached_teacher_gives_the_logits_of_its_forward() {
     let ids: Vec<u32> = (0..2 * 24).map(|i| (i * 7919 % 49_000) as u32).collect();
     let tokens = candle_core::Tensor::from_vec(ids.clone(), (2, 24), &Device::Cpu).unwrap();
     let want = dense.model.forward(&tokens, None, transact::model::Logits::All).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let teacher = transact::train::Teacher::cached(&dense.model, &sha, d.path()).unwrap();
+    let teacher = transact::train::Teacher::with_cache(&dense.model, &sha, Some(d.path())).unwrap();
     let logits = || teacher.logits(&tokens, &ids).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     assert_eq!(bits(&logits()), bits(&want), "computed, then stored");

@@ -207,11 +207,12 @@ pub fn run(r: PruneRun) -> Result<Outcome> {
         None => None,
     };
     let final_recovery = o.recover.as_ref().and_then(|rec| rec.final_options());
-    let teacher = match (o.recover.as_ref().filter(|rec| rec.train.loss.needs_teacher()), &r.teacher_cache) {
-        (None, _) => None,
-        (Some(_), None) => Some(Teacher::new(&r.dense.model)),
-        (Some(_), Some(dir)) => Some(Teacher::cached(&r.dense.model, r.dense_sha256, dir)?),
-    };
+    let teacher = o
+        .recover
+        .as_ref()
+        .filter(|rec| rec.train.loss.needs_teacher())
+        .map(|_| Teacher::with_cache(&r.dense.model, r.dense_sha256, r.teacher_cache.as_deref()))
+        .transpose()?;
     let teacher = teacher.as_ref();
     // Shots measure themselves when something besides slicing changes the weights.
     let wiki = if compensating || o.recover.is_some() { Some(corpus::load("wiki")?) } else { None };

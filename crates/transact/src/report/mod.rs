@@ -59,8 +59,8 @@ pub fn write(sweep: &Path, out: &Path, force: bool) -> Result<Written> {
         let plots = dir.join("plots");
         std::fs::create_dir_all(&plots)?;
         let mut figures = Vec::new();
-        let labels: Vec<&str> = lines.iter().map(|s| s.label.as_str()).chain(dense.map(|_| plots::DENSE_LABEL)).collect();
-        let height = 500 + plots::legend_height(&labels, WIDTH);
+        let labels = lines.iter().map(|s| s.label.as_str()).chain(dense.map(|_| plots::DENSE_LABEL));
+        let height = 500 + plots::legend_height(labels, WIDTH);
         let svg = figure!(plots, "quality", (WIDTH, height), |root| plots::quality(&root, &lines, dense, &corpus));
         figures.push(Figure {
             name: "quality",
@@ -98,7 +98,7 @@ pub fn write(sweep: &Path, out: &Path, force: bool) -> Result<Written> {
         }
         let trained: Vec<(String, &Row)> = lines.iter().filter(|s| s.recovered).flat_map(|s| s.rows.iter().map(move |r| (run_label(s, r), *r))).collect();
         if !trained.is_empty() {
-            let height = 480 + plots::legend_height(&trained.iter().map(|t| t.0.as_str()).collect::<Vec<_>>(), WIDTH);
+            let height = 480 + plots::legend_height(trained.iter().map(|t| t.0.as_str()), WIDTH);
             let svg = figure!(plots, "recovery", (WIDTH, height), |root| plots::recovery(&root, &trained));
             figures.push(Figure {
                 name: "recovery",

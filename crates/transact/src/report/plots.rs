@@ -111,10 +111,9 @@ fn framed<'a, 'b, DB: DrawingBackend>(area: &'a DrawingArea<DB, Shift>, title: &
 /// The quality figure's legend entry for the dense model.
 pub const DENSE_LABEL: &str = "dense (triangle, dotted)";
 
-/// Columns of a legend at width `w` whose longest label is `labels`' longest: as many as fit
+/// Columns of a legend at width `w` whose longest label has `chars` characters: as many as fit
 /// (~7.5 px a character at 14 px, after the 34 px marker), at least 300 px each.
-fn legend_columns<'a>(labels: impl IntoIterator<Item = &'a str>, w: u32) -> usize {
-    let chars = labels.into_iter().map(|l| l.chars().count()).max().unwrap_or(0);
+fn legend_columns(chars: usize, w: u32) -> usize {
     let col = (34 + chars * 15 / 2 + 24).max(300) as u32;
     (w / col).max(1) as usize
 }
@@ -122,7 +121,7 @@ fn legend_columns<'a>(labels: impl IntoIterator<Item = &'a str>, w: u32) -> usiz
 /// Entries of a legend drawn below the plots, in as many columns as fit.
 fn legend<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, entries: &[(String, RGBColor, bool)]) -> Result<()> {
     let (w, _) = area.dim_in_pixel();
-    let cols = legend_columns(entries.iter().map(|e| e.0.as_str()), w);
+    let cols = legend_columns(entries.iter().map(|e| e.0.chars().count()).max().unwrap_or(0), w);
     let col_w = (w as usize / cols) as i32;
     for (i, (label, color, filled)) in entries.iter().enumerate() {
         let (x, y) = (12 + (i % cols) as i32 * col_w, 10 + (i / cols) as i32 * 20);
@@ -136,9 +135,9 @@ fn legend<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, entries: &[(String,
 }
 
 /// Pixels the legend of `labels` needs at width `w`.
-pub fn legend_height<S: AsRef<str>>(labels: &[S], w: u32) -> u32 {
-    let cols = legend_columns(labels.iter().map(AsRef::as_ref), w);
-    (labels.len().div_ceil(cols) as u32) * 20 + 16
+pub fn legend_height<'a>(labels: impl IntoIterator<Item = &'a str>, w: u32) -> u32 {
+    let (n, chars) = labels.into_iter().fold((0usize, 0), |(n, c), l| (n + 1, c.max(l.chars().count())));
+    (n.div_ceil(legend_columns(chars, w)) as u32) * 20 + 16
 }
 
 /// A panel of one number against non-embedding parameters (millions), a line per series and
@@ -215,7 +214,7 @@ pub fn quality<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, series: &[Seri
         .map(|(s, l)| (s.label.clone(), l.color, l.filled))
         .chain(dense.map(|_| (DENSE_LABEL.to_string(), BLACK, true)))
         .collect();
-    let (plots, key) = root.split_vertically(h - legend_height(&entries.iter().map(|e| e.0.as_str()).collect::<Vec<_>>(), w));
+    let (plots, key) = root.split_vertically(h - legend_height(entries.iter().map(|e| e.0.as_str()), w));
     let (left, right) = plots.split_horizontally(w / 2);
     let ppl = |r: &Row| r.perplexity.get(corpus).copied();
     panel(&left, &format!("{corpus} perplexity (lower is better)"), "token perplexity (log scale)", true, series, &looks, dense, &ppl)?;
@@ -303,7 +302,7 @@ pub fn speed<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, rows: &[Row]) ->
 pub fn recovery<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, runs: &[(String, &Row)]) -> Result<()> {
     let (w, h) = root.dim_in_pixel();
     let entries: Vec<(String, RGBColor, bool)> = runs.iter().enumerate().map(|(i, (l, _))| (l.clone(), color(i), true)).collect();
-    let (plots, key) = root.split_vertically(h - legend_height(&entries.iter().map(|e| e.0.as_str()).collect::<Vec<_>>(), w));
+    let (plots, key) = root.split_vertically(h - legend_height(entries.iter().map(|e| e.0.as_str()), w));
     let (left, right) = plots.split_horizontally(w / 2);
     let curve = |r: &Row| -> Vec<(f64, f64)> {
         let mut seen = 0f64;

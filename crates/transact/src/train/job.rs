@@ -205,11 +205,11 @@ impl TrainJob {
         };
         let fingerprint = self.fingerprint(&student_sha, teacher_input.as_ref(), &text)?;
 
-        let teacher = match (&teacher, &teacher_input, &self.teacher_cache) {
-            (Some(t), Some(input), Some(dir)) => Some(Teacher::cached(&t.model, &input.sha256, dir)?),
-            (Some(t), ..) => Some(Teacher::new(&t.model)),
-            _ => None,
-        };
+        let teacher = teacher
+            .as_ref()
+            .zip(teacher_input.as_ref())
+            .map(|(t, input)| Teacher::with_cache(&t.model, &input.sha256, self.teacher_cache.as_deref()))
+            .transpose()?;
         let mut trainer = Trainer::new(&student.model, teacher.as_ref(), &text, o)?;
         let work = self.work_dir();
         let (ckpt, log_path) = (work.join("checkpoint"), work.join(LOG));

@@ -41,9 +41,11 @@ impl<'a> Teacher<'a> {
         Self { model, cache: None }
     }
 
-    /// A teacher whose final hidden states are kept in `dir` (created if missing). `sha256` is the
-    /// teacher file's hash ([`crate::model::io::load::model_sha256`]).
-    pub fn cached(model: &'a Model, sha256: &str, dir: &Path) -> Result<Self> {
+    /// A teacher whose final hidden states are kept in `dir` (created if missing), or computed
+    /// every time without one. `sha256` is the teacher file's hash
+    /// ([`crate::model::io::load::model_sha256`]).
+    pub fn with_cache(model: &'a Model, sha256: &str, dir: Option<&Path>) -> Result<Self> {
+        let Some(dir) = dir else { return Ok(Self::new(model)) };
         std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create the teacher's cache folder", dir.display()))?;
         let id = format!("teacher {sha256} device {:?} transact {}", model.device.location(), env!("CARGO_PKG_VERSION"));
         let cache = HiddenCache { dir: dir.to_path_buf(), id, hits: Cell::new(0), misses: Cell::new(0) };
