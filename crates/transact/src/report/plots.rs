@@ -52,7 +52,7 @@ pub(crate) use figure;
 const FONT: &str = "sans-serif";
 
 /// The colour of series `i`; the trained and untrained variants of one setting share it. Twenty
-/// colours: the paper grid's recovery figure alone has twelve series.
+/// colours, repeating after that (the paper grid's recovery figure has about twenty series).
 pub fn color(i: usize) -> RGBColor {
     const COLORS: [RGBColor; 20] = [
         RGBColor(31, 119, 180),
