@@ -5,11 +5,13 @@ use clap::Args;
 
 #[derive(Args)]
 pub struct ReportArgs {
-    /// A `transact sweep` results folder (results.jsonl, sweep.json, stats/, runs/).
+    /// A `transact sweep` results folder (results.jsonl, sweep.json, stats/, runs/), or an
+    /// earlier report folder (which keeps the same data).
     dir: PathBuf,
-    /// Report folder: report.html (self-contained, figures inlined as SVG), report.md, and
-    /// plots/*.png and *.svg (quality, salience, speed, recovery). Written to a temporary name
-    /// and renamed when complete.
+    /// Report folder: report.html (self-contained, figures inlined as SVG), report.md,
+    /// plots/*.png and *.svg (quality, salience, speed, recovery), and the data drawn
+    /// (results.jsonl, sweep.json, stats/). Written to a temporary name and renamed when
+    /// complete; it may be DIR itself (with --force).
     #[arg(long)]
     out: PathBuf,
     /// Replace the report folder if it exists.

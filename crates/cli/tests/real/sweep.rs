@@ -85,4 +85,24 @@ fn sweep_runs_resumes_and_reports() {
     // An existing report is not replaced without --force.
     let (code, _, err) = run_cli(&["report", path_str(&out), "--out", path_str(&report)]);
     assert_eq!(code, 2, "{err}");
+    // The report carries its data: with the sweep folder gone, it redraws itself, in place.
+    for f in ["results.jsonl", "sweep.json"] {
+        assert_eq!(std::fs::read(report.join(f)).unwrap(), std::fs::read(out.join(f)).unwrap(), "{f}");
+    }
+    assert_eq!(std::fs::read_dir(report.join("stats")).unwrap().count(), 1);
+    std::fs::remove_dir_all(&out).unwrap();
+    let (code, again, err) = run_cli(&["report", path_str(&report), "--out", path_str(&report), "--force"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(again, text);
+    assert_eq!(std::fs::read_to_string(report.join("report.md")).unwrap(), md.replace(path_str(&out), path_str(&report)));
+    // A sweep continues from the report's data: every row is found finished.
+    let again = d.path().join("again");
+    std::fs::create_dir(&again).unwrap();
+    for f in ["results.jsonl", "sweep.json"] {
+        std::fs::copy(report.join(f), again.join(f)).unwrap();
+    }
+    std::fs::write(&spec_path, spec(3)).unwrap();
+    let (code, _, err) = run_cli(&["sweep", path_str(&spec_path), "--out", path_str(&again)]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("3 rows: 0 ran, 3 already finished"), "{err}");
 }

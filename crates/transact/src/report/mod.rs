@@ -4,7 +4,10 @@
 //! The folder written: `report.html`, `report.md`, `plots/NAME.png` and `plots/NAME.svg` for
 //! `quality` (perplexity and mean accuracy against size), `salience` (the dense model's
 //! per-layer head and MLP-channel scores), `speed` (prefill, decode, KV cache against size) and
-//! `recovery` (training loss and held-out perplexity of the trained runs).
+//! `recovery` (training loss and held-out perplexity of the trained runs). Beside them, the data
+//! they were drawn from: `results.jsonl`, `sweep.json` and `stats/` (the salience statistics), so
+//! the report folder is itself a sweep folder a later `report` redraws from, or a sweep continues
+//! from, after the sweep's own folder (its models and logs) is gone.
 
 pub mod plots;
 pub mod series;
@@ -12,7 +15,7 @@ pub mod series;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
 use self::plots::figure;
 use self::series::{Series, series};
@@ -108,6 +111,7 @@ pub fn write(sweep: &Path, out: &Path, force: bool) -> Result<Written> {
                 svg,
             });
         }
+        write_data(dir, &rows, sweep, stats.as_ref().map(|s| s.2.as_path()))?;
         let table = Table::new(&rows, &lines, &corpus);
         std::fs::write(dir.join("report.html"), html(&figures, &table, shared.as_ref(), sweep))?;
         std::fs::write(dir.join("report.md"), markdown(&figures, &table, shared.as_ref(), sweep))?;
@@ -122,8 +126,28 @@ fn run_label(s: &Series, r: &Row) -> String {
     format!("{} at {:.0} % removed", s.label, 100.0 * r.point.as_ref().map_or(0.0, |p| p.ratio))
 }
 
+/// The rows drawn, the shared settings and the salience statistics, into the report folder `dir`.
+fn write_data(dir: &Path, rows: &[Row], sweep: &Path, stats: Option<&Path>) -> Result<()> {
+    let mut text = String::new();
+    for r in rows {
+        text += &serde_json::to_string(r)?;
+        text.push('\n');
+    }
+    std::fs::write(dir.join("results.jsonl"), text)?;
+    let shared = sweep.join("sweep.json");
+    if shared.exists() {
+        std::fs::copy(&shared, dir.join("sweep.json")).with_context(|| format!("{}: cannot copy", shared.display()))?;
+    }
+    if let Some(path) = stats {
+        std::fs::create_dir_all(dir.join("stats"))?;
+        let name = path.file_name().context("a statistics file has a name")?;
+        std::fs::copy(path, dir.join("stats").join(name)).with_context(|| format!("{}: cannot copy", path.display()))?;
+    }
+    Ok(())
+}
+
 /// The dense statistics of the lowest calibration seed, if the sweep collected any.
-fn salience_stats(sweep: &Path) -> Result<Option<(ActivationStats, String)>> {
+fn salience_stats(sweep: &Path) -> Result<Option<(ActivationStats, String, PathBuf)>> {
     let Ok(entries) = std::fs::read_dir(sweep.join("stats")) else {
         return Ok(None);
     };
@@ -134,7 +158,7 @@ fn salience_stats(sweep: &Path) -> Result<Option<(ActivationStats, String)>> {
     };
     let stats = ActivationStats::load(first)?;
     let what = format!("{} tokens, {}", stats.meta.tokens, first.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
-    Ok(Some((stats, what)))
+    Ok(Some((stats, what, first.clone())))
 }
 
 /// The results as table rows: the dense model first, then by ratio, best perplexity first.

@@ -51,10 +51,10 @@ pub(crate) use figure;
 
 const FONT: &str = "sans-serif";
 
-/// The colour of series `i`; the trained and untrained variants of one setting share it. Twenty
-/// colours, repeating after that (the paper grid's recovery figure has about twenty series).
+/// The colour of series `i`; the trained and untrained variants of one setting share it.
+/// Twenty-four colours, repeating after that (the paper grid's recovery figure has 22 series).
 pub fn color(i: usize) -> RGBColor {
-    const COLORS: [RGBColor; 20] = [
+    const COLORS: [RGBColor; 24] = [
         RGBColor(31, 119, 180),
         RGBColor(255, 127, 14),
         RGBColor(44, 160, 44),
@@ -75,6 +75,10 @@ pub fn color(i: usize) -> RGBColor {
         RGBColor(250, 128, 114),
         RGBColor(47, 79, 79),
         RGBColor(199, 21, 133),
+        RGBColor(0, 0, 255),
+        RGBColor(139, 69, 19),
+        RGBColor(0, 100, 0),
+        RGBColor(255, 0, 255),
     ];
     COLORS[i % COLORS.len()]
 }
