@@ -49,6 +49,10 @@ pub fn write(sweep: &Path, out: &Path, force: bool) -> Result<Written> {
         bail!("{}: no results (run `transact sweep SPEC --out {}` first)", results_path.display(), sweep.display());
     }
     let (rows, _) = results::read(&results_path)?;
+    // The rows as written, not re-serialized: serde_json may read a float one ulp off, and the
+    // copy must redraw the same report. An incomplete last line (skipped by `read`) is left out.
+    let text = std::fs::read_to_string(&results_path).with_context(|| format!("{}: cannot read", results_path.display()))?;
+    let text = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
     if rows.is_empty() {
         bail!("{}: no finished rows yet", results_path.display());
     }
@@ -111,7 +115,7 @@ pub fn write(sweep: &Path, out: &Path, force: bool) -> Result<Written> {
                 svg,
             });
         }
-        write_data(dir, &rows, sweep, stats.as_ref().map(|s| s.2.as_path()))?;
+        write_data(dir, text, sweep, stats.as_ref().map(|s| s.2.as_path()))?;
         let table = Table::new(&rows, &lines, &corpus);
         std::fs::write(dir.join("report.html"), html(&figures, &table, shared.as_ref(), sweep))?;
         std::fs::write(dir.join("report.md"), markdown(&figures, &table, shared.as_ref(), sweep))?;
@@ -127,13 +131,8 @@ fn run_label(s: &Series, r: &Row) -> String {
 }
 
 /// The rows drawn, the shared settings and the salience statistics, into the report folder `dir`.
-fn write_data(dir: &Path, rows: &[Row], sweep: &Path, stats: Option<&Path>) -> Result<()> {
-    let mut text = String::new();
-    for r in rows {
-        text += &serde_json::to_string(r)?;
-        text.push('\n');
-    }
-    std::fs::write(dir.join("results.jsonl"), text)?;
+fn write_data(dir: &Path, results: &str, sweep: &Path, stats: Option<&Path>) -> Result<()> {
+    std::fs::write(dir.join("results.jsonl"), results)?;
     let shared = sweep.join("sweep.json");
     if shared.exists() {
         std::fs::copy(&shared, dir.join("sweep.json")).with_context(|| format!("{}: cannot copy", shared.display()))?;
