@@ -49,8 +49,8 @@ pub fn write(sweep: &Path, out: &Path, force: bool) -> Result<Written> {
         bail!("{}: no results (run `transact sweep SPEC --out {}` first)", results_path.display(), sweep.display());
     }
     let (rows, _) = results::read(&results_path)?;
-    // The rows as written, not re-serialized: serde_json may read a float one ulp off, and the
-    // copy must redraw the same report. An incomplete last line (skipped by `read`) is left out.
+    // The rows as written, to be kept beside the report; an incomplete last line (an interrupted
+    // append, which `read` skips) is left out.
     let text = std::fs::read_to_string(&results_path).with_context(|| format!("{}: cannot read", results_path.display()))?;
     let text = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
     if rows.is_empty() {

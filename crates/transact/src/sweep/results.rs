@@ -197,6 +197,24 @@ mod tests {
         }
     }
 
+    /// Rows read back hold the very floats written (serde_json's `float_roundtrip`): a float
+    /// read one ulp off would write a different row and redraw a different report.
+    #[test]
+    fn rows_round_trip_exactly() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("results.jsonl");
+        let mut r = row("a");
+        // Each of these read back one ulp off without `float_roundtrip`.
+        r.seconds.eval = 1.941280921;
+        r.held_out = vec![1.9412809210000002, 0.1 + 0.2, 116.02784012851862, 1e-300 / 3.0];
+        append(&p, &r).unwrap();
+        let back = read(&p).unwrap().0.remove(0);
+        assert_eq!(back.seconds.eval.to_bits(), r.seconds.eval.to_bits());
+        assert_eq!(back.held_out.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), r.held_out.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+        append(&d.path().join("again.jsonl"), &back).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), std::fs::read(d.path().join("again.jsonl")).unwrap());
+    }
+
     #[test]
     fn an_interrupted_append_is_dropped_and_other_damage_refused() {
         let d = tempfile::tempdir().unwrap();
