@@ -48,15 +48,13 @@ pub fn write(sweep: &Path, out: &Path, force: bool) -> Result<Written> {
     if !results_path.exists() {
         bail!("{}: no results (run `transact sweep SPEC --out {}` first)", results_path.display(), sweep.display());
     }
-    let (rows, _) = results::read(&results_path)?;
-    // The rows as written, to be kept beside the report; an incomplete last line (an interrupted
-    // append, which `read` skips) is left out.
-    let text = std::fs::read_to_string(&results_path).with_context(|| format!("{}: cannot read", results_path.display()))?;
-    let text = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+    // The lines as written are kept beside the report.
+    let (rows, lines_read, _) = results::read_lines(&results_path)?;
     if rows.is_empty() {
         bail!("{}: no finished rows yet", results_path.display());
     }
-    let shared: Option<Shared> = std::fs::read_to_string(sweep.join("sweep.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
+    let shared_text = std::fs::read_to_string(sweep.join("sweep.json")).ok();
+    let shared: Option<Shared> = shared_text.as_deref().and_then(|t| serde_json::from_str(t).ok());
     let stats = salience_stats(sweep)?;
     let dense = rows.iter().find(|r| r.point.is_none());
     let lines = series(&rows);
@@ -79,7 +77,7 @@ pub fn write(sweep: &Path, out: &Path, force: bool) -> Result<Written> {
             svg,
         });
         if let (Some(stats), Some(d)) = (&stats, dense) {
-            let svg = figure!(plots, "salience", (WIDTH, 520), |root| plots::salience(&root, &stats.0, d.shape.n_heads));
+            let svg = figure!(plots, "salience", (WIDTH, 520), |root| plots::salience(&root, &stats.stats, d.shape.n_heads));
             figures.push(Figure {
                 name: "salience",
                 caption: format!(
@@ -87,7 +85,7 @@ pub fn write(sweep: &Path, out: &Path, force: bool) -> Result<Written> {
                      the head's channel L2 norms, left: each layer from its lowest head, dark, to its highest, bright) and the MLP channels' L2 norms \
                      sorted from high to low (right: each layer on a log scale from its highest, bright, to 1/100 of it or less, dark). Pruning keeps \
                      the brightest heads and the left end of every MLP row.",
-                    stats.1
+                    stats.what
                 ),
                 svg,
             });
@@ -115,7 +113,7 @@ pub fn write(sweep: &Path, out: &Path, force: bool) -> Result<Written> {
                 svg,
             });
         }
-        write_data(dir, text, sweep, stats.as_ref().map(|s| s.2.as_path()))?;
+        write_data(dir, &lines_read, shared_text.as_deref(), stats.as_ref().map(|s| s.path.as_path()))?;
         let table = Table::new(&rows, &lines, &corpus);
         std::fs::write(dir.join("report.html"), html(&figures, &table, shared.as_ref(), sweep))?;
         std::fs::write(dir.join("report.md"), markdown(&figures, &table, shared.as_ref(), sweep))?;
@@ -131,11 +129,10 @@ fn run_label(s: &Series, r: &Row) -> String {
 }
 
 /// The rows drawn, the shared settings and the salience statistics, into the report folder `dir`.
-fn write_data(dir: &Path, results: &str, sweep: &Path, stats: Option<&Path>) -> Result<()> {
-    std::fs::write(dir.join("results.jsonl"), results)?;
-    let shared = sweep.join("sweep.json");
-    if shared.exists() {
-        std::fs::copy(&shared, dir.join("sweep.json")).with_context(|| format!("{}: cannot copy", shared.display()))?;
+fn write_data(dir: &Path, rows: &[String], shared: Option<&str>, stats: Option<&Path>) -> Result<()> {
+    std::fs::write(dir.join("results.jsonl"), rows.iter().map(|l| format!("{l}\n")).collect::<String>())?;
+    if let Some(text) = shared {
+        std::fs::write(dir.join("sweep.json"), text)?;
     }
     if let Some(path) = stats {
         std::fs::create_dir_all(dir.join("stats"))?;
@@ -145,8 +142,16 @@ fn write_data(dir: &Path, results: &str, sweep: &Path, stats: Option<&Path>) -> 
     Ok(())
 }
 
+/// The dense statistics the salience figure draws.
+struct Salience {
+    stats: ActivationStats,
+    /// Tokens and file, for the caption.
+    what: String,
+    path: PathBuf,
+}
+
 /// The dense statistics of the lowest calibration seed, if the sweep collected any.
-fn salience_stats(sweep: &Path) -> Result<Option<(ActivationStats, String, PathBuf)>> {
+fn salience_stats(sweep: &Path) -> Result<Option<Salience>> {
     let Ok(entries) = std::fs::read_dir(sweep.join("stats")) else {
         return Ok(None);
     };
@@ -157,7 +162,7 @@ fn salience_stats(sweep: &Path) -> Result<Option<(ActivationStats, String, PathB
     };
     let stats = ActivationStats::load(first)?;
     let what = format!("{} tokens, {}", stats.meta.tokens, first.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
-    Ok(Some((stats, what, first.clone())))
+    Ok(Some(Salience { stats, what, path: first.clone() }))
 }
 
 /// The results as table rows: the dense model first, then by ratio, best perplexity first.

@@ -129,12 +129,17 @@ impl Row {
 /// The rows of `path` (none if it does not exist). A last line cut short by a killed run is
 /// dropped with a warning in the second value; any other unreadable line is an error naming it.
 pub fn read(path: &Path) -> Result<(Vec<Row>, Option<String>)> {
+    read_lines(path).map(|(rows, _, warning)| (rows, warning))
+}
+
+/// As [`read`], with each row's line as written (the second value).
+pub fn read_lines(path: &Path) -> Result<(Vec<Row>, Vec<String>, Option<String>)> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), None)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), Vec::new(), None)),
         Err(e) => return Err(e).with_context(|| format!("{}: cannot read", path.display())),
     };
-    let mut rows = Vec::new();
+    let (mut rows, mut kept) = (Vec::new(), Vec::new());
     let lines: Vec<&str> = text.split('\n').collect();
     let mut warning = None;
     for (i, line) in lines.iter().enumerate() {
@@ -142,7 +147,10 @@ pub fn read(path: &Path) -> Result<(Vec<Row>, Option<String>)> {
             continue;
         }
         match serde_json::from_str::<Row>(line) {
-            Ok(r) => rows.push(r),
+            Ok(r) => {
+                rows.push(r);
+                kept.push(line.to_string());
+            }
             // The last line without its newline: an append the run did not finish.
             Err(_) if i + 1 == lines.len() => {
                 warning = Some(format!("{}: line {} is incomplete (an interrupted append) and is ignored; its run is redone", path.display(), i + 1))
@@ -150,7 +158,7 @@ pub fn read(path: &Path) -> Result<(Vec<Row>, Option<String>)> {
             Err(e) => bail!("{}: line {} is not a result row: {e}", path.display(), i + 1),
         }
     }
-    Ok((rows, warning))
+    Ok((rows, kept, warning))
 }
 
 /// Appends `row` as one line and flushes it to disk.
